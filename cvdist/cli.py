@@ -1,0 +1,55 @@
+"""The ``cvdist`` command, and the error handling every recipe entry point shares."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from cvdist.config import ConfigError
+from cvdist.engine.dist import LaunchError
+from cvdist.tracking.records import RunExistsError
+
+# Errors that mean "the user asked for something wrong": one clear line, exit status 2.
+USER_ERRORS = (ConfigError, RunExistsError, LaunchError, FileNotFoundError)
+
+
+def run_recipe(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None = None) -> int:
+    """Run a recipe's ``main(argv)``; user errors print ``cvdist: error: ...`` and return 2."""
+    try:
+        return int(main(sys.argv[1:] if argv is None else argv) or 0)
+    except USER_ERRORS as error:
+        print(f"cvdist: error: {error}", file=sys.stderr, flush=True)
+        return 2
+
+
+def _export(args: argparse.Namespace) -> int:
+    from cvdist.engine.export import export_checkpoint
+
+    path = export_checkpoint(args.checkpoint, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cvdist", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    export = commands.add_parser(
+        "export", help="write consolidated fp32 weights (safetensors or .pt) from a checkpoint or run directory")
+    export.add_argument("checkpoint", help="a checkpoints/step-* directory, or a run directory (newest checkpoint)")
+    export.add_argument("--out", required=True, help="output file: *.safetensors, *.pt or *.pth")
+    export.set_defaults(handler=_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (*USER_ERRORS, ValueError) as error:
+        print(f"cvdist: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

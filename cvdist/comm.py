@@ -1,0 +1,44 @@
+"""Collectives on the current process group that are no-ops in a single process.
+
+Building blocks (data, eval) use these instead of reaching for a global group themselves; the
+group is created by ``cvdist.engine.dist`` only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as torch_dist
+
+
+def is_distributed() -> bool:
+    return torch_dist.is_available() and torch_dist.is_initialized() and torch_dist.get_world_size() > 1
+
+
+def barrier() -> None:
+    if is_distributed():
+        torch_dist.barrier()
+
+
+def any_rank_true(flag: bool, device: torch.device) -> bool:
+    """True on every rank if ``flag`` is true on any rank."""
+    if not is_distributed():
+        return flag
+    tensor = torch.tensor([1.0 if flag else 0.0], device=device)
+    torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.MAX)
+    return bool(tensor.item() > 0)
+
+
+def all_reduce_sum(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Sum scalar values over all ranks (every rank must pass the same keys)."""
+    if not values or not is_distributed():
+        return {k: float(v) for k, v in values.items()}
+    keys = sorted(values)
+    tensor = torch.tensor([float(values[k]) for k in keys], device=device, dtype=torch.float64)
+    torch_dist.all_reduce(tensor)
+    return {k: float(v) for k, v in zip(keys, tensor.tolist())}
+
+
+def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Average scalar values over all ranks (every rank must pass the same keys)."""
+    world_size = torch_dist.get_world_size() if is_distributed() else 1
+    return {k: v / world_size for k, v in all_reduce_sum(values, device).items()}

@@ -1,0 +1,337 @@
+"""Typed run configuration: dataclasses, loaded from a recipe's YAML and command-line overrides.
+
+A recipe's YAML file gives its defaults; ``key=value`` overrides (``optim.lr=0.05
+dist.strategy=zero2``) are applied on top. OmegaConf checks keys and types against the
+dataclasses below; :func:`validate` then checks choices and combinations. Every problem raises
+:class:`ConfigError` naming the key and what is allowed, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from cvdist.models.classifiers import MODEL_NAMES
+
+
+class ConfigError(ValueError):
+    """A user error in the configuration; the message names the key and the fix."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny_cnn"
+    """Backbone: see ``cvdist.models.MODEL_NAMES``."""
+    num_classes: int = 10
+    """Classes of the classification head."""
+    in_channels: int = 1
+    """Image channels (1 for grey images such as Fashion-MNIST, 3 for RGB)."""
+    small_stem: bool = True
+    """ResNets only: 3x3 stem conv without max-pool, for 28-64 px inputs."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion_mnist"
+    """Built-in data set: ``fashion_mnist`` (Debian package files) or ``synthetic``."""
+    root: str = "/usr/share/datasets/fashion-mnist"
+    """Directory with the Fashion-MNIST IDX files (``*-ubyte`` or ``*-ubyte.gz``)."""
+    num_train_samples: int = 0
+    """Use only the first N training samples (0 = all)."""
+    num_eval_samples: int = 0
+    """Use only the first N evaluation samples (0 = all)."""
+    global_batch_size: int = 128
+    """Samples per optimiser step over all processes and accumulation steps."""
+    num_workers: int = 0
+    """DataLoader worker processes per training process."""
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    """Optimiser: ``sgd``, ``adamw`` or ``lars``."""
+    lr: float = 0.1
+    """Peak learning rate (after warmup)."""
+    momentum: float = 0.9
+    """SGD / LARS momentum."""
+    weight_decay: float = 5e-4
+    """Decoupled for AdamW, L2 for SGD / LARS."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    lars_trust_coefficient: float = 0.001
+    """LARS trust coefficient (eta)."""
+    grad_clip_norm: float = 0.0
+    """Clip the global gradient norm to this value (0 = no clipping)."""
+    accum_steps: int = 1
+    """Gradient accumulation: micro-batches per optimiser step."""
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "cosine"
+    """Learning-rate schedule: ``constant``, ``cosine``, ``step`` or ``onecycle``."""
+    warmup_steps: int = 0
+    """Linear warmup from 0 to ``optim.lr`` (constant, cosine, step)."""
+    min_lr_ratio: float = 0.0
+    """Cosine floor as a fraction of ``optim.lr``."""
+    milestones: list[int] = field(default_factory=list)
+    """Step schedule: optimiser steps at which the LR is multiplied by ``gamma``."""
+    gamma: float = 0.1
+    """Step schedule factor."""
+    pct_start: float = 0.3
+    """One-cycle: fraction of the run spent increasing the LR."""
+
+
+@dataclass
+class DistConfig:
+    strategy: str = "auto"
+    """``auto`` (ddp with several processes, else none), ``none``, ``ddp``, ``zero1``, ``zero2``, ``zero3``."""
+    precision: str = "auto"
+    """``auto`` (bf16 on GPUs that support it, else fp32), ``fp32``, ``bf16``, ``fp16`` (GPU only)."""
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 0
+    """Save every N optimiser steps (0 = only at the end and on a stop signal)."""
+    keep_last: int = 2
+    """How many complete checkpoints to keep (older ones are deleted)."""
+    resume: str = "none"
+    """``none`` (a new run), ``auto`` (newest complete checkpoint of this run, if any) or a checkpoint path."""
+
+
+@dataclass
+class TrackingConfig:
+    wandb_mode: str = ""
+    """W&B mode: ``online``, ``offline`` or ``disabled``; empty = ``$WANDB_MODE``, else ``offline``."""
+    project: str = "cvdist"
+    """W&B project."""
+    entity: Optional[str] = None
+    """W&B entity (team or user); None = the account's default."""
+    group: Optional[str] = None
+    """W&B group; None = the recipe name."""
+    job_type: Optional[str] = None
+    """W&B job type; None = the recipe name."""
+    tags: list[str] = field(default_factory=list)
+    """W&B tags."""
+    log_every_steps: int = 10
+    """Log training metrics every N optimiser steps."""
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 0
+    """Optimiser steps to train (0 = ``epochs`` full epochs)."""
+    epochs: int = 1
+    """Epochs to train when ``max_steps`` is 0."""
+    eval_every_steps: int = 0
+    """Evaluate every N optimiser steps (0 = only at the end)."""
+    seed: int = 0
+    """Seed for model initialisation, data order and augmentation."""
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    """Run name; the run directory is ``output_dir/name``."""
+    output_dir: str = "runs"
+    """Parent directory of run directories."""
+    recipe: str = "supervised"
+    """Recipe that wrote this config (set by the recipe)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+# Allowed values of every string field that is a choice; checked by validate().
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.name": MODEL_NAMES,
+    "data.dataset": ("fashion_mnist", "synthetic"),
+    "optim.name": ("sgd", "adamw", "lars"),
+    "schedule.name": ("constant", "cosine", "step", "onecycle"),
+    "dist.strategy": ("auto", "none", "ddp", "zero1", "zero2", "zero3"),
+    "dist.precision": ("auto", "fp32", "bf16", "fp16"),
+    "tracking.wandb_mode": ("", "online", "offline", "disabled"),
+}
+
+
+def load_config(
+    *, yaml_paths: Sequence[str | Path] = (), overrides: Sequence[str] = (), schema: type = RunConfig
+) -> Any:
+    """Build a typed config: ``schema`` defaults, then each YAML file in order, then ``key=value``
+    overrides.
+
+    Raises ConfigError for a missing or malformed file, an unknown key or a wrong type.
+    Returns an instance of ``schema`` (a plain dataclass, not an OmegaConf object).
+    """
+    layers = [OmegaConf.structured(schema)]
+    for yaml_path in yaml_paths:
+        path = Path(yaml_path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist; pass an existing YAML file")
+        try:
+            layers.append(OmegaConf.load(path))
+        except Exception as error:  # yaml.YAMLError and friends
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from None
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=0.05)")
+    try:
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_object(OmegaConf.merge(*layers))
+    except OmegaConfBaseException as error:
+        raise ConfigError(_explain_omegaconf_error(error, schema)) from None
+
+
+def _explain_omegaconf_error(error: OmegaConfBaseException, schema: type) -> str:
+    key = getattr(error, "full_key", None) or "?"
+    message = str(error).splitlines()[0]
+    if type(error).__name__ == "ConfigKeyError":
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        allowed = _keys_of(schema, parent)
+        return f"unknown config key {key!r}; allowed keys{' under ' + parent if parent else ''}: {', '.join(allowed)}"
+    return f"bad value for config key {key!r}: {message}"
+
+
+def _keys_of(schema: type, dotted_parent: str) -> list[str]:
+    config_class = schema
+    for part in filter(None, dotted_parent.split(".")):
+        hints = {f.name: f for f in dataclasses.fields(config_class)}
+        if part not in hints:
+            return []
+        config_class = type(hints[part].default_factory())  # type: ignore[misc]
+    return [f.name for f in dataclasses.fields(config_class)]
+
+
+def get_by_path(config: Any, dotted: str) -> Any:
+    """``get_by_path(cfg, "optim.lr")`` -> ``cfg.optim.lr``."""
+    value = config
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def validate(config: RunConfig, *, world_size: int) -> None:
+    """Check choices and combinations that types cannot express; raise ConfigError on the first."""
+    for key, allowed in CHOICES.items():
+        value = get_by_path(config, key)
+        if value not in allowed:
+            shown = ", ".join(repr(a) for a in allowed)
+            raise ConfigError(f"{key}={value!r} is not allowed; choose one of {shown}")
+    positive = {
+        "data.global_batch_size": config.data.global_batch_size,
+        "optim.accum_steps": config.optim.accum_steps,
+        "optim.lr": config.optim.lr,
+        "checkpoint.keep_last": config.checkpoint.keep_last,
+        "tracking.log_every_steps": config.tracking.log_every_steps,
+        "model.num_classes": config.model.num_classes,
+        "model.in_channels": config.model.in_channels,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key}={value} must be > 0")
+    non_negative = {
+        "data.num_workers": config.data.num_workers,
+        "data.num_train_samples": config.data.num_train_samples,
+        "data.num_eval_samples": config.data.num_eval_samples,
+        "train.max_steps": config.train.max_steps,
+        "train.epochs": config.train.epochs,
+        "train.eval_every_steps": config.train.eval_every_steps,
+        "checkpoint.every_steps": config.checkpoint.every_steps,
+        "schedule.warmup_steps": config.schedule.warmup_steps,
+        "optim.grad_clip_norm": config.optim.grad_clip_norm,
+        "optim.weight_decay": config.optim.weight_decay,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{key}={value} must be >= 0")
+    if config.train.max_steps == 0 and config.train.epochs == 0:
+        raise ConfigError("train.max_steps and train.epochs are both 0; set one of them > 0")
+    divisor = world_size * config.optim.accum_steps
+    if config.data.global_batch_size % divisor != 0:
+        raise ConfigError(
+            f"data.global_batch_size={config.data.global_batch_size} is not divisible by "
+            f"processes x optim.accum_steps = {world_size} x {config.optim.accum_steps} = {divisor}; "
+            f"use a multiple of {divisor}"
+        )
+    if config.dist.strategy == "none" and world_size > 1:
+        raise ConfigError(
+            f"dist.strategy='none' runs one process but {world_size} were started; "
+            "use dist.strategy=ddp (or auto, zero1, zero2, zero3)"
+        )
+    if len(config.optim.betas) != 2:
+        raise ConfigError(f"optim.betas={config.optim.betas} must have two values, e.g. [0.9, 0.999]")
+    if not 0.0 <= config.schedule.min_lr_ratio <= 1.0:
+        raise ConfigError(f"schedule.min_lr_ratio={config.schedule.min_lr_ratio} must lie in [0, 1]")
+    if not 0.0 < config.schedule.pct_start < 1.0:
+        raise ConfigError(f"schedule.pct_start={config.schedule.pct_start} must lie in (0, 1)")
+    if sorted(config.schedule.milestones) != list(config.schedule.milestones):
+        raise ConfigError(f"schedule.milestones={config.schedule.milestones} must be increasing")
+    resume = config.checkpoint.resume
+    if resume not in ("none", "auto") and not Path(resume).exists():
+        raise ConfigError(
+            f"checkpoint.resume={resume!r}: no such checkpoint; use 'none', 'auto' or an existing path"
+        )
+    if "/" in config.name or config.name in ("", ".", ".."):
+        raise ConfigError(f"name={config.name!r} must be a plain directory name (no '/')")
+
+
+def to_yaml(config: Any) -> str:
+    """The resolved config as YAML text (what is written to ``config.yaml``)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def to_dict(config: Any) -> dict:
+    """The resolved config as plain nested dicts (for W&B and run records)."""
+    return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)  # type: ignore[return-value]
+
+
+RECIPE_USAGE = """usage: {prog} [--config FILE.yaml] [key=value ...]
+
+Runs the recipe with its defaults ({defaults}), then FILE.yaml, then the overrides,
+e.g. optim.lr=0.05 dist.strategy=zero2 train.max_steps=100 name=my-run.
+Config sections: {sections}."""
+
+
+def load_recipe_config(argv: Sequence[str], *, default_yaml: str | Path, recipe: str,
+                       schema: type = RunConfig) -> Any:
+    """Parse a recipe's command line (``[--config FILE] key=value ...``) into a typed config.
+
+    The recipe's own YAML is applied first, then ``--config`` files, then overrides. ``-h``
+    prints the usage and the top-level sections and exits.
+    """
+    overrides, yaml_paths = [], [default_yaml]
+    items = list(argv)
+    while items:
+        item = items.pop(0)
+        if item in ("-h", "--help"):
+            sections = ", ".join(f.name for f in dataclasses.fields(schema))
+            print(RECIPE_USAGE.format(prog=recipe, defaults=default_yaml, sections=sections))
+            raise SystemExit(0)
+        if item == "--config":
+            if not items:
+                raise ConfigError("--config needs a file name")
+            yaml_paths.append(items.pop(0))
+        elif item.startswith("--config="):
+            yaml_paths.append(item.split("=", 1)[1])
+        elif item.startswith("-"):
+            raise ConfigError(f"unknown option {item!r}; pass settings as key=value (e.g. optim.lr=0.05)")
+        else:
+            overrides.append(item)
+    config = load_config(yaml_paths=yaml_paths, overrides=overrides, schema=schema)
+    config.recipe = recipe
+    return config

@@ -1,0 +1,70 @@
+"""Built-in data sets held in memory: Fashion-MNIST from its IDX files, and a synthetic set.
+
+These serve the demo and the tests until a run points at WebDataset shards.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_INSTALL_HINT = (
+    "install it with `apt-get install dataset-fashion-mnist` (files in /usr/share/datasets/fashion-mnist) "
+    "or set data.root to a directory holding the four IDX files"
+)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzip-compressed) into a uint8 array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    num_dims = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(num_dims))
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * num_dims)
+    if body.size != int(np.prod(shape)):
+        raise ValueError(f"{path} is truncated: expected {int(np.prod(shape))} values, found {body.size}")
+    return body.reshape(shape)
+
+
+def _find_idx(root: Path, name: str) -> Path:
+    for candidate in (root / name, root / f"{name}.gz", root / "FashionMNIST" / "raw" / name):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"Fashion-MNIST file {name}(.gz) not found under {root}; {_INSTALL_HINT}")
+
+
+def load_fashion_mnist(*, root: str | Path, split: str, num_samples: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images as uint8 ``[N, 1, 28, 28]`` and labels as int64 ``[N]`` (first ``num_samples`` if > 0)."""
+    if split not in _IDX_FILES:
+        raise ValueError(f"split={split!r} must be 'train' or 'test'")
+    image_file, label_file = (_find_idx(Path(root), name) for name in _IDX_FILES[split])
+    images, labels = read_idx(image_file), read_idx(label_file)
+    if num_samples:
+        images, labels = images[:num_samples], labels[:num_samples]
+    return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+
+
+def make_synthetic(*, num_samples: int, num_classes: int, channels: int = 1, size: int = 28,
+                   seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A learnable synthetic set: each class is a fixed random pattern plus noise (uint8 images)."""
+    generator = torch.Generator().manual_seed(seed)
+    prototypes = torch.rand(num_classes, channels, size, size, generator=generator)
+    labels = torch.arange(num_samples) % num_classes
+    labels = labels[torch.randperm(num_samples, generator=generator)]
+    noise = torch.rand(num_samples, channels, size, size, generator=generator)
+    images = (0.6 * prototypes[labels] + 0.4 * noise) * 255
+    return images.to(torch.uint8), labels

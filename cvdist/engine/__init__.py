@@ -1,0 +1,10 @@
+"""The engine: the only package that imports accelerate and deepspeed.
+
+Recipes call :func:`start_session`, build their data and model with the session's rank and
+world size, then call :func:`fit` with a :class:`TrainTask`.
+"""
+
+from cvdist.engine.loop import BatchSource, FitResult, TrainTask, fit
+from cvdist.engine.session import Session, start_session
+
+__all__ = ["BatchSource", "FitResult", "Session", "TrainTask", "fit", "start_session"]

@@ -1,0 +1,236 @@
+"""The two ways a model is wrapped for training: Accelerate (none / DDP) and DeepSpeed (ZeRO-1/2/3).
+
+Why ZeRO goes through ``deepspeed.initialize`` directly and not through Accelerate's DeepSpeed
+plugin: on a machine without GPUs (checked with accelerate 1.15.0, see the platform notes) the
+plugin builds a DeepSpeedEngine while every Accelerator reports ``num_processes == 1`` and
+``is_main_process`` on every rank, so data is not sharded and every rank writes; with
+``Accelerator(cpu=True)`` the DeepSpeed config is dropped silently and plain DDP runs. DeepSpeed
+used directly trains ZeRO-1/2/3 correctly on CPU (gloo) and GPU (NCCL), so it is the one path
+for ZeRO everywhere, and rank / world size always come from ``torch.distributed``.
+
+Both backends expose the same small interface to the training loop: ``prepare``, ``to_device``,
+``accumulation_context``, ``backward``, ``optimizer_step``, ``save`` / ``load``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from cvdist.config import ConfigError
+from cvdist.engine.dist import DistEnv, collective_backend, current_env, launched_world_size
+from cvdist.engine.safe_load import WeightsOnlyCheckpointEngine, load_weights_only
+
+ZERO_STAGES = {"zero1": 1, "zero2": 2, "zero3": 3}
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """``fp32``, ``bf16`` or ``fp16`` for this device; half precision needs a GPU."""
+    if requested == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return "bf16"
+        return "fp32"
+    if requested in ("bf16", "fp16") and device.type != "cuda":
+        raise ConfigError(
+            f"dist.precision={requested} needs a GPU and this process runs on the CPU; "
+            "use dist.precision=fp32 (or auto)"
+        )
+    return requested
+
+
+def resolve_strategy(requested: str, world_size: int) -> str:
+    if requested == "auto":
+        return "ddp" if world_size > 1 else "none"
+    return requested
+
+
+def _move(batch: Any, device: torch.device, float_dtype: torch.dtype | None) -> Any:
+    if isinstance(batch, torch.Tensor):
+        batch = batch.to(device, non_blocking=True)
+        if float_dtype is not None and batch.is_floating_point():
+            batch = batch.to(float_dtype)
+        return batch
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_move(item, device, float_dtype) for item in batch)
+    if isinstance(batch, dict):
+        return {key: _move(value, device, float_dtype) for key, value in batch.items()}
+    return batch
+
+
+class AccelerateBackend:
+    """One process or DDP through ``accelerate.Accelerator``."""
+
+    def __init__(self, *, precision: str):
+        from accelerate import Accelerator  # engine-only dependency
+
+        expected = launched_world_size()
+        device_hint = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        self.precision = resolve_precision(precision, device_hint)
+        # cpu=True is required on GPU-less machines: without it each torchrun process runs
+        # alone (DistributedType.NO) instead of joining a gloo group (platform notes).
+        self.accelerator = Accelerator(
+            cpu=device_hint.type == "cpu",
+            mixed_precision="no" if self.precision == "fp32" else self.precision,
+        )
+        self.env: DistEnv = current_env(expected_world_size=expected)
+        self.model: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.client_optimizer: torch.optim.Optimizer | None = None
+        self.grad_clip_norm = 0.0
+
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, grad_clip_norm: float,
+                micro_batch_size: int, accum_steps: int) -> nn.Module:
+        self.client_optimizer = optimizer
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.grad_clip_norm = grad_clip_norm
+        self.accum_steps = accum_steps
+        return self.model
+
+    def to_device(self, batch: Any) -> Any:
+        return _move(batch, self.env.device, None)
+
+    @contextlib.contextmanager
+    def accumulation_context(self, *, is_last_micro_batch: bool) -> Iterator[None]:
+        # Skip the gradient all-reduce on all but the last micro-batch of an optimiser step.
+        if is_last_micro_batch:
+            yield
+        else:
+            with self.accelerator.no_sync(self.model):
+                yield
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.accelerator.backward(loss / self.accum_steps)
+
+    def optimizer_step(self) -> float | None:
+        grad_norm = None
+        if self.grad_clip_norm > 0:
+            grad_norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def plain_model(self) -> nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+    def save(self, directory: Path) -> None:
+        """Model and optimiser state (rank 0 writes; DDP keeps them identical on all ranks)."""
+        if self.env.is_main:
+            torch.save(self.plain_model().state_dict(), directory / "model.pt")
+            state = {"optimizer": self.optimizer.state_dict()}
+            if self.accelerator.scaler is not None:
+                state["grad_scaler"] = self.accelerator.scaler.state_dict()
+            torch.save(state, directory / "optimizer.pt")
+
+    def load(self, directory: Path) -> None:
+        self.plain_model().load_state_dict(load_weights_only(directory / "model.pt", self.env.device))
+        state = load_weights_only(directory / "optimizer.pt", self.env.device)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if "grad_scaler" in state and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(state["grad_scaler"])
+
+    def close(self) -> None:
+        self.accelerator.end_training()
+
+
+class DeepSpeedBackend:
+    """ZeRO stage 1, 2 or 3 through ``deepspeed.initialize`` (see the module doc for why)."""
+
+    def __init__(self, *, stage: int, precision: str):
+        import deepspeed  # engine-only dependency
+
+        expected = launched_world_size()
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        self.precision = resolve_precision(precision, device)
+        self.stage = stage
+        if expected > 1 or "RANK" in os.environ:
+            deepspeed.init_distributed(dist_backend=collective_backend(device))
+        else:
+            # DeepSpeed needs a process group even for one process: make a 1-process one.
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+            deepspeed.init_distributed(dist_backend=collective_backend(device))
+        self.env: DistEnv = current_env(expected_world_size=expected)
+        self.engine = None
+        self.client_optimizer: torch.optim.Optimizer | None = None
+
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, grad_clip_norm: float,
+                micro_batch_size: int, accum_steps: int) -> nn.Module:
+        import deepspeed
+
+        config = {
+            "train_micro_batch_size_per_gpu": micro_batch_size,
+            "gradient_accumulation_steps": accum_steps,
+            "train_batch_size": micro_batch_size * accum_steps * self.env.world_size,
+            "zero_optimization": {"stage": self.stage},
+            # Our optimisers (SGD, LARS, torch AdamW) are the same objects DDP uses, so every
+            # strategy runs the same update rule; DeepSpeed calls them "untested" for ZeRO.
+            "zero_allow_untested_optimizer": True,
+            "bf16": {"enabled": self.precision == "bf16"},
+            "fp16": {"enabled": self.precision == "fp16"},
+            "steps_per_print": 2**31 - 1,
+            "wall_clock_breakdown": False,
+        }
+        if grad_clip_norm > 0:
+            config["gradient_clipping"] = grad_clip_norm
+        self.client_optimizer = optimizer
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+        # DeepSpeed's own loader unpickles everything (weights_only=False); ours refuses
+        # anything but tensors and plain containers.
+        self.engine.checkpoint_engine = WeightsOnlyCheckpointEngine(self.engine.checkpoint_engine)
+        return self.engine
+
+    def to_device(self, batch: Any) -> Any:
+        half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        return _move(batch, self.env.device, half)
+
+    @contextlib.contextmanager
+    def accumulation_context(self, *, is_last_micro_batch: bool) -> Iterator[None]:
+        yield  # DeepSpeed tracks the accumulation boundary itself
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)  # scales by 1/gradient_accumulation_steps
+        self.engine.step()  # steps the optimiser only at the accumulation boundary
+
+    def optimizer_step(self) -> float | None:
+        norm = self.engine.get_global_grad_norm()
+        return None if norm is None else float(norm)
+
+    def plain_model(self) -> nn.Module:
+        return self.engine.module
+
+    def save(self, directory: Path) -> None:
+        """DeepSpeed's own checkpoint layout (every rank writes its shard) under ``directory``."""
+        self.engine.save_checkpoint(str(directory), tag="zero", client_state={})
+
+    def load(self, directory: Path) -> None:
+        load_path, _ = self.engine.load_checkpoint(
+            str(directory), tag="zero", load_optimizer_states=True, load_lr_scheduler_states=False)
+        if load_path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}")
+
+    def close(self) -> None:
+        pass
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def build_backend(*, strategy: str, precision: str) -> AccelerateBackend | DeepSpeedBackend:
+    """The backend for ``dist.strategy`` (``auto`` already resolved or not)."""
+    resolved = resolve_strategy(strategy, launched_world_size())
+    if resolved in ZERO_STAGES:
+        return DeepSpeedBackend(stage=ZERO_STAGES[resolved], precision=precision)
+    return AccelerateBackend(precision=precision)

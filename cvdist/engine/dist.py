@@ -1,0 +1,141 @@
+"""Process-group setup: the one place that reads launcher environments and picks the device.
+
+Supported launchers, all producing the same ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` /
+``MASTER_ADDR`` / ``MASTER_PORT`` environment before any process group is created:
+
+- ``python recipe.py``: one process, no variables needed.
+- ``torchrun`` and ``accelerate launch``: they set the variables themselves.
+- ``srun python recipe.py`` (one task per process): derived from ``SLURM_PROCID``,
+  ``SLURM_NTASKS``, ``SLURM_LOCALID`` and ``SLURM_JOB_NODELIST``.
+- ``srun torchrun ...``: torchrun's variables win over SLURM's.
+
+After initialisation, rank and world size are read back from ``torch.distributed`` itself
+(:func:`current_env`) and checked against the launcher's, so that nothing downstream trusts a
+wrapper's idea of the world (accelerate's DeepSpeed path on a CPU reports a world of 1 while
+torch.distributed has 2, see the platform notes).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+import torch.distributed as torch_dist
+
+_TORCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+class LaunchError(RuntimeError):
+    """The launcher environment is incomplete or inconsistent."""
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process stands in the job; the single source of rank and world size."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def select_device(local_rank: int) -> torch.device:
+    """The compute device: this process's GPU when CUDA is present, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def collective_backend(device: torch.device) -> str:
+    """NCCL for GPUs, gloo for CPUs."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """First host name of a SLURM node list: ``gpu-[001-004,007],cpu1`` -> ``gpu-001``."""
+    match = re.match(r"^([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if not match:
+        raise LaunchError(f"cannot parse SLURM_JOB_NODELIST={nodelist!r}; set MASTER_ADDR explicitly")
+    prefix, ranges = match.group(1), match.group(2)
+    if ranges is None:
+        return prefix
+    first = ranges.split(",")[0].split("-")[0]
+    return prefix + first
+
+
+def resolve_launch_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The torch launch variables for this process, derived from ``environ`` (not modified).
+
+    Returns an empty dict for a single process. Raises LaunchError for a half-set environment.
+    """
+    present = [name for name in _TORCH_VARS if name in environ]
+    if present:
+        missing = [name for name in ("RANK", "WORLD_SIZE") if name not in environ]
+        world = int(environ.get("WORLD_SIZE", "1"))
+        if world > 1:
+            missing += [n for n in ("MASTER_ADDR", "MASTER_PORT") if n not in environ]
+        if missing:
+            raise LaunchError(
+                f"launch environment is half set: {', '.join(present)} present but "
+                f"{', '.join(missing)} missing; start with torchrun / accelerate launch / srun, "
+                "or unset them to run one process"
+            )
+        resolved = {name: environ[name] for name in _TORCH_VARS if name in environ}
+        resolved.setdefault("LOCAL_RANK", environ.get("LOCAL_RANK", environ["RANK"]))
+        return resolved
+    # SLURM_STEP_NUM_TASKS is set by srun, not in an sbatch script itself: only then is SLURM
+    # the launcher of one task per process.
+    num_tasks = int(environ.get("SLURM_STEP_NUM_TASKS", "1"))
+    if "SLURM_PROCID" in environ and num_tasks > 1:
+        job_id = int(environ.get("SLURM_JOB_ID", "0"))
+        nodelist = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST", "")
+        return {
+            "RANK": environ["SLURM_PROCID"],
+            "WORLD_SIZE": str(num_tasks),
+            "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"),
+            "MASTER_ADDR": environ.get("MASTER_ADDR") or first_slurm_host(nodelist),
+            "MASTER_PORT": environ.get("MASTER_PORT") or str(20000 + job_id % 20000),
+        }
+    return {}
+
+
+def prepare_launch_env() -> dict[str, str]:
+    """Fill ``os.environ`` with the torch launch variables (see module doc); return them."""
+    resolved = resolve_launch_env(os.environ)
+    os.environ.update(resolved)
+    return resolved
+
+
+def current_env(*, expected_world_size: int) -> DistEnv:
+    """Rank and world size from the initialised process group (or a single process).
+
+    ``expected_world_size`` is what the launcher said; a mismatch means a wrapper built the
+    wrong world, which would silently duplicate data and writes, so it is an error.
+    """
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        rank, world_size = torch_dist.get_rank(), torch_dist.get_world_size()
+    else:
+        rank, world_size = 0, 1
+    if world_size != expected_world_size:
+        raise LaunchError(
+            f"the process group has {world_size} processes but the launcher started "
+            f"{expected_world_size}; check the launch command and accelerate config"
+        )
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=select_device(local_rank))
+
+
+def launched_world_size() -> int:
+    """World size announced by the launcher (1 without one)."""
+    return int(resolve_launch_env(os.environ).get("WORLD_SIZE", "1"))

@@ -1,0 +1,145 @@
+"""A training session: launcher environment, process group, backend, run directory, tracking.
+
+``start_session`` does everything that must happen before a recipe builds its data (which needs
+the rank and world size) and in an order that fails fast: the config is validated against the
+real world size before anything is written, and a new run never writes over an existing one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from cvdist import config as config_module
+from cvdist.config import ConfigError, RunConfig
+from cvdist.engine.backends import AccelerateBackend, DeepSpeedBackend, build_backend, resolve_strategy
+from cvdist.engine.checkpoint import (CheckpointMeta, latest_checkpoint, read_meta,
+                                      remove_partial_checkpoints)
+from cvdist.engine.dist import DistEnv, launched_world_size, prepare_launch_env
+from cvdist.tracking.records import RunRecord, check_run_dir_is_free
+from cvdist.tracking.wandb_run import WandbRun, resolve_wandb_mode
+
+
+@dataclass
+class Session:
+    """Everything a recipe needs from the engine before ``fit``."""
+
+    config: RunConfig
+    env: DistEnv
+    backend: AccelerateBackend | DeepSpeedBackend
+    strategy: str
+    wandb_mode: str
+    resume_from: Optional[Path]
+    resume_meta: Optional[CheckpointMeta]
+    micro_batch_size: int
+    record: Optional[RunRecord] = None
+    wandb: Optional[WandbRun] = None
+    started_at: float = field(default_factory=time.perf_counter)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.config.run_dir
+
+    @property
+    def checkpoint_root(self) -> Path:
+        return self.config.run_dir / "checkpoints"
+
+    def print(self, message: str) -> None:
+        """Print on rank 0 only."""
+        if self.env.is_main:
+            print(message, flush=True)
+
+    def open_run(self) -> None:
+        """Create the run directory and its records and start W&B (called by ``fit``).
+
+        Kept out of :func:`start_session` so that a recipe's own set-up errors (a missing data
+        file) leave no half-made run directory behind.
+        """
+        config, env, meta = self.config, self.env, self.resume_meta
+        if env.is_main:
+            for path in remove_partial_checkpoints(self.checkpoint_root):
+                print(f"[cvdist] removed an incomplete checkpoint left by an interrupted save: {path}", flush=True)
+        self.record = RunRecord(config.run_dir, is_main=env.is_main)
+        self.record.start(config_yaml=config_module.to_yaml(config), resumed_step=meta.step if meta else None)
+        self.wandb = WandbRun(
+            mode=self.wandb_mode, is_main=env.is_main, run_dir=config.run_dir, name=config.name,
+            project=config.tracking.project, entity=config.tracking.entity,
+            group=config.tracking.group or config.recipe, job_type=config.tracking.job_type or config.recipe,
+            tags=list(config.tracking.tags), config=config_module.to_dict(config),
+            run_id=meta.wandb_run_id if meta else None,
+        )
+
+    def close(self, *, exit_code: int = 0) -> None:
+        if self.wandb is not None:
+            self.wandb.finish(exit_code=exit_code)
+        self.backend.close()
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed on every rank, so every rank builds identical initial weights (ZeRO-3
+    partitions each rank's own copy, it does not broadcast them)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _find_resume_point(config: RunConfig) -> Optional[Path]:
+    resume = config.checkpoint.resume
+    if resume == "none":
+        return None
+    if resume == "auto":
+        return latest_checkpoint(config.run_dir / "checkpoints")
+    path = Path(resume)
+    if not (path / "meta.json").is_file():
+        raise ConfigError(f"checkpoint.resume={resume!r} is not a complete cvdist checkpoint directory "
+                          "(no meta.json); use 'auto' or a checkpoints/step-* directory")
+    return path
+
+
+def start_session(config: RunConfig) -> Session:
+    """Validate ``config``, join the process group and find the checkpoint to resume from.
+
+    Nothing is written to disk here; :meth:`Session.open_run` (called by ``fit``) does that.
+    """
+    prepare_launch_env()
+    world_size = launched_world_size()
+    config_module.validate(config, world_size=world_size)
+    strategy = resolve_strategy(config.dist.strategy, world_size)
+    check_run_dir_is_free(config.run_dir, resume=config.checkpoint.resume)
+    resume_from = _find_resume_point(config)
+    resume_meta = read_meta(resume_from) if resume_from is not None else None
+    if resume_meta is not None:
+        _check_resume_compatible(resume_meta, strategy=strategy, world_size=world_size, path=resume_from)
+    wandb_mode = resolve_wandb_mode(config.tracking.wandb_mode, os.environ)
+
+    backend = build_backend(strategy=strategy, precision=config.dist.precision)
+    env = backend.env
+    seed_everything(config.train.seed)
+    micro_batch_size = config.data.global_batch_size // (world_size * config.optim.accum_steps)
+    session = Session(config=config, env=env, backend=backend, strategy=strategy, wandb_mode=wandb_mode,
+                      resume_from=resume_from, resume_meta=resume_meta,
+                      micro_batch_size=micro_batch_size)
+    session.print(
+        f"[cvdist] run {config.run_dir} | strategy {strategy} | {env.world_size} process(es) on "
+        f"{env.device.type} | precision {backend.precision} | micro-batch {micro_batch_size} x "
+        f"accum {config.optim.accum_steps} x {world_size} = {config.data.global_batch_size} | W&B {wandb_mode}"
+        + (f" | resuming from {resume_from}" if resume_from else "")
+    )
+    return session
+
+
+def _check_resume_compatible(meta: CheckpointMeta, *, strategy: str, world_size: int, path: Path) -> None:
+    zero = strategy.startswith("zero") or meta.strategy.startswith("zero")
+    if zero and (meta.strategy != strategy or meta.world_size != world_size):
+        raise ConfigError(
+            f"checkpoint {path} was written by {meta.strategy} with {meta.world_size} processes; a ZeRO "
+            f"checkpoint resumes only with the same strategy and process count (now {strategy}, "
+            f"{world_size}). Export it with `cvdist export` and start a new run from the weights instead."
+        )

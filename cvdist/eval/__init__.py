@@ -1,0 +1,1 @@
+"""Evaluation: metrics over rank-sharded evaluation data."""

@@ -1,0 +1,53 @@
+"""Top-1 accuracy and loss of a classifier over evaluation data sharded across ranks.
+
+Every rank runs the same number of forward passes (the last batches are padded and the padding
+masked out): under ZeRO-3 each forward pass gathers parameters collectively, so a rank with
+fewer batches would leave the others waiting forever.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from cvdist import comm
+
+
+def sharded_eval_batches(*, images: torch.Tensor, labels: torch.Tensor, rank: int, world_size: int,
+                         batch_size: int, mean: float = 0.5, std: float = 0.5
+                         ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield ``(images, labels, valid_mask)``; rank ``r`` takes samples ``r, r+W, r+2W, ...``.
+
+    All ranks yield ``ceil(ceil(N / W) / batch_size)`` batches; together the valid entries
+    cover every sample exactly once.
+    """
+    per_rank = math.ceil(len(images) / world_size)
+    indices = torch.arange(rank, len(images), world_size)
+    valid = torch.ones(per_rank, dtype=torch.bool)
+    if len(indices) < per_rank:
+        valid[len(indices):] = False
+        indices = torch.cat([indices, torch.zeros(per_rank - len(indices), dtype=torch.long)])
+    for start in range(0, per_rank, batch_size):
+        chosen = indices[start:start + batch_size]
+        batch = images[chosen].float().div_(255.0).sub_(mean).div_(std)
+        yield batch, labels[chosen], valid[start:start + batch_size]
+
+
+def evaluate_classifier(model: nn.Module, batches: Iterator[Any], *, to_device: Callable[[Any], Any],
+                        device: torch.device) -> dict[str, float]:
+    """``top1`` (in [0, 1]) and mean cross-entropy ``loss`` over all ranks' valid samples."""
+    sums = {"correct": 0.0, "loss": 0.0, "count": 0.0}
+    for images, labels, valid in batches:
+        images, labels, valid = to_device((images, labels, valid))
+        logits = model(images).float()
+        losses = F.cross_entropy(logits, labels, reduction="none")
+        sums["correct"] += float(((logits.argmax(1) == labels) & valid).sum())
+        sums["loss"] += float(losses[valid].sum())
+        sums["count"] += float(valid.sum())
+    total = comm.all_reduce_sum(sums, device)
+    count = max(total["count"], 1.0)
+    return {"top1": total["correct"] / count, "loss": total["loss"] / count}

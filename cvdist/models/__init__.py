@@ -1,0 +1,5 @@
+"""Backbones and classifiers, built by name (a plain dict lookup, no registry)."""
+
+from cvdist.models.classifiers import MODEL_NAMES, build_model
+
+__all__ = ["MODEL_NAMES", "build_model"]

@@ -1,0 +1,75 @@
+"""Image classifiers: small CNNs for tests and demos, torchvision ResNets for real work."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torchvision
+from torch import nn
+
+
+def _conv_block(in_channels: int, out_channels: int, *, norm: bool, stride: int = 1) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=not norm)]
+    if norm:
+        layers.append(nn.BatchNorm2d(out_channels))
+    layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+def build_tiny_cnn(*, num_classes: int, in_channels: int) -> nn.Module:
+    """Two convs, no normalisation (~5 k params): deterministic and fast, for tests."""
+    return nn.Sequential(
+        _conv_block(in_channels, 8, norm=False, stride=2),
+        _conv_block(8, 16, norm=False, stride=2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, num_classes),
+    )
+
+
+def build_small_cnn(*, num_classes: int, in_channels: int) -> nn.Module:
+    """Five BN convs with two poolings (~0.2 M params): the default for 28-32 px demos."""
+    return nn.Sequential(
+        _conv_block(in_channels, 32, norm=True),
+        _conv_block(32, 32, norm=True),
+        nn.MaxPool2d(2),
+        _conv_block(32, 64, norm=True),
+        _conv_block(64, 64, norm=True),
+        nn.MaxPool2d(2),
+        _conv_block(64, 128, norm=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(128, num_classes),
+    )
+
+
+def build_resnet(*, depth: int, num_classes: int, in_channels: int, small_stem: bool) -> nn.Module:
+    """A torchvision ResNet-18/34/50, its stem adapted to ``in_channels`` and, with
+    ``small_stem``, to 28-64 px images (3x3 stride-1 conv, no max-pool, as for CIFAR)."""
+    constructors: dict[int, Callable[..., nn.Module]] = {
+        18: torchvision.models.resnet18,
+        34: torchvision.models.resnet34,
+        50: torchvision.models.resnet50,
+    }
+    model = constructors[depth](weights=None, num_classes=num_classes)
+    if small_stem:
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    elif in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return model
+
+
+MODEL_NAMES = ("tiny_cnn", "small_cnn", "resnet18", "resnet34", "resnet50")
+
+
+def build_model(*, name: str, num_classes: int, in_channels: int, small_stem: bool = True) -> nn.Module:
+    """The classifier ``name`` (one of MODEL_NAMES) with a ``num_classes`` head."""
+    if name == "tiny_cnn":
+        return build_tiny_cnn(num_classes=num_classes, in_channels=in_channels)
+    if name == "small_cnn":
+        return build_small_cnn(num_classes=num_classes, in_channels=in_channels)
+    if name.startswith("resnet") and name in MODEL_NAMES:
+        return build_resnet(depth=int(name[6:]), num_classes=num_classes, in_channels=in_channels,
+                            small_stem=small_stem)
+    raise ValueError(f"model.name={name!r} is not one of {', '.join(MODEL_NAMES)}")
