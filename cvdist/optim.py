@@ -89,16 +89,17 @@ def lr_multiplier(
 
     ``constant``, ``cosine`` (to ``min_lr_ratio``) and ``step`` (times ``gamma`` at each
     milestone) start with a linear warmup of ``warmup_steps``; ``onecycle`` is a cosine ramp
-    up for ``pct_start`` of the run from 1/25 of the peak, then cosine down to 1/1e4 of the
-    peak (PyTorch's OneCycleLR defaults).
+    up for ``pct_start`` of the run from 1/25 of the peak, then cosine down to 1/1e4 of that
+    (PyTorch's OneCycleLR defaults).
     """
     total_steps = max(total_steps, 1)
     if name == "onecycle":
-        up_steps = max(int(pct_start * total_steps), 1)
-        start, end = 1.0 / 25.0, 1.0 / 1e4
-        if step < up_steps:
-            return _cosine_between(start, 1.0, step / up_steps)
-        return _cosine_between(1.0, end, (step - up_steps) / max(total_steps - up_steps, 1))
+        # Same phase boundaries as torch.optim.lr_scheduler.OneCycleLR (two phases, cosine).
+        up_end = max(pct_start * total_steps - 1, 1.0)
+        start, end = 1.0 / 25.0, 1.0 / 25.0 / 1e4
+        if step <= up_end:
+            return _cosine_between(start, 1.0, step / up_end)
+        return _cosine_between(1.0, end, min((step - up_end) / max(total_steps - 1 - up_end, 1.0), 1.0))
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     if name == "constant":

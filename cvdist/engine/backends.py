@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -27,6 +28,9 @@ from cvdist.engine.dist import DistEnv, collective_backend, current_env, launche
 from cvdist.engine.safe_load import WeightsOnlyCheckpointEngine, load_weights_only
 
 ZERO_STAGES = {"zero1": 1, "zero2": 2, "zero3": 3}
+
+# DeepSpeed 0.19 calls a torch.distributed function that torch 2.14 deprecates, once per step.
+warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:

@@ -1,0 +1,101 @@
+"""Config loading and validation: every bad input fails before any work, with its own message."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from cvdist.cli import run_recipe
+from cvdist.config import ConfigError, RunConfig, load_config, load_recipe_config, to_yaml, validate
+from tests.conftest import REPO, RECIPE, TINY, clean_env, recipe_command
+
+import importlib.util
+
+_spec = importlib.util.spec_from_file_location("supervised_recipe", RECIPE)
+supervised = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(supervised)
+
+
+def test_yaml_then_overrides_then_types(tmp_path):
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("optim:\n  lr: 0.3\n  name: adamw\ndist:\n  strategy: zero2\n")
+    config = load_config(yaml_paths=[yaml_file], overrides=["optim.lr=0.05", "train.max_steps=7"])
+    assert isinstance(config, RunConfig)
+    assert config.optim.lr == 0.05 and config.optim.name == "adamw"
+    assert config.dist.strategy == "zero2" and config.train.max_steps == 7
+    assert "lr: 0.05" in to_yaml(config)
+
+
+def test_recipe_defaults_and_config_files(tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("optim:\n  lr: 0.2\n")
+    config = load_recipe_config(["--config", str(extra), "name=x"], default_yaml=RECIPE.with_suffix(".yaml"),
+                                recipe="supervised")
+    assert config.optim.lr == 0.2 and config.name == "x" and config.model.name == "small_cnn"
+    assert config.recipe == "supervised"
+
+
+BAD_INPUTS = [
+    # (overrides, world size, words the message must contain)
+    (["optim.lrr=0.1"], 1, ["unknown config key", "optim.lrr", "lr", "momentum"]),
+    (["nosuchsection.x=1"], 1, ["unknown config key", "nosuchsection"]),
+    (["optim.lr=fast"], 1, ["optim.lr", "fast"]),
+    (["train.max_steps=1.5"], 1, ["train.max_steps"]),
+    (["dist.strategy=zero4"], 1, ["dist.strategy='zero4'", "'zero1'", "'zero3'"]),
+    (["optim.name=adam"], 1, ["optim.name='adam'", "'adamw'", "'lars'"]),
+    (["model.name=resnet7"], 1, ["model.name='resnet7'", "'resnet18'"]),
+    (["data.global_batch_size=100", "optim.accum_steps=3"], 2, ["data.global_batch_size=100", "2 x 3 = 6"]),
+    (["dist.strategy=none"], 2, ["dist.strategy='none'", "2 were started"]),
+    (["optim.lr=-1"], 1, ["optim.lr=-1", "> 0"]),
+    (["train.max_steps=0", "train.epochs=0"], 1, ["train.max_steps", "train.epochs"]),
+    (["schedule.milestones=[30,10]"], 1, ["schedule.milestones", "increasing"]),
+    (["checkpoint.resume=/no/such/dir"], 1, ["checkpoint.resume", "no such checkpoint"]),
+    (["optim.lr"], 1, ["key=value"]),
+]
+
+
+@pytest.mark.parametrize("overrides,world_size,words", BAD_INPUTS, ids=[" ".join(b[0]) for b in BAD_INPUTS])
+def test_bad_inputs_have_their_own_message(overrides, world_size, words):
+    with pytest.raises(ConfigError) as caught:
+        config = load_config(overrides=overrides)
+        validate(config, world_size=world_size)
+    message = str(caught.value)
+    for word in words:
+        assert word in message, f"{word!r} not in {message!r}"
+
+
+def test_messages_are_distinct():
+    messages = set()
+    for overrides, world_size, _ in BAD_INPUTS:
+        try:
+            validate(load_config(overrides=overrides), world_size=world_size)
+        except ConfigError as error:
+            messages.add(str(error))
+    assert len(messages) == len(BAD_INPUTS)
+
+
+def test_half_precision_on_cpu_is_refused(tmp_path, capsys):
+    code = run_recipe(supervised.main, [*TINY, f"output_dir={tmp_path}", "dist.precision=fp16"])
+    assert code == 2
+    assert "dist.precision=fp16 needs a GPU" in capsys.readouterr().err
+    assert not (tmp_path / "supervised").exists()
+
+
+def test_bad_input_through_the_recipe_exits_nonzero_and_keeps_an_existing_run(tmp_path):
+    out = tmp_path / "runs"
+    args = [*TINY, f"output_dir={out}", "name=kept", "train.max_steps=2"]
+    first = subprocess.run(recipe_command(nproc=1) + args, cwd=REPO, env=clean_env(), capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run_dir = out / "kept"
+    before = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+
+    for bad in (["optim.lrr=1"], ["dist.strategy=zero9"], []):  # [] = same name again without resume
+        result = subprocess.run(recipe_command(nproc=1) + args + bad, cwd=REPO, env=clean_env(),
+                                capture_output=True, text=True)
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert result.stderr.strip().splitlines()[-1].startswith("cvdist: error: ")
+        assert "Traceback" not in result.stderr
+    assert "already holds a run" in result.stderr and "checkpoint.resume=auto" in result.stderr
+    after = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert after == before

@@ -1,0 +1,148 @@
+"""Multi-process training through the real recipe: DDP equivalence, ZeRO-1/2/3 agreement,
+checkpoints, exact resume after SIGKILL, and DeepSpeed's own zero_to_fp32 on our checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cvdist.engine.export import consolidated_state_dict
+from cvdist.tracking.records import read_metrics
+from tests.conftest import REPO, clean_env, recipe_command, run_recipe
+
+pytestmark = pytest.mark.slow
+
+FAULT_SCRIPT = REPO / "tests" / "helpers" / "fault_injection.py"
+STEPS = 6
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return consolidated_state_dict(run_dir)
+
+
+def assert_same(a: dict, b: dict, *, atol: float) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        if atol == 0:
+            assert torch.equal(a[name], b[name]), f"{name} differs bitwise"
+        else:
+            torch.testing.assert_close(a[name], b[name], atol=atol, rtol=0, msg=f"{name} differs")
+
+
+def run_killed_after_checkpoint(args: list[str], *, nproc: int, step: int, marker: Path, kind: str) -> None:
+    """Start the recipe with a fault at checkpoint ``step``, wait for it, SIGKILL everything."""
+    env = clean_env(CVDIST_FAULT=f"{kind}:{step}", CVDIST_FAULT_MARKER=str(marker))
+    process = subprocess.Popen(recipe_command(nproc=nproc, script=FAULT_SCRIPT) + args, cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 240
+    while not marker.exists():
+        if process.poll() is not None:
+            raise AssertionError(f"run ended before the fault:\n{process.stdout.read()[-5000:]}")
+        if time.time() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise AssertionError("fault point not reached in time")
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)  # every rank and the launcher, no handler runs
+    process.wait(timeout=60)
+    process.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Straight 6-step runs of every strategy, and the single-process baselines."""
+    out = tmp_path_factory.mktemp("strategies")
+    common = [f"output_dir={out}", f"train.max_steps={STEPS}", "checkpoint.every_steps=3", "checkpoint.keep_last=5"]
+    from tests.conftest import TINY
+
+    run_recipe([*TINY, *common, "name=single"], nproc=1)
+    run_recipe([*TINY, *common, "name=single-accum", "optim.accum_steps=2"], nproc=1)
+    for strategy in ("ddp", "zero1", "zero2", "zero3"):
+        run_recipe([*TINY, *common, f"name={strategy}", f"dist.strategy={strategy}"], nproc=2)
+    return out, [*TINY, *common]
+
+
+def test_ddp_two_processes_equal_one_process_with_twice_the_batch(runs):
+    out, _ = runs
+    single, ddp = weights(out / "single"), weights(out / "ddp")
+    initial = weights(out / "single" / "checkpoints" / "step-00000003")
+    assert any(not torch.equal(single[k], initial[k]) for k in single), "training did not change the weights"
+    assert_same(ddp, single, atol=1e-6)
+    assert_same(weights(out / "single-accum"), single, atol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", ["zero1", "zero2", "zero3"])
+def test_zero_trains_and_agrees_with_ddp(runs, strategy):
+    out, _ = runs
+    rows = [r for r in read_metrics(out / strategy) if "train/loss" in r]
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    assert rows[-1]["train/loss"] < rows[0]["train/loss"]
+    summary = json.loads((out / strategy / "summary.json").read_text())
+    assert summary["strategy"] == strategy and summary["world_size"] == 2
+    checkpoint = out / strategy / "checkpoints" / "step-00000006"
+    assert (checkpoint / "latest").is_file() and (checkpoint / "zero_to_fp32.py").is_file()
+    assert_same(weights(out / strategy), weights(out / "ddp"), atol=1e-5)
+
+
+@pytest.mark.parametrize("strategy,nproc", [("none", 1), ("ddp", 2), ("zero1", 2), ("zero2", 2), ("zero3", 2)])
+def test_exact_resume_after_sigkill(runs, tmp_path, strategy, nproc):
+    out, args = runs
+    straight = out / ("single" if strategy == "none" else strategy)
+    args = [*args, f"output_dir={tmp_path}", "name=resumed", f"dist.strategy={strategy}"]
+    run_killed_after_checkpoint(args, nproc=nproc, step=3, marker=tmp_path / "marker", kind="hang_after_checkpoint")
+    run_dir = tmp_path / "resumed"
+    assert not (run_dir / "summary.json").exists()
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-00000003"]
+
+    run_recipe([*args, "checkpoint.resume=auto"], nproc=nproc)
+    # fp32 on the CPU with the same reduction order: the continuation is bit-identical.
+    assert_same(weights(run_dir), weights(straight), atol=0)
+    steps = [r["step"] for r in read_metrics(run_dir) if "train/loss" in r]
+    assert steps == list(range(1, STEPS + 1)), "metrics must have each step exactly once"
+
+
+def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(runs, tmp_path):
+    out, args = runs
+    args = [*args, f"output_dir={tmp_path}", "name=torn", "checkpoint.every_steps=2"]
+    run_killed_after_checkpoint(args, nproc=1, step=4, marker=tmp_path / "marker", kind="hang_inside_checkpoint")
+    checkpoints = tmp_path / "torn" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == [".tmp-step-00000004", "step-00000002"]
+
+    result = run_recipe([*args, "checkpoint.resume=auto"], nproc=1)
+    assert "resuming from" in result.stdout and "step-00000002" in result.stdout
+    assert "removed an incomplete checkpoint" in result.stdout
+    assert not (checkpoints / ".tmp-step-00000004").exists()
+    assert_same(weights(tmp_path / "torn"), weights(out / "single"), atol=0)
+
+
+def test_deepspeed_zero_to_fp32_loads_into_torchvision_resnet(tmp_path):
+    import torchvision
+    from tests.conftest import TINY
+
+    args = [*TINY, f"output_dir={tmp_path}", "name=r18", "model.name=resnet18", "dist.strategy=zero3",
+            "train.max_steps=2", "data.num_train_samples=64", "data.num_eval_samples=16", "data.global_batch_size=8"]
+    run_recipe(args, nproc=2)
+    checkpoint = tmp_path / "r18" / "checkpoints" / "step-00000002"
+    output = tmp_path / "fp32"
+    subprocess.run([sys.executable, str(checkpoint / "zero_to_fp32.py"), str(checkpoint), str(output),
+                    "--tag", "zero"], check=True, capture_output=True, text=True, env=clean_env())
+    state = {}
+    for file in sorted(output.glob("*.safetensors")) or sorted(output.glob("*.bin")):
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state.update(load_file(file))
+        else:
+            state.update(torch.load(file, weights_only=True))
+    model = torchvision.models.resnet18(weights=None, num_classes=10)
+    model.conv1 = torch.nn.Conv2d(1, 64, 3, 1, 1, bias=False)  # the small stem the recipe used
+    model.maxpool = torch.nn.Identity()
+    model.load_state_dict(state, strict=True)
+    ours = consolidated_state_dict(tmp_path / "r18")
+    assert_same({k: v.float() for k, v in state.items()}, ours, atol=0)
