@@ -236,7 +236,7 @@ class Ledger:
     def __init__(self) -> None:
         self.seen: set[int] = set()
         self.bytes: dict[str, int] = defaultdict(int)
-        self.sources: dict[str, set] = defaultdict(set)
+        self.sources: dict[str, dict[str, int]] = defaultdict(dict)
 
     def add(self, category: str, tensor: torch.Tensor, source: str) -> None:
         storage = tensor.untyped_storage()
@@ -244,7 +244,8 @@ class Ledger:
             return
         self.seen.add(storage.data_ptr())
         self.bytes[category] += storage.nbytes()
-        self.sources[category].add(source.split("[")[0])
+        by_source = self.sources[category]
+        by_source[source] = by_source.get(source, 0) + storage.nbytes()
 
 
 class MemoryProbe:
@@ -278,11 +279,13 @@ class MemoryProbe:
             ledger.add("comm buffers", bucket, "DDP reducer buckets")
         engine = getattr(self.backend, "engine", None)
         if engine is not None:
-            fields = {k: v for k, v in vars(engine.optimizer).items() if k != "optimizer"}
-            for path, tensor in iter_tensors(fields, "zero"):
-                ledger.add(classify(path), tensor, path.replace("_DeepSpeedZeroOptimizer_Stage3__", ""))
+            for attribute, value in vars(engine.optimizer).items():
+                attribute = attribute.replace("_DeepSpeedZeroOptimizer_Stage3__", "")
+                if attribute != "optimizer":  # the inner AdamW, counted above
+                    for path, tensor in iter_tensors(value, attribute):
+                        ledger.add(classify(path), tensor, f"ZeRO {attribute}" + (".grad" if path.endswith(".grad") else ""))
         self.samples.append({"point": point, "bytes": dict(ledger.bytes),
-                             "sources": {k: sorted(v) for k, v in ledger.sources.items()},
+                             "sources": dict(ledger.sources),
                              "heap": heap_in_use() - self.heap_baseline})
 
     def install(self, wrapped) -> None:
@@ -297,7 +300,8 @@ class MemoryProbe:
             from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
             def record_bucket(state, bucket):  # DDP keeps these flat buffers beside param.grad
-                self.ddp_buckets.append(bucket.buffer())
+                if self.active:  # DDP rebuilds its buckets after step 1: keep only live ones
+                    self.ddp_buckets.append(bucket.buffer())
                 return allreduce_hook(state, bucket)
             wrapped.register_comm_hook(None, record_bucket)
 

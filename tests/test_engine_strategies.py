@@ -37,9 +37,10 @@ def assert_same(a: dict, b: dict, *, atol: float) -> None:
             torch.testing.assert_close(a[name], b[name], atol=atol, rtol=0, msg=f"{name} differs")
 
 
-def run_killed_after_checkpoint(args: list[str], *, nproc: int, step: int, marker: Path, kind: str) -> None:
+def run_killed_after_checkpoint(args: list[str], *, nproc: int, step: int, marker: Path, kind: str,
+                                **extra_env: str) -> None:
     """Start the recipe with a fault at checkpoint ``step``, wait for it, SIGKILL everything."""
-    env = clean_env(CVDIST_FAULT=f"{kind}:{step}", CVDIST_FAULT_MARKER=str(marker))
+    env = clean_env(CVDIST_FAULT=f"{kind}:{step}", CVDIST_FAULT_MARKER=str(marker), **extra_env)
     process = subprocess.Popen(recipe_command(nproc=nproc, script=FAULT_SCRIPT) + args, cwd=REPO, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.time() + 240

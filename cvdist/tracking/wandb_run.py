@@ -7,7 +7,8 @@ on disk without network, uploaded later with ``wandb sync``). Credentials are le
 
 from __future__ import annotations
 
-import os
+import secrets
+import string
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -20,6 +21,12 @@ def resolve_wandb_mode(configured: str, environ: Mapping[str, str]) -> str:
     if mode not in ("online", "offline", "disabled"):
         raise ValueError(f"WANDB_MODE={mode!r} is not one of 'online', 'offline', 'disabled'")
     return mode
+
+
+def new_run_id() -> str:
+    """An 8-character id in W&B's alphabet; stored in checkpoints so a resumed run reuses it."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
 class WandbRun:
@@ -35,7 +42,7 @@ class WandbRun:
             return
         import wandb  # tracking-only dependency; imported only when used (it is slow to import)
 
-        self.run_id = run_id or wandb.util.generate_id()
+        self.run_id = run_id or new_run_id()
         run_dir.mkdir(parents=True, exist_ok=True)
         self._run = wandb.init(
             mode=mode, dir=str(run_dir), name=name, project=project, entity=entity, group=group,
