@@ -4,8 +4,6 @@ checkpoints, exact resume after SIGKILL, and DeepSpeed's own zero_to_fp32 on our
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -37,21 +35,38 @@ def assert_same(a: dict, b: dict, *, atol: float) -> None:
             torch.testing.assert_close(a[name], b[name], atol=atol, rtol=0, msg=f"{name} differs")
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants (torchrun puts workers in their own group)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for process in family:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(family, timeout=60)
+
+
 def run_killed_after_checkpoint(args: list[str], *, nproc: int, step: int, marker: Path, kind: str,
                                 **extra_env: str) -> None:
     """Start the recipe with a fault at checkpoint ``step``, wait for it, SIGKILL everything."""
     env = clean_env(CVDIST_FAULT=f"{kind}:{step}", CVDIST_FAULT_MARKER=str(marker), **extra_env)
     process = subprocess.Popen(recipe_command(nproc=nproc, script=FAULT_SCRIPT) + args, cwd=REPO, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 240
     while not marker.exists():
         if process.poll() is not None:
             raise AssertionError(f"run ended before the fault:\n{process.stdout.read()[-5000:]}")
         if time.time() > deadline:
-            os.killpg(process.pid, signal.SIGKILL)
+            kill_tree(process.pid)
             raise AssertionError("fault point not reached in time")
         time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)  # every rank and the launcher, no handler runs
+    kill_tree(process.pid)  # every rank and the launcher; no handler runs
     process.wait(timeout=60)
     process.stdout.close()
 
@@ -60,7 +75,8 @@ def run_killed_after_checkpoint(args: list[str], *, nproc: int, step: int, marke
 def runs(tmp_path_factory):
     """Straight 6-step runs of every strategy, and the single-process baselines."""
     out = tmp_path_factory.mktemp("strategies")
-    common = [f"output_dir={out}", f"train.max_steps={STEPS}", "checkpoint.every_steps=3", "checkpoint.keep_last=5"]
+    common = [f"output_dir={out}", f"train.max_steps={STEPS}", "checkpoint.every_steps=3", "checkpoint.keep_last=5",
+              "optim.grad_clip_norm=0.1"]
     from tests.conftest import TINY
 
     run_recipe([*TINY, *common, "name=single"], nproc=1)
@@ -85,6 +101,7 @@ def test_zero_trains_and_agrees_with_ddp(runs, strategy):
     rows = [r for r in read_metrics(out / strategy) if "train/loss" in r]
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     assert rows[-1]["train/loss"] < rows[0]["train/loss"]
+    assert max(r["grad_norm"] for r in rows) > 0.1, "clipping at 0.1 must have been active"
     summary = json.loads((out / strategy / "summary.json").read_text())
     assert summary["strategy"] == strategy and summary["world_size"] == 2
     checkpoint = out / strategy / "checkpoints" / "step-00000006"
@@ -121,6 +138,42 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(runs, tmp_path):
     assert "removed an incomplete checkpoint" in result.stdout
     assert not (checkpoints / ".tmp-step-00000004").exists()
     assert_same(weights(tmp_path / "torn"), weights(out / "single"), atol=0)
+
+
+def test_stop_signal_on_one_rank_saves_and_stops_all_and_resume_finishes(runs, tmp_path):
+    out, args = runs
+    args = [*args, f"output_dir={tmp_path}", "name=signalled", "dist.strategy=ddp", "checkpoint.every_steps=2",
+            "checkpoint.keep_last=2"]
+    result = run_recipe(args, nproc=2, script=FAULT_SCRIPT, env=clean_env(CVDIST_FAULT="signal_after_checkpoint:2"))
+    assert "stop signal (SIGUSR1): saved step 3, stopping" in result.stdout
+    run_dir = tmp_path / "signalled"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["stopped_early"] is True and summary["step"] == 3
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-00000002", "step-00000003"]
+
+    run_recipe([*args, "checkpoint.resume=auto"], nproc=2)
+    # Only the last two checkpoints are kept (4 and 6; 2 and 3 were pruned).
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-00000004", "step-00000006"]
+    assert_same(weights(run_dir), weights(out / "ddp"), atol=0)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_cvdist_export_cli_writes_weights_that_load_strictly(runs, tmp_path, suffix):
+    from cvdist.cli import main
+    from cvdist.models import build_model
+
+    out, _ = runs
+    target = tmp_path / f"model{suffix}"
+    assert main(["export", str(out / "zero3"), "--out", str(target)]) == 0
+    if suffix == ".safetensors":
+        from safetensors.torch import load_file
+        state = load_file(target)
+    else:
+        state = torch.load(target, weights_only=True)
+    model = build_model(name="tiny_cnn", num_classes=10, in_channels=1)
+    model.load_state_dict(state, strict=True)
+    assert_same(state, weights(out / "ddp"), atol=1e-5)
+    assert main(["export", str(tmp_path / "nothing-here"), "--out", str(target)]) == 2
 
 
 def test_deepspeed_zero_to_fp32_loads_into_torchvision_resnet(tmp_path):

@@ -77,3 +77,22 @@ def test_srun_environment_one_task_per_process(tiny_args):
     assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     _assert_two_process_run(Path(tiny_args[-1].split("=", 1)[1]) / "srun", outputs[0])
     assert "[cvdist] run" not in outputs[1], "only rank 0 prints the run banner"
+
+
+def test_two_torchrun_agents_as_two_nodes(tiny_args):
+    """Multi-node without SLURM: two torchrun agents (node ranks 0 and 1) meet through c10d."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    agents = []
+    for node_rank in range(2):
+        command = [str(BIN / "torchrun"), "--nnodes=2", f"--node_rank={node_rank}", "--nproc_per_node=1",
+                   "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=cvdist-test",
+                   str(RECIPE), *tiny_args, "name=nodes", "train.max_steps=3"]
+        agents.append(subprocess.Popen(command, cwd=REPO, env=clean_env(), stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True))
+    outputs = [agent.communicate(timeout=300)[0] for agent in agents]
+    assert [agent.returncode for agent in agents] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    _assert_two_process_run(Path(tiny_args[-1].split("=", 1)[1]) / "nodes", "".join(outputs))

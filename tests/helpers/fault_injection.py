@@ -5,6 +5,8 @@
     CVDIST_FAULT=hang_inside_checkpoint:STEP -> while writing checkpoint STEP, after the model
                                                and RNG files but before meta.json and the
                                                rename, write the marker and sleep
+    CVDIST_FAULT=signal_after_checkpoint:STEP -> after checkpoint STEP, rank 0 sends itself
+                                               SIGUSR1 (as SLURM does before a time limit)
 
 The test kills the process group with SIGKILL, which is what a node failure or an OOM kill
 does: no handler runs.
@@ -12,6 +14,7 @@ does: no handler runs.
 
 import os
 import runpy
+import signal
 import sys
 import time
 from pathlib import Path
@@ -21,7 +24,7 @@ import cvdist.engine.loop as loop_module
 
 kind, _, step_text = os.environ["CVDIST_FAULT"].partition(":")
 fault_step = int(step_text)
-marker = Path(os.environ["CVDIST_FAULT_MARKER"])
+marker = Path(os.environ.get("CVDIST_FAULT_MARKER", "/dev/null"))
 
 
 def hang() -> None:
@@ -30,16 +33,22 @@ def hang() -> None:
         time.sleep(1)
 
 
-if kind == "hang_after_checkpoint":
-    original_save = loop_module.save_checkpoint
+def signal_rank0() -> None:
+    if os.environ.get("RANK", "0") == "0":
+        os.kill(os.getpid(), signal.SIGUSR1)
 
-    def save_then_hang(**kwargs):
+
+if kind in ("hang_after_checkpoint", "signal_after_checkpoint"):
+    original_save = loop_module.save_checkpoint
+    action = hang if kind == "hang_after_checkpoint" else signal_rank0
+
+    def save_then_act(**kwargs):
         result = original_save(**kwargs)
         if kwargs["meta"].step == fault_step:
-            hang()
+            action()
         return result
 
-    loop_module.save_checkpoint = save_then_hang
+    loop_module.save_checkpoint = save_then_act
 elif kind == "hang_inside_checkpoint":
     original_write = checkpoint_module.atomic_write_json
 
