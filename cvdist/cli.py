@@ -7,6 +7,7 @@ import sys
 from typing import Callable, Sequence
 
 from cvdist.config import ConfigError
+from cvdist.data.shards_cli import add_shards_commands
 from cvdist.engine.dist import LaunchError
 from cvdist.tracking.records import RunExistsError
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("checkpoint", help="a checkpoints/step-* directory, or a run directory (newest checkpoint)")
     export.add_argument("--out", required=True, help="output file: *.safetensors, *.pt or *.pth")
     export.set_defaults(handler=_export)
+    add_shards_commands(commands)
     return parser
 
 

@@ -1,0 +1,128 @@
+"""``cvdist shards ...``: write WebDataset shards and long-tailed subsets from the command line.
+
+``cvdist.cli`` calls :func:`add_shards_commands`; the handlers only translate arguments into the
+keyword arguments of the library functions. User errors raise ValueError / FileNotFoundError,
+which ``cvdist.cli.main`` prints as one ``cvdist: error: ...`` line (exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from cvdist.data.longtail import write_longtail_shards
+from cvdist.data.manifest import IMAGE_FORMATS, Manifest
+from cvdist.data.shard_writer import DEFAULT_QUALITY, DEFAULT_SAMPLES_PER_SHARD, write_dataset_shards
+from cvdist.data.sources import build_cifar_source, build_fashion_mnist_source, build_folder_source
+
+DEFAULT_FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+
+
+def _summary(manifest: Manifest) -> str:
+    parts = ", ".join(f"{name} {info.num_samples} samples in {len(info.shards)} shards"
+                      for name, info in manifest.splits.items())
+    return f"wrote {parts} to {manifest.directory} (manifest.json beside them)"
+
+
+def _writer_options(args: argparse.Namespace) -> dict:
+    return dict(out_dir=args.out, samples_per_shard=args.samples_per_shard, image_format=args.image_format,
+                quality=args.quality, overwrite=args.overwrite, progress=not args.quiet)
+
+
+def _fashion_mnist(args: argparse.Namespace) -> int:
+    source = build_fashion_mnist_source(root=args.root, limit=args.limit)
+    manifest = write_dataset_shards(source=source, shuffle_seed=args.shuffle_seed, inputs=[args.root],
+                                    **_writer_options(args))
+    print(_summary(manifest))
+    return 0
+
+
+def _folder(args: argparse.Namespace) -> int:
+    roots = {args.split_name: args.root}
+    if args.test_root is not None:
+        if args.split_name == "test":
+            raise ValueError("--test-root writes the 'test' split, which --split-name test already names; "
+                             "use another --split-name")
+        roots["test"] = args.test_root
+    source = build_folder_source(splits=roots, image_format=args.image_format)
+    manifest = write_dataset_shards(source=source, shuffle_seed=None if args.no_shuffle else args.shuffle_seed,
+                                    inputs=list(roots.values()), **_writer_options(args))
+    print(_summary(manifest))
+    return 0
+
+
+def _cifar(args: argparse.Namespace) -> int:
+    source = build_cifar_source(archive=args.archive)
+    manifest = write_dataset_shards(source=source, shuffle_seed=args.shuffle_seed, inputs=[args.archive],
+                                    **_writer_options(args))
+    print(_summary(manifest))
+    return 0
+
+
+def _longtail(args: argparse.Namespace) -> int:
+    manifest = write_longtail_shards(source_dir=args.source, out_dir=args.out, imbalance_factor=args.imbalance_factor,
+                                     seed=args.seed, samples_per_shard=args.samples_per_shard,
+                                     overwrite=args.overwrite, progress=not args.quiet)
+    print(_summary(manifest))
+    print(f"kept per class: {manifest.longtail.kept_per_class}")
+    return 0
+
+
+def _add_output_options(parser: argparse.ArgumentParser, *, image_options: bool,
+                        samples_per_shard_default: int | None = DEFAULT_SAMPLES_PER_SHARD) -> None:
+    parser.add_argument("--out", required=True, help="output directory (shards + manifest.json); must not exist "
+                        "or be empty unless --overwrite")
+    parser.add_argument("--samples-per-shard", type=int, default=samples_per_shard_default, metavar="N",
+                        help="samples per tar file (default: %s)" % (
+                            samples_per_shard_default or "the source's largest train shard"))
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing shard directory (one holding manifest.json) in one swap")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
+    if image_options:
+        parser.add_argument("--image-format", choices=IMAGE_FORMATS, default="png",
+                            help="image member format (default: png, lossless)")
+        parser.add_argument("--quality", type=int, default=None, metavar="Q",
+                            help=f"jpg/webp quality 1-100 (default {DEFAULT_QUALITY})")
+
+
+def add_shards_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``shards`` with its sub-commands fashion-mnist, folder, cifar and longtail."""
+    shards = subparsers.add_parser("shards", help="write WebDataset shards + manifest.json, or a long-tailed subset")
+    commands = shards.add_subparsers(dest="shards_command", required=True,
+                                     metavar="{fashion-mnist,folder,cifar,longtail}")
+
+    fashion = commands.add_parser("fashion-mnist", help="shards from the Fashion-MNIST IDX files")
+    fashion.add_argument("--root", default=DEFAULT_FASHION_MNIST_ROOT,
+                         help="directory with the four IDX files, .gz or not (default: %(default)s)")
+    fashion.add_argument("--limit", type=int, default=0, metavar="N",
+                         help="only the first N samples of each split (a quick subset; default: all)")
+    fashion.add_argument("--shuffle-seed", type=int, default=None, metavar="S",
+                         help="write samples in a seeded random order (default: file order, already mixed)")
+    _add_output_options(fashion, image_options=True)
+    fashion.set_defaults(handler=_fashion_mnist)
+
+    folder = commands.add_parser("folder", help="shards from an image folder tree root/<class>/<image>")
+    folder.add_argument("--root", required=True, help="the tree of one split; classes = sub-directories sorted by name")
+    folder.add_argument("--split-name", default="train", help="split written from --root (default: %(default)s)")
+    folder.add_argument("--test-root", default=None,
+                        help="optional second tree with the same classes, written as the 'test' split")
+    folder.add_argument("--shuffle-seed", type=int, default=0, metavar="S",
+                        help="seed of the write order, so each shard mixes classes (default: %(default)s)")
+    folder.add_argument("--no-shuffle", action="store_true", help="write in sorted class/file order instead")
+    _add_output_options(folder, image_options=True)
+    folder.set_defaults(handler=_folder)
+
+    cifar = commands.add_parser("cifar", help="shards from a CIFAR-10/100 python archive you already have")
+    cifar.add_argument("--archive", required=True,
+                       help="cifar-10-python.tar.gz / cifar-100-python.tar.gz or the extracted directory")
+    cifar.add_argument("--shuffle-seed", type=int, default=None, metavar="S",
+                       help="write samples in a seeded random order (default: archive order, already mixed)")
+    _add_output_options(cifar, image_options=True)
+    cifar.set_defaults(handler=_cifar)
+
+    longtail = commands.add_parser("longtail", help="a long-tailed train split from balanced shards (test copied)")
+    longtail.add_argument("--source", required=True, help="a shard directory written by `cvdist shards`")
+    longtail.add_argument("--imbalance-factor", type=float, required=True, metavar="F",
+                          help="head / tail sample ratio, e.g. 10 or 100")
+    longtail.add_argument("--seed", type=int, required=True, help="selects which samples each class keeps")
+    _add_output_options(longtail, image_options=False, samples_per_shard_default=None)
+    longtail.set_defaults(handler=_longtail)
