@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from typing import Callable, Sequence
 
 from cvdist.config import ConfigError
 from cvdist.data.shards_cli import add_shards_commands
+from cvdist.data.stream import DataError
 from cvdist.engine.dist import LaunchError
 from cvdist.tracking.records import RunExistsError
 
-# Errors that mean "the user asked for something wrong": one clear line, exit status 2.
-USER_ERRORS = (ConfigError, RunExistsError, LaunchError, FileNotFoundError)
+# Errors that mean "the user asked for something wrong" (cvdist raises ValueError for those, by
+# convention): one clear line and exit status 2; CVDIST_DEBUG=1 shows the traceback too.
+USER_ERRORS = (ConfigError, RunExistsError, LaunchError, DataError, FileNotFoundError, ValueError)
 
 
 def run_recipe(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None = None) -> int:
@@ -20,6 +24,8 @@ def run_recipe(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] 
     try:
         return int(main(sys.argv[1:] if argv is None else argv) or 0)
     except USER_ERRORS as error:
+        if os.environ.get("CVDIST_DEBUG"):
+            traceback.print_exc()
         print(f"cvdist: error: {error}", file=sys.stderr, flush=True)
         return 2
 
@@ -48,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (*USER_ERRORS, ValueError) as error:
+    except USER_ERRORS as error:
         print(f"cvdist: error: {error}", file=sys.stderr)
         return 2
 

@@ -37,18 +37,49 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    train_shards: list[str] = field(default_factory=list)
+    """Training sources: shard directories with a manifest, or shard patterns / URLs (``dir/train-*.tar``,
+    ``train-{000000..000099}.tar``, ``pipe:...``, ``https://...``). Empty = the built-in in-memory data set."""
+    train_weights: list[float] = field(default_factory=list)
+    """Mixing weights of several ``train_shards`` sources (empty = equal)."""
+    eval_shards: str = ""
+    """Evaluation source (empty = the ``eval_split`` of the first training source's manifest)."""
+    train_split: str = "train"
+    """Split of a manifest to train on."""
+    eval_split: str = "test"
+    """Split of a manifest to evaluate on."""
+    num_samples: int = 0
+    """Samples per epoch for sources without a manifest (remote shards), as in OpenCLIP; 0 = from manifests."""
+    shuffle_buffer: int = 1000
+    """Samples held per reader for shuffling (0 = no sample shuffling; shards are still shuffled)."""
+    sampling: str = "instance"
+    """Class-aware re-sampling: ``instance``, ``class_balanced``, ``sqrt`` or ``progressive``."""
+    max_corrupt: int = 100
+    """Corrupt samples / shards a rank may skip per epoch before the run stops."""
+    augment: str = "flip"
+    """Augmentation preset for training: ``none``, ``flip``, ``standard``, ``strong``."""
+    image_size: int = 28
+    """Side of the (square) training and evaluation images."""
+    mean: list[float] = field(default_factory=lambda: [0.5])
+    """Normalisation mean per channel."""
+    std: list[float] = field(default_factory=lambda: [0.5])
+    """Normalisation std per channel."""
+    multi_scale: list[float] = field(default_factory=list)
+    """Multi-scale training: each batch resized to one of these multiples of ``image_size`` (empty = off)."""
     dataset: str = "fashion_mnist"
-    """Built-in data set: ``fashion_mnist`` (Debian package files) or ``synthetic``."""
+    """Built-in data set when ``train_shards`` is empty: ``fashion_mnist`` (Debian package files) or ``synthetic``."""
     root: str = "/usr/share/datasets/fashion-mnist"
     """Directory with the Fashion-MNIST IDX files (``*-ubyte`` or ``*-ubyte.gz``)."""
     num_train_samples: int = 0
-    """Use only the first N training samples (0 = all)."""
+    """Built-in data: use only the first N training samples (0 = all)."""
     num_eval_samples: int = 0
-    """Use only the first N evaluation samples (0 = all)."""
+    """Built-in data: use only the first N evaluation samples (0 = all)."""
     global_batch_size: int = 128
     """Samples per optimiser step over all processes and accumulation steps."""
+    eval_batch_size: int = 256
+    """Evaluation batch per process."""
     num_workers: int = 0
-    """DataLoader worker processes per training process."""
+    """DataLoader worker processes per training process (shards only)."""
 
 
 @dataclass
@@ -161,6 +192,8 @@ class RunConfig:
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.name": MODEL_NAMES,
     "data.dataset": ("fashion_mnist", "synthetic"),
+    "data.sampling": ("instance", "class_balanced", "sqrt", "progressive"),
+    "data.augment": ("none", "flip", "standard", "strong"),
     "optim.name": ("sgd", "adamw", "lars"),
     "schedule.name": ("constant", "cosine", "step", "onecycle"),
     "dist.strategy": ("auto", "none", "ddp", "zero1", "zero2", "zero3"),
@@ -190,8 +223,15 @@ def load_config(
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=0.05)")
+    for item in overrides:
+        try:
+            layers.append(OmegaConf.from_dotlist([item]))
+        except Exception as error:  # yaml.YAMLError from the value's YAML parse
+            raise ConfigError(
+                f"override {item!r}: the value is not valid YAML ({str(error).splitlines()[0]}); quote values "
+                "holding braces, commas or colons, e.g. data.train_shards=['shards/train-{000000..000009}.tar']"
+            ) from None
     try:
-        layers.append(OmegaConf.from_dotlist(list(overrides)))
         return OmegaConf.to_object(OmegaConf.merge(*layers))
     except OmegaConfBaseException as error:
         raise ConfigError(_explain_omegaconf_error(error, schema)) from None
@@ -240,12 +280,17 @@ def validate(config: RunConfig, *, world_size: int) -> None:
         "tracking.log_every_steps": config.tracking.log_every_steps,
         "model.num_classes": config.model.num_classes,
         "model.in_channels": config.model.in_channels,
+        "data.image_size": config.data.image_size,
+        "data.eval_batch_size": config.data.eval_batch_size,
     }
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key}={value} must be > 0")
     non_negative = {
         "data.num_workers": config.data.num_workers,
+        "data.num_samples": config.data.num_samples,
+        "data.shuffle_buffer": config.data.shuffle_buffer,
+        "data.max_corrupt": config.data.max_corrupt,
         "data.num_train_samples": config.data.num_train_samples,
         "data.num_eval_samples": config.data.num_eval_samples,
         "train.max_steps": config.train.max_steps,
@@ -273,6 +318,15 @@ def validate(config: RunConfig, *, world_size: int) -> None:
             f"dist.strategy='none' runs one process but {world_size} were started; "
             "use dist.strategy=ddp (or auto, zero1, zero2, zero3)"
         )
+    for key in ("data.mean", "data.std"):
+        if len(get_by_path(config, key)) != config.model.in_channels:
+            raise ConfigError(f"{key}={get_by_path(config, key)} needs one value per channel "
+                              f"(model.in_channels={config.model.in_channels})")
+    if any(scale <= 0 for scale in config.data.multi_scale):
+        raise ConfigError(f"data.multi_scale={config.data.multi_scale} must hold positive factors, e.g. [0.5, 1.0, 1.5]")
+    if config.data.train_weights and len(config.data.train_weights) != len(config.data.train_shards):
+        raise ConfigError(f"data.train_weights has {len(config.data.train_weights)} values for "
+                          f"{len(config.data.train_shards)} data.train_shards sources; give one per source")
     if len(config.optim.betas) != 2:
         raise ConfigError(f"optim.betas={config.optim.betas} must have two values, e.g. [0.9, 0.999]")
     if not 0.0 <= config.schedule.min_lr_ratio <= 1.0:

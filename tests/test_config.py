@@ -52,6 +52,8 @@ BAD_INPUTS = [
     (["schedule.milestones=[30,10]"], 1, ["schedule.milestones", "increasing"]),
     (["checkpoint.resume=/no/such/dir"], 1, ["checkpoint.resume", "no such checkpoint"]),
     (["optim.lr"], 1, ["key=value"]),
+    (["data.train_shards=[a/{0..3}.tar]"], 1, ["not valid YAML", "quote values"]),
+    (["data.mean=[0.5,0.5]"], 1, ["data.mean", "model.in_channels=1"]),
 ]
 
 

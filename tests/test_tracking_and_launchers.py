@@ -45,8 +45,8 @@ def _assert_two_process_run(run_dir: Path, output: str) -> None:
     assert "2 process(es) on cpu" in output, output[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["step"] == 3
-    assert sorted(p.name for p in (run_dir / "checkpoints" / "step-00000003").glob("rng-rank*.pt")) == [
-        "rng-rank0.pt", "rng-rank1.pt"]
+    assert sorted(p.name for p in (run_dir / "checkpoints" / "step-00000003").glob("rank-*.pt")) == [
+        "rank-0.pt", "rank-1.pt"]
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "zero2"])

@@ -4,7 +4,8 @@ Layout of ``<run>/checkpoints/step-00000100/`` (only ever created by renaming a 
 ``.tmp-step-00000100`` directory, so a name without ``.tmp`` is always complete):
 
 - ``meta.json``: step, data position, W&B run id, strategy, world size (written last);
-- ``rng-rank<R>.pt``: every RNG state of rank R (torch, CUDA, Python, NumPy);
+- ``rank-<R>.pt``: rank R's own state: every RNG (torch, CUDA, Python, NumPy) and its exact
+  data position (each rank reads different shards, so positions differ per rank);
 - the backend's model and optimiser state: ``model.pt`` + ``optimizer.pt`` (none / DDP), or
   DeepSpeed's own ZeRO layout (``latest``, ``zero/``, ``zero_to_fp32.py``).
 """
@@ -40,7 +41,6 @@ class CheckpointMeta:
     strategy: str
     world_size: int
     wandb_run_id: Optional[str]
-    data_state: dict
 
 
 def checkpoint_name(step: int) -> str:
@@ -94,10 +94,11 @@ def _as_tuples(value: Any) -> Any:
 
 
 def save_checkpoint(*, root: Path, meta: CheckpointMeta, rank: int, write_backend_state: Callable[[Path], None],
-                    keep_last: int) -> Path:
+                    data_state: dict, keep_last: int) -> Path:
     """Write a checkpoint atomically; every rank calls this (collective).
 
-    Rank 0 creates ``.tmp-step-N``, every rank writes its backend state and RNG state into it,
+    Rank 0 creates ``.tmp-step-N``, every rank writes its backend state, RNG states and
+    ``data_state`` (its data position) into it,
     then rank 0 writes ``meta.json`` and renames the directory to ``step-N``. A process killed
     at any point leaves either no ``step-N`` or a complete one.
     """
@@ -110,7 +111,7 @@ def save_checkpoint(*, root: Path, meta: CheckpointMeta, rank: int, write_backen
         temporary.mkdir()
     comm.barrier()
     write_backend_state(temporary)
-    torch.save(capture_rng_state(), temporary / f"rng-rank{rank}.pt")
+    torch.save({"rng": capture_rng_state(), "data": data_state}, temporary / rank_state_name(rank))
     comm.barrier()
     if rank == 0:
         atomic_write_json(temporary / "meta.json", asdict(meta))
@@ -144,5 +145,10 @@ def remove_partial_checkpoints(root: Path) -> list[Path]:
     return partial
 
 
-def load_rng_state(directory: Path, rank: int) -> dict[str, Any]:
-    return load_weights_only(directory / f"rng-rank{rank}.pt")
+def rank_state_name(rank: int) -> str:
+    return f"rank-{rank}.pt"
+
+
+def load_rank_state(directory: Path, rank: int) -> dict[str, Any]:
+    """``{"rng": ..., "data": ...}`` as rank ``rank`` saved it."""
+    return load_weights_only(directory / rank_state_name(rank))

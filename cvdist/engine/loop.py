@@ -17,19 +17,25 @@ from torch import nn
 from tqdm import tqdm
 
 from cvdist import comm
-from cvdist.engine.checkpoint import CheckpointMeta, load_rng_state, restore_rng_state, save_checkpoint
+from cvdist.engine.checkpoint import CheckpointMeta, load_rank_state, restore_rng_state, save_checkpoint
 from cvdist.engine.session import Session
 from cvdist.engine.signals import StopSignal
 from cvdist.optim import build_optimizer, lr_multiplier, set_learning_rate
 
 
 class BatchSource(Protocol):
-    """What the loop needs from a data pipeline: equal batch counts on every rank, and a way to
-    start an epoch at a given batch (the data position stored in checkpoints)."""
+    """What the loop needs from a data pipeline: the same number of batches on every rank, a
+    way to start an epoch at a given batch, and its exact position for checkpoints."""
 
-    batches_per_epoch: int
+    def batches_in_epoch(self, epoch: int) -> int: ...
 
     def iterate(self, *, epoch: int, start_batch: int = 0) -> Iterator[Any]: ...
+
+    def state(self) -> dict:
+        """This rank's position after the last batch handed out (saved per rank)."""
+
+    def load_state(self, state: dict) -> None:
+        """Continue from ``state`` (called before ``iterate`` on resume)."""
 
 
 LossFn = Callable[[nn.Module, Any], "tuple[torch.Tensor, dict[str, float]]"]
@@ -57,15 +63,17 @@ class FitResult:
     summary: dict
 
 
-def _total_steps(session: Session, batches_per_epoch: int) -> int:
+def _total_steps(session: Session, source: BatchSource) -> int:
+    """``train.max_steps``, or the optimiser steps in ``train.epochs`` epochs (micro-batches run
+    on across epoch ends, so a partial accumulation group at an epoch's end is not lost)."""
     train, accum = session.config.train, session.config.optim.accum_steps
     if train.max_steps:
         return train.max_steps
-    steps_per_epoch = batches_per_epoch // accum
-    if steps_per_epoch == 0:
-        raise ValueError(f"an epoch has {batches_per_epoch} batches per rank, fewer than "
-                         f"optim.accum_steps={accum}; use more data or fewer accumulation steps")
-    return train.epochs * steps_per_epoch
+    steps = sum(source.batches_in_epoch(epoch) for epoch in range(train.epochs)) // accum
+    if steps == 0:
+        raise ValueError(f"{train.epochs} epoch(s) give fewer micro-batches than optim.accum_steps={accum}; "
+                         "use more data or fewer accumulation steps")
+    return steps
 
 
 class _Position:
@@ -76,7 +84,7 @@ class _Position:
         self._iterator = source.iterate(epoch=epoch, start_batch=batch)
 
     def next_batch(self) -> Any:
-        if self.batch >= self.source.batches_per_epoch:
+        if self.batch >= self.source.batches_in_epoch(self.epoch):
             self.epoch, self.batch = self.epoch + 1, 0
             self._iterator = self.source.iterate(epoch=self.epoch, start_batch=0)
         self.batch += 1
@@ -95,7 +103,7 @@ def fit(session: Session, task: TrainTask) -> FitResult:
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     model = backend.prepare(task.model, optimizer, grad_clip_norm=optim_cfg.grad_clip_norm,
                             micro_batch_size=session.micro_batch_size, accum_steps=optim_cfg.accum_steps)
-    total_steps = _total_steps(session, task.train_batches.batches_per_epoch)
+    total_steps = _total_steps(session, task.train_batches)
 
     step, epoch, batch_in_epoch = 0, 0, 0
     if session.resume_from is not None:
@@ -103,7 +111,9 @@ def fit(session: Session, task: TrainTask) -> FitResult:
         meta = session.resume_meta
         step, epoch, batch_in_epoch = meta.step, meta.epoch, meta.batch_in_epoch
         if meta.world_size == env.world_size:
-            restore_rng_state(load_rng_state(session.resume_from, env.rank))
+            rank_state = load_rank_state(session.resume_from, env.rank)
+            restore_rng_state(rank_state["rng"])
+            task.train_batches.load_state(rank_state["data"])
         else:
             session.print(f"[cvdist] world size changed ({meta.world_size} -> {env.world_size}): "
                           "RNG streams restart, so the continuation is not bit-exact")
@@ -125,9 +135,9 @@ def fit(session: Session, task: TrainTask) -> FitResult:
     def checkpoint() -> None:
         meta = CheckpointMeta(step=step, epoch=position.epoch, batch_in_epoch=position.batch,
                               strategy=session.strategy, world_size=env.world_size,
-                              wandb_run_id=session.wandb.run_id, data_state={})
-        save_checkpoint(root=session.checkpoint_root, meta=meta, rank=env.rank,
-                        write_backend_state=backend.save, keep_last=config.checkpoint.keep_last)
+                              wandb_run_id=session.wandb.run_id)
+        save_checkpoint(root=session.checkpoint_root, meta=meta, rank=env.rank, write_backend_state=backend.save,
+                        data_state=task.train_batches.state(), keep_last=config.checkpoint.keep_last)
 
     while step < total_steps:
         set_learning_rate(backend.client_optimizer, base_lrs=base_lrs, multiplier=lr_multiplier(
@@ -157,6 +167,9 @@ def fit(session: Session, task: TrainTask) -> FitResult:
                        data_wait_s=window_wait / window_steps)
             if grad_norm is not None and math.isfinite(grad_norm):
                 row["grad_norm"] = grad_norm
+            data_metrics = getattr(task.train_batches, "metrics", None)
+            if data_metrics is not None:
+                row.update(comm.all_reduce_sum(data_metrics(), env.device))
             progress.set_postfix(loss=f"{averaged.get('train/loss', float('nan')):.4f}")
             window_steps, window_wait, window_sums = 0, 0.0, {}
         if task.evaluate is not None and ((eval_every and step % eval_every == 0) or step == total_steps):

@@ -18,9 +18,9 @@ from cvdist import comm
 
 
 def sharded_eval_batches(*, images: torch.Tensor, labels: torch.Tensor, rank: int, world_size: int,
-                         batch_size: int, mean: float = 0.5, std: float = 0.5
-                         ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield ``(images, labels, valid_mask)``; rank ``r`` takes samples ``r, r+W, r+2W, ...``.
+                         batch_size: int, mean: float = 0.5, std: float = 0.5) -> Iterator[dict[str, torch.Tensor]]:
+    """Yield ``{"image", "label", "valid"}`` batches of in-memory data; rank ``r`` takes samples
+    ``r, r+W, r+2W, ...``.
 
     All ranks yield ``ceil(ceil(N / W) / batch_size)`` batches; together the valid entries
     cover every sample exactly once.
@@ -34,15 +34,17 @@ def sharded_eval_batches(*, images: torch.Tensor, labels: torch.Tensor, rank: in
     for start in range(0, per_rank, batch_size):
         chosen = indices[start:start + batch_size]
         batch = images[chosen].float().div_(255.0).sub_(mean).div_(std)
-        yield batch, labels[chosen], valid[start:start + batch_size]
+        yield {"image": batch, "label": labels[chosen], "valid": valid[start:start + batch_size]}
 
 
 def evaluate_classifier(model: nn.Module, batches: Iterator[Any], *, to_device: Callable[[Any], Any],
                         device: torch.device) -> dict[str, float]:
-    """``top1`` (in [0, 1]) and mean cross-entropy ``loss`` over all ranks' valid samples."""
+    """``top1`` (in [0, 1]) and mean cross-entropy ``loss`` over all ranks' valid samples.
+
+    ``batches`` yield dicts with ``image``, ``label`` and a boolean ``valid`` mask (padding)."""
     sums = {"correct": 0.0, "loss": 0.0, "count": 0.0}
-    for images, labels, valid in batches:
-        images, labels, valid = to_device((images, labels, valid))
+    for batch in batches:
+        images, labels, valid = to_device((batch["image"], batch["label"], batch["valid"]))
         logits = model(images).float()
         losses = F.cross_entropy(logits, labels, reduction="none")
         sums["correct"] += float(((logits.argmax(1) == labels) & valid).sum())

@@ -1,0 +1,139 @@
+"""From shard specifications (what a user writes in the config) to the streams a recipe reads.
+
+A source is a directory holding ``manifest.json`` (written by ``cvdist shards``), a path to a
+manifest, or shard URLs: local paths, globs, brace patterns (``train-{000000..000099}.tar``),
+``pipe:`` commands and ``http(s)://`` URLs, several joined with ``::``. Local shards without a
+manifest are scanned once at start-up (samples per shard and per class); remote ones need
+``data.num_samples``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import torch
+
+from cvdist.data.manifest import MANIFEST_NAME, Manifest, load_manifest
+from cvdist.data.sharding import expand_shard_pattern, is_remote
+from cvdist.data.stream import DataError, Decoder, ShardSet, ShardStream, collate_samples, read_shard_samples
+from cvdist.data.tar_samples import iter_samples
+
+
+def _manifest_path(spec: str) -> Optional[Path]:
+    path = Path(spec)
+    if path.is_dir():
+        if not (path / MANIFEST_NAME).is_file():
+            raise FileNotFoundError(f"{path} has no {MANIFEST_NAME}; write shards with `cvdist shards ...` or "
+                                    "give the shard files themselves (e.g. DIR/train-*.tar)")
+        return path / MANIFEST_NAME
+    if path.name == MANIFEST_NAME:
+        if not path.is_file():
+            raise FileNotFoundError(f"manifest {path} does not exist")
+        return path
+    return None
+
+
+def _scan_local_shards(urls: list[str]) -> tuple[list[int], list[int]]:
+    """Samples per shard and per class of local shards that came without a manifest."""
+    sizes, labels = [], Counter()
+    for url in urls:
+        with open(url, "rb") as stream:
+            size = 0
+            for sample in iter_samples(stream):
+                size += 1
+                if "cls" in sample:
+                    labels[int(sample["cls"])] += 1
+        sizes.append(size)
+    num_classes = max(labels) + 1 if labels else 0
+    return sizes, [labels[c] for c in range(num_classes)]
+
+
+def resolve_source(spec: str, *, split: str, weight: float = 1.0) -> tuple[ShardSet, Optional[Manifest]]:
+    """The shards of ``split`` named by ``spec`` (see module doc), with their counts if known."""
+    manifest_path = _manifest_path(spec)
+    if manifest_path is not None:
+        manifest = load_manifest(manifest_path)
+        if split not in manifest.splits:
+            raise ValueError(f"{manifest_path} has no split {split!r}; it has {', '.join(manifest.splits)}")
+        return ShardSet(urls=manifest.shard_paths(split), shard_sizes=manifest.shard_sample_counts(split),
+                        class_counts=manifest.class_counts(split), weight=weight), manifest
+    urls = expand_shard_pattern(spec)
+    if any(is_remote(url) for url in urls):
+        return ShardSet(urls=urls, weight=weight), None
+    sizes, class_counts = _scan_local_shards(urls)
+    return ShardSet(urls=urls, shard_sizes=sizes, class_counts=class_counts, weight=weight), None
+
+
+def build_train_stream(*, shards: Sequence[str], weights: Sequence[float], split: str, rank: int, world_size: int,
+                       num_workers: int, batch_size: int, seed: int, decoder: Decoder, shuffle_buffer: int,
+                       num_samples: int, sampling: str, num_epochs: int, max_corrupt: int,
+                       multi_scale: Any = None) -> tuple[ShardStream, list[Optional[Manifest]]]:
+    """The training stream over one or several (weighted) sources, and their manifests."""
+    if weights and len(weights) != len(shards):
+        raise ValueError(f"data.train_weights has {len(weights)} values for {len(shards)} data.train_shards sources")
+    resolved = [resolve_source(spec, split=split, weight=float(weights[i]) if weights else 1.0)
+                for i, spec in enumerate(shards)]
+    stream = ShardStream(sources=[source for source, _ in resolved], rank=rank, world_size=world_size,
+                         num_workers=num_workers, batch_size=batch_size, seed=seed, decoder=decoder,
+                         shuffle_buffer=shuffle_buffer, num_samples=num_samples or None, sampling=sampling,
+                         num_epochs=num_epochs, max_corrupt=max_corrupt, multi_scale=multi_scale,
+                         pin_memory=torch.cuda.is_available())
+    return stream, [manifest for _, manifest in resolved]
+
+
+def iterate_eval_shards(source: ShardSet, *, rank: int, world_size: int, batch_size: int,
+                        decoder: Decoder) -> Iterator[dict[str, Any]]:
+    """Every sample of ``source`` exactly once over all ranks, as batches with a ``valid`` mask.
+
+    Shard ``i`` goes to rank ``i mod world_size``; with fewer shards than ranks, every rank reads
+    every shard and keeps every ``world_size``-th sample. Every rank yields the same number of
+    batches (padded with masked copies of a real sample): under ZeRO-3 each forward pass
+    gathers parameters collectively, so a rank with fewer batches would leave the others waiting.
+    """
+    if source.shard_sizes is None:
+        raise ValueError("evaluation shards need sample counts: give a directory with a manifest or local shards")
+    if sum(source.shard_sizes) == 0:
+        raise ValueError("the evaluation shards hold no samples")
+    by_shard = len(source.urls) >= world_size
+    if by_shard:
+        per_rank = [sum(source.shard_sizes[r::world_size]) for r in range(world_size)]
+        urls, stride, offset = source.urls[rank::world_size], 1, 0
+    else:
+        total = sum(source.shard_sizes)
+        per_rank = [len(range(r, total, world_size)) for r in range(world_size)]
+        urls, stride, offset = source.urls, world_size, rank
+    num_batches = math.ceil(max(per_rank) / batch_size)
+    errors: list[str] = []
+    items, template, yielded, position = [], None, 0, 0
+    for url in urls:
+        for sample in read_shard_samples(url, errors):
+            position += 1
+            if (position - 1) % stride != offset:
+                continue
+            try:
+                items.append(decoder(sample))
+            except Exception as error:
+                errors.append(f"{sample.get('__key__')}: {error}")
+                continue
+            template = template or items[0]
+            if len(items) == batch_size:
+                yield _with_mask(items, batch_size, template)
+                items, yielded = [], yielded + 1
+    if errors:
+        print(f"[cvdist] rank {rank}: {len(errors)} corrupt evaluation samples skipped (first: {errors[0]})",
+              flush=True)
+    if template is None:
+        raise DataError(f"rank {rank} could not read any evaluation sample (errors: {errors[:3]})")
+    while yielded < num_batches:
+        yield _with_mask(items, batch_size, template)
+        items, yielded = [], yielded + 1
+
+
+def _with_mask(items: list, batch_size: int, template: Any) -> dict[str, Any]:
+    """Collate ``items`` padded to ``batch_size`` with masked copies of ``template``."""
+    batch = collate_samples(items + [template] * (batch_size - len(items)))
+    batch["valid"] = torch.arange(batch_size) < len(items)
+    return batch

@@ -1,0 +1,364 @@
+"""The streaming pipeline every recipe reads: WebDataset shards -> decoded, augmented batches.
+
+Per reader slot (one DataLoader worker of one rank, see :mod:`cvdist.data.sharding`):
+
+    tar bytes -> samples (image / label bytes only) -> class re-sampling -> shuffle buffer
+      -> [skip what a checkpoint says was consumed] -> decode + transform -> batch
+
+Everything random is seeded from ``(seed, epoch, slot)`` and, for augmentation, from the
+sample's position in the slot's stream, so a resumed run rebuilds the exact stream and skips the
+consumed part without decoding it: the continuation equals the uninterrupted run's remainder.
+Corrupt data (an undecodable image, a missing or bad label, a truncated tar, a shard that cannot
+be opened) is skipped and counted; more than ``max_corrupt`` events in an epoch on a rank stop
+the run with :class:`DataError`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from cvdist.data.resampling import repeat_factors
+from cvdist.data.sharding import EpochPlan, SlotPlan, consumed_per_worker, plan_epoch
+from cvdist.data.tar_samples import IMAGE_EXTENSIONS, CorruptShard, iter_samples
+
+
+class DataError(RuntimeError):
+    """The data cannot be read as configured (too much corrupt data, a slot ran dry)."""
+
+
+@dataclass
+class ShardSet:
+    """One data source: shard URLs, and what the manifest knows about them."""
+
+    urls: list[str]
+    shard_sizes: Optional[list[int]] = None
+    """Samples per shard (None for remote shards without a manifest)."""
+    class_counts: Optional[list[int]] = None
+    """Samples per class (needed for class-aware re-sampling)."""
+    weight: float = 1.0
+    """Mixing weight among several sources."""
+
+
+@dataclass
+class SlotProgress:
+    """Sent by a worker with every batch: where its stream stands."""
+
+    worker: int
+    consumed: int
+    """Samples taken out of the shuffle buffer so far this epoch (decoded or skipped)."""
+    corrupt: int
+    """Corrupt samples and shard errors met so far this epoch."""
+    new_errors: list[str]
+    """Descriptions of the errors since the previous batch (for the log)."""
+
+
+def _open_shard(url: str):
+    from webdataset.gopen import gopen  # webdataset's own opener: files, pipe:, http(s), ...
+
+    return gopen(url, "rb")
+
+
+def read_shard_samples(url: str, errors: list[str]) -> Iterator[dict]:
+    """Raw samples of one shard; opening or reading errors are appended to ``errors``."""
+    try:
+        with _open_shard(url) as stream:
+            yield from iter_samples(stream)
+    except (CorruptShard, OSError, ValueError) as error:
+        errors.append(f"{url}: {error}")
+
+
+# Marks the end of one pass over a slot's shards: the shuffle buffer empties itself before the
+# next pass starts, so a pass's samples are all delivered before any of them is read again.
+PASS_END: dict = {"__key__": "__pass_end__"}
+
+
+def _slot_samples(shard_set: ShardSet, slot: SlotPlan, errors: list[str]) -> Iterator[dict]:
+    """Raw samples of one source for one slot, in plan order, cycling through the shards until
+    the consumer stops. A planned slot only reaches a second pass when samples were lost to
+    corrupt data; then a few samples repeat rather than the epoch coming up short, which
+    would leave the other ranks waiting."""
+    while True:
+        yielded, position = 0, 0
+        for shard in slot.shard_indices:
+            for sample in read_shard_samples(shard_set.urls[shard], errors):
+                yielded += 1
+                yield sample
+        for shard in slot.shared_indices:
+            for sample in read_shard_samples(shard_set.urls[shard], errors):
+                if position % slot.sample_stride == slot.sample_offset:
+                    yielded += 1
+                    yield sample
+                position += 1
+        if yielded == 0:
+            return
+        yield PASS_END
+
+
+def _resampled(samples: Iterator[dict], factors: Optional[list[float]], rng: random.Random,
+               errors: list[str]) -> Iterator[dict]:
+    for sample in samples:
+        if factors is None or sample is PASS_END:
+            yield sample
+            continue
+        try:
+            label = int(sample["cls"])
+            factor = factors[label]
+        except (KeyError, ValueError, IndexError):
+            yield sample  # the decoder counts it as corrupt
+            continue
+        repeats = int(factor) + (1 if rng.random() < factor - int(factor) else 0)
+        for _ in range(repeats):
+            yield sample
+
+
+def _shuffled(samples: Iterator[dict], buffer_size: int, rng: random.Random) -> Iterator[dict]:
+    if buffer_size <= 1:
+        yield from (sample for sample in samples if sample is not PASS_END)
+        return
+    buffer: list[dict] = []
+    for sample in samples:
+        if sample is PASS_END:
+            rng.shuffle(buffer)
+            yield from buffer
+            buffer = []
+            continue
+        if len(buffer) < buffer_size:
+            buffer.append(sample)
+            continue
+        index = rng.randrange(buffer_size)
+        buffer[index], sample = sample, buffer[index]
+        yield sample
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def _mixed(streams: list[Iterator[dict]], weights: list[float], rng: random.Random) -> Iterator[dict]:
+    if len(streams) == 1:
+        yield from streams[0]
+        return
+    live = list(range(len(streams)))
+    while live:
+        choice = rng.choices(live, weights=[weights[i] for i in live])[0]
+        try:
+            sample = next(streams[choice])
+        except StopIteration:
+            live.remove(choice)
+            continue
+        if sample is not PASS_END:  # mixed sources cycle independently; passes do not align
+            yield sample
+
+
+@dataclass
+class Decoder:
+    """Bytes -> (image tensor(s), label, extra labels); picklable for DataLoader workers."""
+
+    transform: Callable[[Image.Image], Any]
+    extra_label_keys: Sequence[str] = ()
+
+    def __call__(self, sample: dict) -> tuple[Any, int, dict[str, int], str]:
+        image_bytes = next((sample[e] for e in IMAGE_EXTENSIONS if e in sample), None)
+        if image_bytes is None:
+            raise ValueError(f"sample {sample['__key__']} has no image member")
+        if "cls" not in sample:
+            raise ValueError(f"sample {sample['__key__']} has no .cls label")
+        label = int(sample["cls"])
+        extras: dict[str, int] = {}
+        if self.extra_label_keys:
+            parsed = json.loads(sample["json"]) if "json" in sample else {}
+            extras = {key: int(parsed[key]) for key in self.extra_label_keys}
+        with Image.open(io.BytesIO(image_bytes)) as image:
+            image.load()
+            return self.transform(image), label, extras, str(sample["__key__"])
+
+
+def collate_samples(items: list[tuple[Any, int, dict, str]]) -> dict[str, Any]:
+    """Decoded samples -> ``{"image", "label", "key", <extra labels>}``."""
+    images = [item[0] for item in items]
+    if isinstance(images[0], (tuple, list)):  # multi-view: one batch per view
+        stacked: Any = [torch.stack(view) for view in zip(*images)]
+    else:
+        stacked = torch.stack(images)
+    batch = {"image": stacked, "label": torch.tensor([item[1] for item in items]), "key": [item[3] for item in items]}
+    for key in items[0][2]:
+        batch[key] = torch.tensor([item[2][key] for item in items])
+    return batch
+
+
+@dataclass
+class _EpochSetup:
+    epoch: int
+    plans: list[EpochPlan]
+    batches_per_slot: int
+    skip: list[int]
+    already_yielded: list[int]
+    rotation: int
+    factors: list[Optional[list[float]]] = field(default_factory=list)
+
+
+class ShardDataset(IterableDataset):
+    """Worker side of :class:`ShardStream` (configured per epoch by it)."""
+
+    def __init__(self, *, sources: list[ShardSet], rank: int, num_workers: int, batch_size: int, seed: int,
+                 shuffle_buffer: int, decoder: Decoder):
+        self.sources, self.rank, self.num_workers = sources, rank, max(num_workers, 1)
+        self.batch_size, self.seed, self.shuffle_buffer, self.decoder = batch_size, seed, shuffle_buffer, decoder
+        self.setup: Optional[_EpochSetup] = None
+
+    def __iter__(self) -> Iterator[tuple[dict, SlotProgress]]:
+        setup = self.setup
+        info = get_worker_info()
+        worker = ((info.id if info else 0) + setup.rotation) % self.num_workers
+        slot = self.rank * self.num_workers + worker
+        tag = f"{self.seed}:{setup.epoch}:{slot}"
+        errors: list[str] = []
+        streams = [
+            _resampled(_slot_samples(source, plan.slots[slot], errors), factors, random.Random(f"resample:{tag}:{i}"),
+                       errors)
+            for i, (source, plan, factors) in enumerate(zip(self.sources, setup.plans, setup.factors))
+        ]
+        mixed = _mixed(streams, [s.weight for s in self.sources], random.Random(f"mix:{tag}"))
+        stream = _shuffled(mixed, self.shuffle_buffer, random.Random(f"shuffle:{tag}"))
+        consumed, reported, items = 0, 0, []
+        remaining = setup.batches_per_slot - setup.already_yielded[worker]
+        for sample in stream:
+            if remaining <= 0:
+                return
+            consumed += 1
+            if consumed <= setup.skip[worker]:
+                continue  # consumed before the checkpoint: not decoded again
+            # Augmentation draws from torch's RNG: seed it per sample position, so skipping
+            # (on resume) does not shift the random draws of later samples.
+            # (the CPU generator directly: torch.manual_seed also queues CUDA seeding, ~1 ms a call)
+            torch.default_generator.manual_seed(hash((self.seed, setup.epoch, slot, consumed)) % (2**63))
+            try:
+                items.append(self.decoder(sample))
+            except Exception as error:  # any decode failure is a corrupt sample
+                errors.append(f"{sample.get('__key__')}: {type(error).__name__}: {error}")
+            if len(items) == self.batch_size:
+                remaining -= 1
+                yield collate_samples(items), SlotProgress(worker, consumed, len(errors), errors[reported:])
+                reported, items = len(errors), []
+        if remaining > 0:
+            detail = "; ".join(errors[-3:])
+            raise DataError(f"reader slot {slot} ran out of samples {remaining} batches before the epoch end "
+                            f"(shards shorter than the manifest says, or unreadable){': ' + detail if detail else ''}")
+
+
+class ShardStream:
+    """Main-process side of the pipeline: the ``BatchSource`` the engine iterates.
+
+    Every rank yields exactly :meth:`batches_in_epoch` batches per epoch (see
+    :mod:`cvdist.data.sharding`). :meth:`state` / :meth:`load_state` carry the exact position
+    through a checkpoint; it is per rank, so a resume needs the same processes and workers.
+    """
+
+    def __init__(self, *, sources: list[ShardSet], rank: int, world_size: int, num_workers: int, batch_size: int,
+                 seed: int, decoder: Decoder, shuffle: bool = True, shuffle_buffer: int = 1000,
+                 num_samples: Optional[int] = None, sampling: str = "instance", num_epochs: int = 1,
+                 max_corrupt: int = 100, multi_scale: Any = None, pin_memory: bool = False):
+        if not sources:
+            raise ValueError("no data sources given")
+        if sampling != "instance" and any(s.class_counts is None for s in sources):
+            raise ValueError(f"data.sampling={sampling!r} needs class counts from a manifest; "
+                             "write the shards with `cvdist shards` or use data.sampling=instance")
+        if len(sources) > 1 and not num_samples and any(s.shard_sizes is None for s in sources):
+            raise ValueError("mixing sources without manifests needs data.num_samples (samples per epoch)")
+        self.sources, self.rank, self.world_size = sources, rank, world_size
+        self.num_workers, self.batch_size, self.seed = num_workers, batch_size, seed
+        self.shuffle, self.num_samples, self.sampling, self.num_epochs = shuffle, num_samples, sampling, num_epochs
+        self.max_corrupt, self.multi_scale, self.pin_memory = max_corrupt, multi_scale, pin_memory
+        self.dataset = ShardDataset(sources=sources, rank=rank, num_workers=num_workers, batch_size=batch_size,
+                                    seed=seed, shuffle_buffer=shuffle_buffer if shuffle else 0, decoder=decoder)
+        self._logical_workers = max(num_workers, 1)
+        self._position = {"epoch": 0, "batch": 0, "consumed": [0] * self._logical_workers, "corrupt": 0}
+        self._resume: Optional[dict] = None
+        self.total_corrupt = 0
+        self.batches_in_epoch(0)  # fail now, not at the first batch, if the data is too small
+
+    def _plans(self, epoch: int) -> tuple[list[EpochPlan], int]:
+        plans = [plan_epoch(shard_sizes=s.shard_sizes, num_shards=len(s.urls), world_size=self.world_size,
+                            num_workers=self.num_workers, batch_size=self.batch_size, seed=self.seed, epoch=epoch,
+                            shuffle=self.shuffle, num_samples=None if len(self.sources) > 1 else self.num_samples)
+                 for s in self.sources]
+        if len(plans) == 1:
+            return plans, plans[0].batches_per_slot
+        num_slots = self.world_size * self._logical_workers
+        total = self.num_samples or sum(sum(s.shard_sizes) for s in self.sources)
+        return plans, total // (num_slots * self.batch_size)
+
+    def batches_in_epoch(self, epoch: int) -> int:
+        """Batches this rank (and every rank) yields in ``epoch``."""
+        return self._logical_workers * self._plans(epoch)[1]
+
+    def state(self) -> dict:
+        """The exact position after the last batch handed out (stored per rank in checkpoints)."""
+        return {**self._position, "consumed": list(self._position["consumed"])}
+
+    def load_state(self, state: dict) -> None:
+        """Continue from ``state`` at the next :meth:`iterate` of that epoch and batch."""
+        if len(state.get("consumed", [])) != self._logical_workers:
+            raise DataError(f"the checkpoint's data position was written with {len(state.get('consumed', []))} "
+                            f"DataLoader workers per process, now {self._logical_workers}: set data.num_workers "
+                            "back to resume mid-epoch")
+        self._resume = state
+
+    def _skip_for(self, epoch: int, start_batch: int) -> tuple[list[int], int]:
+        resume = self._resume
+        if resume is not None and resume["epoch"] == epoch and resume["batch"] == start_batch:
+            self._resume = None
+            return list(resume["consumed"]), int(resume["corrupt"])
+        if start_batch != 0:
+            raise DataError(f"no data position recorded for epoch {epoch}, batch {start_batch}; "
+                            "cannot resume mid-epoch exactly")
+        return [0] * self._logical_workers, 0
+
+    def iterate(self, *, epoch: int, start_batch: int = 0) -> Iterator[dict]:
+        """This rank's batches of ``epoch`` from ``start_batch`` on."""
+        plans, batches_per_slot = self._plans(epoch)
+        skip, corrupt_before = self._skip_for(epoch, start_batch)
+        factors = [repeat_factors(s.class_counts, scheme=self.sampling, epoch=epoch, num_epochs=self.num_epochs)
+                   if self.sampling != "instance" else None for s in self.sources]
+        workers = self._logical_workers
+        self.dataset.setup = _EpochSetup(epoch=epoch, plans=plans, batches_per_slot=batches_per_slot, skip=skip,
+                                         already_yielded=consumed_per_worker(start_batch, workers),
+                                         rotation=start_batch % workers, factors=factors)
+        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
+                            pin_memory=self.pin_memory, prefetch_factor=4 if self.num_workers else None)
+        self._position = {"epoch": epoch, "batch": start_batch, "consumed": skip, "corrupt": corrupt_before}
+        corrupt_by_worker = [0] * workers
+        for batch, progress in loader:
+            self._position["consumed"][progress.worker] = progress.consumed
+            corrupt_by_worker[progress.worker] = progress.corrupt
+            self._note_corrupt(progress.new_errors, corrupt_before + sum(corrupt_by_worker))
+            if self.multi_scale is not None and torch.is_tensor(batch["image"]):
+                from cvdist.data.transforms import resize_batch
+
+                batch["image"] = resize_batch(batch["image"], self.multi_scale.size_for(epoch, self._position["batch"]))
+            self._position["batch"] += 1
+            yield batch
+        expected = workers * batches_per_slot
+        if self._position["batch"] != expected:
+            raise DataError(f"rank {self.rank} got {self._position['batch']} batches in epoch {epoch}, "
+                            f"expected {expected}")
+
+    def _note_corrupt(self, messages: list[str], epoch_total: int) -> None:
+        for message in messages:
+            print(f"[cvdist] rank {self.rank}: skipped corrupt data: {message}", flush=True)
+        self.total_corrupt += len(messages)
+        self._position["corrupt"] = epoch_total
+        if epoch_total > self.max_corrupt:
+            raise DataError(f"rank {self.rank} met {epoch_total} corrupt samples or shards this epoch, more than "
+                            f"data.max_corrupt={self.max_corrupt}; check the shards (last: {messages[-1:]}) "
+                            "or raise the limit")
+
+    def metrics(self) -> dict[str, float]:
+        """Counters for the training log (summed over ranks by the engine)."""
+        return {"data/corrupt_skipped": float(self.total_corrupt)}
