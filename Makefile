@@ -28,9 +28,15 @@ $(FASHION_MNIST):
 	$(SUDO) apt-get install -y -q dataset-fashion-mnist || \
 	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist; }
 
-demo: venv data
+SHARDS := data/fashion-mnist
+
+# Fashion-MNIST as WebDataset shards with a manifest (written once, ~30 s).
+$(SHARDS)/manifest.json: | venv data
+	$(BIN)/cvdist shards fashion-mnist --root $(dir $(FASHION_MNIST)) --out $(SHARDS) --samples-per-shard 1000
+
+demo: venv data $(SHARDS)/manifest.json
 	OMP_NUM_THREADS=1 $(BIN)/torchrun --standalone --nproc_per_node $(NPROC) recipes/supervised.py \
-	  name=demo checkpoint.resume=auto $(ARGS)
+	  name=demo "data.train_shards=[$(SHARDS)]" checkpoint.resume=auto $(ARGS)
 	$(BIN)/cvdist export runs/demo --out runs/demo/model.safetensors
 
 test: venv
@@ -43,4 +49,4 @@ bench: venv
 	OMP_NUM_THREADS=1 $(BIN)/torchrun --standalone --nproc_per_node 2 bench/engine_overhead.py
 
 clean:
-	rm -rf runs wandb .pytest_cache
+	rm -rf runs wandb .pytest_cache $(SHARDS)

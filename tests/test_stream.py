@@ -276,3 +276,30 @@ def test_two_sources_mix_by_weight(tmp_path):
     labels = Counter(l for batch in stream.iterate(epoch=0) for l in batch["label"].tolist())
     assert sum(labels.values()) == 160
     assert labels[0] / 160 == pytest.approx(0.75, abs=0.1)
+
+
+def test_shards_written_by_cvdist_read_through_the_config_path(tmp_path):
+    from cvdist.config import load_config
+    from cvdist.data.from_config import build_labelled_data
+    from cvdist.data.shard_writer import write_dataset_shards
+    from cvdist.data.sources import build_folder_source
+
+    for split, count in (("train", 30), ("test", 9)):
+        for label, name in enumerate(("cat", "dog", "eel")):
+            folder = tmp_path / "images" / split / name
+            folder.mkdir(parents=True)
+            for i in range(count // 3):
+                Image.fromarray(np.full((8, 8), 10 * label + i, dtype=np.uint8)).save(folder / f"{i}.png")
+    write_dataset_shards(source=build_folder_source(splits={s: tmp_path / "images" / s for s in ("train", "test")}),
+                         out_dir=tmp_path / "shards", samples_per_shard=7, shuffle_seed=0)
+    config = load_config(overrides=[f"data.train_shards=[{tmp_path / 'shards'}]", "data.image_size=8",
+                                    "data.augment=none", "data.mean=[0]", "data.std=[1]", "data.eval_batch_size=4"])
+    data = build_labelled_data(config.data, in_channels=1, num_classes=3, rank=0, world_size=1, micro_batch_size=5,
+                               seed=0, num_epochs=1)
+    assert data.class_counts == [10, 10, 10] and data.class_names == ["cat", "dog", "eel"]
+    batches = list(data.train.iterate(epoch=0))
+    assert len(batches) == data.train.batches_in_epoch(0) == 6
+    for batch in batches:  # the pixel value encodes the class: 10 * label + i
+        assert ((batch["image"][:, 0, 0, 0] * 255).round().long() // 10 == batch["label"]).all()
+    evaluated = list(data.eval_batches())
+    assert sum(int(b["valid"].sum()) for b in evaluated) == 9

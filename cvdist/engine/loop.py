@@ -8,6 +8,7 @@ data-wait time), periodic evaluation, checkpoints, exact resume and stop-on-sign
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator, Optional, Protocol
@@ -91,110 +92,163 @@ class _Position:
         return next(self._iterator)
 
 
-def fit(session: Session, task: TrainTask) -> FitResult:
-    """Train ``task`` under ``session``'s config; return the final step and summary."""
-    config, env, backend = session.config, session.env, session.backend
-    session.open_run()
-    optim_cfg, sched_cfg = config.optim, config.schedule
-    optimizer = build_optimizer(
-        task.parameter_groups or task.model.parameters(), name=optim_cfg.name, lr=optim_cfg.lr,
-        momentum=optim_cfg.momentum, weight_decay=optim_cfg.weight_decay, betas=optim_cfg.betas,
-        lars_trust_coefficient=optim_cfg.lars_trust_coefficient)
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
-    model = backend.prepare(task.model, optimizer, grad_clip_norm=optim_cfg.grad_clip_norm,
-                            micro_batch_size=session.micro_batch_size, accum_steps=optim_cfg.accum_steps)
-    total_steps = _total_steps(session, task.train_batches)
+class _MetricsWindow:
+    """Training metrics accumulated between two log rows."""
 
-    step, epoch, batch_in_epoch = 0, 0, 0
-    if session.resume_from is not None:
-        backend.load(session.resume_from)
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.start, self.steps, self.data_wait, self.sums = time.perf_counter(), 0, 0.0, {}
+
+    def add(self, values: dict[str, Any], *, weight: float) -> None:
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value) * weight
+
+
+class _Trainer:
+    """State of one ``fit`` call; each method is one phase of the loop."""
+
+    def __init__(self, session: Session, task: TrainTask):
+        self.session, self.task = session, task
+        self.config, self.env, self.backend = session.config, session.env, session.backend
+        optim_cfg = self.config.optim
+        optimizer = build_optimizer(
+            task.parameter_groups or task.model.parameters(), name=optim_cfg.name, lr=optim_cfg.lr,
+            momentum=optim_cfg.momentum, weight_decay=optim_cfg.weight_decay, betas=optim_cfg.betas,
+            lars_trust_coefficient=optim_cfg.lars_trust_coefficient)
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.model = self.backend.prepare(task.model, optimizer, grad_clip_norm=optim_cfg.grad_clip_norm,
+                                          micro_batch_size=session.micro_batch_size, accum_steps=optim_cfg.accum_steps)
+        self.total_steps = _total_steps(session, task.train_batches)
+        self.samples_per_step = session.micro_batch_size * optim_cfg.accum_steps * self.env.world_size
+        self.step = 0
+        self.position = _Position(task.train_batches, *self._restore())
+        self.window = _MetricsWindow()
+
+    def _restore(self) -> tuple[int, int]:
+        """Load the checkpoint being resumed (if any); return the data position (epoch, batch)."""
+        session, env = self.session, self.env
+        if session.resume_from is None:
+            # Per-rank RNG streams for dropout / augmentation, now that initial weights are built.
+            torch.manual_seed(self.config.train.seed * 1000 + env.rank + 1)
+            return 0, 0
+        self.backend.load(session.resume_from)
         meta = session.resume_meta
-        step, epoch, batch_in_epoch = meta.step, meta.epoch, meta.batch_in_epoch
+        self.step = meta.step
         if meta.world_size == env.world_size:
             rank_state = load_rank_state(session.resume_from, env.rank)
             restore_rng_state(rank_state["rng"])
-            task.train_batches.load_state(rank_state["data"])
+            self.task.train_batches.load_state(rank_state["data"])
         else:
             session.print(f"[cvdist] world size changed ({meta.world_size} -> {env.world_size}): "
                           "RNG streams restart, so the continuation is not bit-exact")
-    else:
-        # Per-rank RNG streams for dropout / augmentation, now that initial weights are built.
-        torch.manual_seed(config.train.seed * 1000 + env.rank + 1)
+        return meta.epoch, meta.batch_in_epoch
 
-    position = _Position(task.train_batches, epoch, batch_in_epoch)
-    stop_signal = StopSignal.install()
-    samples_per_step = session.micro_batch_size * optim_cfg.accum_steps * env.world_size
-    log_every, eval_every = config.tracking.log_every_steps, config.train.eval_every_steps
-    save_every = config.checkpoint.every_steps
-    progress = tqdm(total=total_steps, initial=step, disable=not env.is_main, desc=config.name,
-                    mininterval=2.0, dynamic_ncols=True)
-    window_start, window_steps, window_wait, window_sums = time.perf_counter(), 0, 0.0, {}
-    stopped_early = False
-    model.train()
+    def _set_learning_rate(self) -> None:
+        sched = self.config.schedule
+        multiplier = lr_multiplier(self.step, total_steps=self.total_steps, name=sched.name,
+                                   warmup_steps=sched.warmup_steps, min_lr_ratio=sched.min_lr_ratio,
+                                   milestones=sched.milestones, gamma=sched.gamma, pct_start=sched.pct_start)
+        set_learning_rate(self.backend.client_optimizer, base_lrs=self.base_lrs, multiplier=multiplier)
 
-    def checkpoint() -> None:
-        meta = CheckpointMeta(step=step, epoch=position.epoch, batch_in_epoch=position.batch,
-                              strategy=session.strategy, world_size=env.world_size,
-                              wandb_run_id=session.wandb.run_id)
-        save_checkpoint(root=session.checkpoint_root, meta=meta, rank=env.rank, write_backend_state=backend.save,
-                        data_state=task.train_batches.state(), keep_last=config.checkpoint.keep_last)
-
-    while step < total_steps:
-        set_learning_rate(backend.client_optimizer, base_lrs=base_lrs, multiplier=lr_multiplier(
-            step, total_steps=total_steps, name=sched_cfg.name, warmup_steps=sched_cfg.warmup_steps,
-            min_lr_ratio=sched_cfg.min_lr_ratio, milestones=sched_cfg.milestones,
-            gamma=sched_cfg.gamma, pct_start=sched_cfg.pct_start))
-        for micro in range(optim_cfg.accum_steps):
+    def _train_step(self) -> Optional[float]:
+        """One optimiser step over ``optim.accum_steps`` micro-batches; returns the grad norm."""
+        self._set_learning_rate()
+        accum_steps = self.config.optim.accum_steps
+        for micro in range(accum_steps):
             wait_start = time.perf_counter()
-            batch = backend.to_device(position.next_batch())
-            window_wait += time.perf_counter() - wait_start
-            with backend.accumulation_context(is_last_micro_batch=micro == optim_cfg.accum_steps - 1):
-                loss, extra = task.compute_loss(model, batch)
-                backend.backward(loss)
-            for key, value in {"train/loss": loss.detach(), **extra}.items():
-                window_sums[key] = window_sums.get(key, 0.0) + float(value) / optim_cfg.accum_steps
-        grad_norm = backend.optimizer_step()
-        step += 1
-        window_steps += 1
-        progress.update(1)
+            batch = self.backend.to_device(self.position.next_batch())
+            self.window.data_wait += time.perf_counter() - wait_start
+            with self.backend.accumulation_context(is_last_micro_batch=micro == accum_steps - 1):
+                loss, extra = self.task.compute_loss(self.model, batch)
+                self.backend.backward(loss)
+            self.window.add({"train/loss": loss.detach(), **extra}, weight=1.0 / accum_steps)
+        grad_norm = self.backend.optimizer_step()
+        self.step += 1
+        self.window.steps += 1
+        return grad_norm
 
-        row: dict[str, Any] = {"step": step}
-        if step % log_every == 0 or step == total_steps:
-            elapsed = time.perf_counter() - window_start
-            averaged = comm.all_reduce_mean({k: v / window_steps for k, v in window_sums.items()}, env.device)
-            row.update(epoch=position.epoch, **averaged, lr=backend.client_optimizer.param_groups[0]["lr"],
-                       samples_per_s=samples_per_step * window_steps / max(elapsed, 1e-9),
-                       data_wait_s=window_wait / window_steps)
-            if grad_norm is not None and math.isfinite(grad_norm):
-                row["grad_norm"] = grad_norm
-            data_metrics = getattr(task.train_batches, "metrics", None)
-            if data_metrics is not None:
-                row.update(comm.all_reduce_sum(data_metrics(), env.device))
-            progress.set_postfix(loss=f"{averaged.get('train/loss', float('nan')):.4f}")
-            window_steps, window_wait, window_sums = 0, 0.0, {}
-        if task.evaluate is not None and ((eval_every and step % eval_every == 0) or step == total_steps):
-            row.update(_evaluate(session, task, model, step))
-        if len(row) > 1:  # one row per step: train and eval metrics of a step share it
-            session.record.log(row)
-            session.wandb.log(row, step=step)
-            window_start = time.perf_counter()
+    def _training_metrics(self, grad_norm: Optional[float]) -> dict[str, Any]:
+        """Averaged over the window and all ranks (a collective: every rank calls it)."""
+        window, env = self.window, self.env
+        averaged = comm.all_reduce_mean({k: v / window.steps for k, v in window.sums.items()}, env.device)
+        row = {"epoch": self.position.epoch, **averaged,
+               "lr": self.backend.client_optimizer.param_groups[0]["lr"],
+               "samples_per_s": self.samples_per_step * window.steps / max(time.perf_counter() - window.start, 1e-9),
+               "data_wait_s": window.data_wait / window.steps}
+        if grad_norm is not None and math.isfinite(grad_norm):
+            row["grad_norm"] = grad_norm
+        data_metrics = getattr(self.task.train_batches, "metrics", None)
+        if data_metrics is not None:
+            row.update(comm.all_reduce_sum(data_metrics(), env.device))
+        return row
 
-        stop_requested = comm.any_rank_true(stop_signal.received, env.device)
-        if (save_every and step % save_every == 0) or step == total_steps or stop_requested:
-            checkpoint()
-        if stop_requested and step < total_steps:
-            session.print(f"[cvdist] stop signal ({stop_signal.name}): saved step {step}, stopping")
-            stopped_early = True
-            break
-    progress.close()
-    stop_signal.uninstall()
-    summary = session.record.write_summary({
-        "step": step, "total_steps": total_steps, "stopped_early": stopped_early,
-        "world_size": env.world_size, "strategy": session.strategy, "precision": backend.precision,
-        "wall_time_s": time.perf_counter() - session.started_at, "wandb_run_id": session.wandb.run_id,
-    })
-    session.wandb.update_summary({"final/" + k: v for k, v in summary["final"].items()})
-    return FitResult(step=step, stopped_early=stopped_early, summary=summary)
+    def _checkpoint(self) -> None:
+        meta = CheckpointMeta(step=self.step, epoch=self.position.epoch, batch_in_epoch=self.position.batch,
+                              strategy=self.session.strategy, world_size=self.env.world_size,
+                              wandb_run_id=self.session.wandb.run_id)
+        save_checkpoint(root=self.session.checkpoint_root, meta=meta, rank=self.env.rank,
+                        write_backend_state=self.backend.save, data_state=self.task.train_batches.state(),
+                        keep_last=self.config.checkpoint.keep_last)
+
+    def run(self) -> FitResult:
+        session, config, total = self.session, self.config, self.total_steps
+        log_every, eval_every = config.tracking.log_every_steps, config.train.eval_every_steps
+        save_every = config.checkpoint.every_steps
+        stop_signal = StopSignal.install()
+        # A progress bar on a terminal; in log files (SLURM, CI) one plain line per logged step.
+        interactive = sys.stderr.isatty()
+        progress = tqdm(total=total, initial=self.step, disable=not (self.env.is_main and interactive),
+                        desc=config.name, mininterval=2.0, dynamic_ncols=True)
+        stopped_early = False
+        self.model.train()
+        while self.step < total:
+            grad_norm = self._train_step()
+            step = self.step
+            progress.update(1)
+            row: dict[str, Any] = {"step": step}
+            if step % log_every == 0 or step == total:
+                row.update(self._training_metrics(grad_norm))
+                progress.set_postfix(loss=f"{row.get('train/loss', float('nan')):.4f}")
+                if not interactive:
+                    session.print(f"[cvdist] step {step}/{total} epoch {row['epoch']} "
+                                  f"loss {row.get('train/loss', float('nan')):.4f} lr {row['lr']:.4g} "
+                                  f"{row['samples_per_s']:.0f} samples/s")
+                self.window.reset()
+            paused_at = time.perf_counter()  # evaluation and checkpoints do not count as training time
+            if self.task.evaluate is not None and ((eval_every and step % eval_every == 0) or step == total):
+                row.update(_evaluate(session, self.task, self.model, step))
+            if len(row) > 1:  # one row per step: train and eval metrics of a step share it
+                session.record.log(row)
+                session.wandb.log(row, step=step)
+            stop_requested = comm.any_rank_true(stop_signal.received, self.env.device)
+            if (save_every and step % save_every == 0) or step == total or stop_requested:
+                self._checkpoint()
+            self.window.start += time.perf_counter() - paused_at
+            if stop_requested and step < total:
+                session.print(f"[cvdist] stop signal ({stop_signal.name}): saved step {step}, stopping")
+                stopped_early = True
+                break
+        progress.close()
+        stop_signal.uninstall()
+        return self._finish(stopped_early)
+
+    def _finish(self, stopped_early: bool) -> FitResult:
+        session = self.session
+        summary = session.record.write_summary({
+            "step": self.step, "total_steps": self.total_steps, "stopped_early": stopped_early,
+            "world_size": self.env.world_size, "strategy": session.strategy, "precision": self.backend.precision,
+            "wall_time_s": time.perf_counter() - session.started_at, "wandb_run_id": session.wandb.run_id,
+        })
+        session.wandb.update_summary({"final/" + k: v for k, v in summary["final"].items()})
+        return FitResult(step=self.step, stopped_early=stopped_early, summary=summary)
+
+
+def fit(session: Session, task: TrainTask) -> FitResult:
+    """Train ``task`` under ``session``'s config; return the final step and summary."""
+    session.open_run()
+    return _Trainer(session, task).run()
 
 
 def _evaluate(session: Session, task: TrainTask, model: nn.Module, step: int) -> dict[str, float]:
