@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 from cvdist.config import ConfigError
 from cvdist.data.shards_cli import add_shards_commands
 from cvdist.data.stream import DataError
+from cvdist.tracking.compare_cli import add_compare_command
 from cvdist.engine.dist import LaunchError
 from cvdist.tracking.records import RunExistsError
 
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="output file: *.safetensors, *.pt or *.pth")
     export.set_defaults(handler=_export)
     add_shards_commands(commands)
+    add_compare_command(commands)
     return parser
 
 

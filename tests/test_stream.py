@@ -303,3 +303,14 @@ def test_shards_written_by_cvdist_read_through_the_config_path(tmp_path):
         assert ((batch["image"][:, 0, 0, 0] * 255).round().long() // 10 == batch["label"]).all()
     evaluated = list(data.eval_batches())
     assert sum(int(b["valid"].sum()) for b in evaluated) == 9
+
+
+def test_multi_scale_batches_follow_the_seeded_size_schedule(tmp_path):
+    from cvdist.data.transforms import MultiScaleBatch
+
+    source = write_uneven_shards(tmp_path, [40, 40])
+    schedule = MultiScaleBatch(scales=[0.5, 1.0, 1.5], base_size=8, seed=3, divisor=2)
+    stream = make_stream(source, multi_scale=schedule)
+    sizes = [batch["image"].shape[-1] for batch in stream.iterate(epoch=1)]
+    assert sizes == [schedule.size_for(1, index) for index in range(len(sizes))]
+    assert set(sizes) == {4, 8, 12}

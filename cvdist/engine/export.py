@@ -58,6 +58,7 @@ def save_state_dict(state: dict[str, torch.Tensor], out_path: str | Path) -> Pat
         save_file(tensors, str(temporary))
     else:
         torch.save(tensors, temporary)
+    os.chmod(temporary, 0o644)  # safetensors creates files readable by the owner only
     os.replace(temporary, out_path)
     return out_path
 
