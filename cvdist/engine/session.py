@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from cvdist import comm
 from cvdist import config as config_module
 from cvdist.config import ConfigError, RunConfig
 from cvdist.engine.backends import AccelerateBackend, DeepSpeedBackend, build_backend, resolve_strategy
@@ -121,6 +122,8 @@ def start_session(config: RunConfig) -> Session:
 
     backend = build_backend(strategy=strategy, precision=config.dist.precision)
     env = backend.env
+    # Every rank has checked the run directory above; only now may rank 0 create it (in fit).
+    comm.barrier()
     seed_everything(config.train.seed)
     micro_batch_size = config.data.global_batch_size // (world_size * config.optim.accum_steps)
     session = Session(config=config, env=env, backend=backend, strategy=strategy, wandb_mode=wandb_mode,
