@@ -392,10 +392,9 @@ def print_memory(results: list[dict], *, quick: bool) -> None:
                f" | {mixed:5.2f} | {per['comm buffers']:8.2f} {rss:8.2f}")
         notes += explain(strategy, per, peak["sources"])
     report("  master: DeepSpeed's fp32 copy of the partition. comm buf (not in total): DDP reducer buckets or")
-    report("  DeepSpeed IPG buckets at allocated size; reduce_bucket_size is left at DeepSpeed's default 5e8")
-    report("  elements (2 GB fp32), held for good by ZeRO-3 and during each backward by ZeRO-1/2, where it holds")
-    report("  every unreduced gradient (the model fits one bucket); untouched pages stay unresident on a CPU, on")
-    report("  a GPU it is allocated memory. peak RSS: resident high-water mark during step 2 minus resident")
+    report("  DeepSpeed IPG buckets at allocated size (cvdist sets reduce/allgather buckets to 5e7 elements, 200 MB")
+    report("  fp32, instead of DeepSpeed's 5e8); untouched pages stay unresident on a CPU, on a GPU it is")
+    report("  allocated memory. peak RSS: resident high-water mark during step 2 minus resident")
     report("  memory before the model was built.")
     if quick:
         notes.append("--quick ran every strategy in one process, so peak RSS is not comparable between rows.")
