@@ -46,7 +46,9 @@ test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: venv
-	OMP_NUM_THREADS=1 $(BIN)/torchrun --standalone --nproc_per_node 2 bench/engine_overhead.py
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python bench/engine_overhead.py
+	$(BIN)/python bench/data_throughput.py
 
 clean:
 	rm -rf runs wandb .pytest_cache $(SHARDS)

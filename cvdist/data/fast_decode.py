@@ -28,7 +28,6 @@ which would kill a DataLoader worker where the pipeline must skip and count the 
 from __future__ import annotations
 
 import io
-import json
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -36,8 +35,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from cvdist.data.stream import Decoder
-from cvdist.data.tar_samples import IMAGE_EXTENSIONS
+from cvdist.data.stream import Decoder, unpack_sample
 from cvdist.data.transforms import PRESET_DEFAULTS, build_transform
 
 FAST_PRESETS = ("none", "flip")
@@ -83,16 +81,7 @@ class FastDecoder:
         self._channel_index = np.arange(len(mean)).reshape(-1, 1, 1)
 
     def __call__(self, sample: dict) -> tuple[torch.Tensor, int, dict[str, int], str]:
-        image_bytes = next((sample[e] for e in IMAGE_EXTENSIONS if e in sample), None)
-        if image_bytes is None:
-            raise ValueError(f"sample {sample['__key__']} has no image member")
-        if "cls" not in sample:
-            raise ValueError(f"sample {sample['__key__']} has no .cls label")
-        label = int(sample["cls"])
-        extras: dict[str, int] = {}
-        if self.extra_label_keys:
-            parsed = json.loads(sample["json"]) if "json" in sample else {}
-            extras = {key: int(parsed[key]) for key in self.extra_label_keys}
+        image_bytes, label, extras = unpack_sample(sample, self.extra_label_keys)
         key = str(sample["__key__"])
         with Image.open(io.BytesIO(image_bytes)) as image:
             image.load()

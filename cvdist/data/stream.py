@@ -156,6 +156,22 @@ def _mixed(streams: list[Iterator[dict]], weights: list[float], rng: random.Rand
             yield sample
 
 
+def unpack_sample(sample: dict, extra_label_keys: Sequence[str]) -> tuple[bytes, int, dict[str, int]]:
+    """The image bytes, the ``.cls`` label and the requested ``.json`` labels of a raw sample;
+    ValueError (a corrupt sample) when one is missing or malformed."""
+    image_bytes = next((sample[e] for e in IMAGE_EXTENSIONS if e in sample), None)
+    if image_bytes is None:
+        raise ValueError(f"sample {sample['__key__']} has no image member")
+    if "cls" not in sample:
+        raise ValueError(f"sample {sample['__key__']} has no .cls label")
+    label = int(sample["cls"])
+    extras: dict[str, int] = {}
+    if extra_label_keys:
+        parsed = json.loads(sample["json"]) if "json" in sample else {}
+        extras = {key: int(parsed[key]) for key in extra_label_keys}
+    return image_bytes, label, extras
+
+
 @dataclass
 class Decoder:
     """Bytes -> (image tensor(s), label, extra labels); picklable for DataLoader workers."""
@@ -164,16 +180,7 @@ class Decoder:
     extra_label_keys: Sequence[str] = ()
 
     def __call__(self, sample: dict) -> tuple[Any, int, dict[str, int], str]:
-        image_bytes = next((sample[e] for e in IMAGE_EXTENSIONS if e in sample), None)
-        if image_bytes is None:
-            raise ValueError(f"sample {sample['__key__']} has no image member")
-        if "cls" not in sample:
-            raise ValueError(f"sample {sample['__key__']} has no .cls label")
-        label = int(sample["cls"])
-        extras: dict[str, int] = {}
-        if self.extra_label_keys:
-            parsed = json.loads(sample["json"]) if "json" in sample else {}
-            extras = {key: int(parsed[key]) for key in self.extra_label_keys}
+        image_bytes, label, extras = unpack_sample(sample, self.extra_label_keys)
         with Image.open(io.BytesIO(image_bytes)) as image:
             image.load()
             return self.transform(image), label, extras, str(sample["__key__"])
