@@ -389,3 +389,202 @@ def load_recipe_config(argv: Sequence[str], *, default_yaml: str | Path, recipe:
     config = load_config(yaml_paths=yaml_paths, overrides=overrides, schema=schema)
     config.recipe = recipe
     return config
+
+
+# --- Long-tail recipe (recipes/longtail.py): extra sections on top of RunConfig --------------------
+# Imported here rather than at the top: only this appended part needs the loss registry.
+from cvdist.losses.longtail import LOSS_NAMES, loss_options  # noqa: E402
+
+
+@dataclass
+class LossConfig:
+    """The training loss (``cvdist.losses.longtail.build_longtail_loss``); each option applies to
+    the losses named in its docstring and is refused, when changed, for any other loss."""
+
+    name: str = "balanced_softmax"
+    """``ce``, ``weighted_ce``, ``class_balanced``, ``focal``, ``ldam``, ``balanced_softmax``, ``logit_adjusted``."""
+    label_smoothing: float = 0.0
+    """Label smoothing in [0, 1) (ce, weighted_ce, class_balanced, logit_adjusted)."""
+    weights: list[float] = field(default_factory=list)
+    """weighted_ce: one weight per class (empty = inverse frequency, mean 1)."""
+    beta: float = 0.9999
+    """class_balanced: effective-number beta in [0, 1)."""
+    base: str = "ce"
+    """class_balanced: ``ce`` or ``focal``."""
+    gamma: float = 2.0
+    """focal, class_balanced with base=focal: focusing exponent."""
+    alpha: Optional[float] = None
+    """focal: one weight for every class (None = 1)."""
+    max_m: float = 0.5
+    """ldam: largest margin (rarest class)."""
+    s: float = 1.0
+    """ldam: logit scale; 1 for cvdist's linear heads (the paper's 30 assumes cosine logits)."""
+    drw_epoch: Optional[int] = None
+    """ldam: epoch (0-based) from which deferred re-weighting (DRW) applies; None = never."""
+    drw_beta: float = 0.9999
+    """ldam: class-balanced beta of the DRW weights."""
+    tau: float = 1.0
+    """logit_adjusted: offset scale tau >= 0."""
+    reduction: str = "mean"
+    """weighted_ce, class_balanced, focal, ldam: ``mean`` (plain batch mean) or ``weighted_mean``."""
+
+
+@dataclass
+class LongtailConfig:
+    """Long-tail training stages, built-in long-tailed data, evaluation and tau-normalisation."""
+
+    stage: str = "joint"
+    """``joint`` (train the whole model) or ``crt`` (classifier re-training: the backbone loaded from
+    ``transfer.from_path`` is frozen, the head re-initialised; needs ``data.sampling`` != instance)."""
+    imbalance_factor: float = 1.0
+    """Built-in data only (ignored with ``data.train_shards``, like ``data.dataset``): keep
+    ``floor(n_max * IF^(-c/(C-1)))`` training samples of class c (``cvdist shards longtail``'s
+    profile; 1 = keep all). For shards, write a long-tailed set with ``cvdist shards longtail``."""
+    holdout_per_class: int = 0
+    """Built-in data only (ignored with shards): samples per class taken out of the training split
+    (before the long-tail subset, so they are never trained on) as the balanced held-out split for
+    the tau search; shards use ``holdout_shards`` / ``holdout_split``."""
+    holdout_shards: str = ""
+    """Shards: held-out source for the tau search (empty = the first training source's manifest)."""
+    holdout_split: str = "val"
+    """Shards: manifest split of the held-out source (never the evaluation split)."""
+    tau_norm: bool = False
+    """After training, tau-normalise the classifier (w_c / ||w_c||^tau) with tau chosen on the held-out split."""
+    tau_grid: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(21)])
+    """Candidate taus of the search (best held-out balanced accuracy wins; ties: the smallest tau)."""
+    posthoc_tau: float = 0.0
+    """> 0: also evaluate post-hoc logit adjustment (logits - tau * log prior): ``eval/*_posthoc``."""
+    shot_many: float = 100.0
+    """Many-shot: more training samples than this (scaled for small sets, see ``scaled_shot_thresholds``)."""
+    shot_few: float = 20.0
+    """Few-shot: fewer training samples than this (scaled likewise)."""
+
+
+@dataclass
+class TransferConfig:
+    """Where the initial weights come from, and which parts train."""
+
+    from_path: str = ""
+    """Empty = from scratch; else a cvdist run or checkpoint directory (ZeRO included) or a local
+    weights file (``.pth`` / ``.pt`` state_dict, ``.safetensors``) to fine-tune from."""
+    head_name: str = ""
+    """Module name of the classifier head (empty = the last nn.Linear: ``fc`` of torchvision ResNets)."""
+    keep_head: bool = False
+    """Load the source's head too (same number of classes) instead of a new, randomly initialised one."""
+    freeze_trunk: bool = False
+    """Train only the head; the trunk's parameters get no gradient and its norm layers stay in eval mode."""
+    trunk_lr_scale: float = 1.0
+    """Layer-wise LR: the trunk trains at ``optim.lr * trunk_lr_scale`` (the head at ``optim.lr``)."""
+
+
+@dataclass
+class RegularizationConfig:
+    """Optional regularisers, all off by default."""
+
+    mixup_alpha: float = 0.0
+    """> 0: mixup with lambda ~ Beta(alpha, alpha)."""
+    cutmix_alpha: float = 0.0
+    """> 0: CutMix with lambda ~ Beta(alpha, alpha); with mixup too, one of them per batch at random."""
+    ema_decay: float = 0.0
+    """> 0 (e.g. 0.999): keep an EMA of the weights and evaluate it too (``eval/*_ema``); not with ZeRO-3."""
+
+
+@dataclass
+class LongtailRunConfig(RunConfig):
+    """The long-tail recipe's config: RunConfig plus ``loss``, ``longtail``, ``transfer``, ``regularization``."""
+
+    recipe: str = "longtail"
+    loss: LossConfig = field(default_factory=LossConfig)
+    longtail: LongtailConfig = field(default_factory=LongtailConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
+
+
+LONGTAIL_CHOICES: dict[str, tuple[str, ...]] = {
+    "loss.name": LOSS_NAMES,
+    "loss.base": ("ce", "focal"),
+    "loss.reduction": ("mean", "weighted_mean"),
+    "longtail.stage": ("joint", "crt"),
+}
+
+
+def longtail_loss_options(loss: LossConfig) -> dict[str, Any]:
+    """The ``build_longtail_loss`` keyword options of ``loss`` that its ``name`` accepts."""
+    options = {name: getattr(loss, name) for name in loss_options(loss.name)}
+    if "weights" in options:
+        options["weights"] = list(options["weights"]) or None
+    return options
+
+
+def _check_loss_options(loss: LossConfig) -> None:
+    # A changed option that the chosen loss ignores is a mistake the user should hear about.
+    accepted, defaults = set(loss_options(loss.name)), LossConfig()
+    for item in dataclasses.fields(LossConfig):
+        if item.name != "name" and item.name not in accepted and getattr(loss, item.name) != getattr(defaults, item.name):
+            users = [n for n in LOSS_NAMES if item.name in loss_options(n)]
+            raise ConfigError(f"loss.{item.name} is not used by loss.name={loss.name!r}; it applies to "
+                              f"{', '.join(users)}. Remove the override or choose one of those losses")
+
+
+def _check_longtail_data(config: LongtailRunConfig) -> None:
+    lt, shards = config.longtail, bool(config.data.train_shards)
+    if lt.imbalance_factor < 1:
+        raise ConfigError(f"longtail.imbalance_factor={lt.imbalance_factor} must be >= 1 (1 = keep all samples)")
+    if lt.holdout_per_class < 0:
+        raise ConfigError(f"longtail.holdout_per_class={lt.holdout_per_class} must be >= 0")
+    if lt.tau_norm and not shards and lt.holdout_per_class == 0:
+        raise ConfigError("longtail.tau_norm=true searches tau on a held-out split, never the test set; set "
+                          "longtail.holdout_per_class=N (e.g. 20) to hold N training samples per class out")
+    if (lt.tau_norm and not lt.tau_grid) or any(t < 0 for t in lt.tau_grid):
+        raise ConfigError(f"longtail.tau_grid={lt.tau_grid} must be a non-empty list of taus >= 0")
+    if lt.posthoc_tau < 0:
+        raise ConfigError(f"longtail.posthoc_tau={lt.posthoc_tau} must be >= 0 (0 = off)")
+    if not 0 <= lt.shot_few <= lt.shot_many:
+        raise ConfigError(f"longtail.shot_few={lt.shot_few} and longtail.shot_many={lt.shot_many} need "
+                          "0 <= shot_few <= shot_many")
+
+
+def _check_transfer(config: LongtailRunConfig) -> None:
+    tr, stage = config.transfer, config.longtail.stage
+    if tr.from_path and not Path(tr.from_path).exists():
+        raise ConfigError(f"transfer.from_path={tr.from_path!r} does not exist; give a cvdist run or checkpoint "
+                          "directory or a .pth / .pt / .safetensors weights file")
+    if tr.trunk_lr_scale <= 0:
+        raise ConfigError(f"transfer.trunk_lr_scale={tr.trunk_lr_scale} must be > 0; to freeze the trunk use "
+                          "transfer.freeze_trunk=true")
+    if tr.freeze_trunk and tr.trunk_lr_scale != 1.0:
+        raise ConfigError("transfer.freeze_trunk=true and transfer.trunk_lr_scale != 1 contradict each other; "
+                          "set only one")
+    if (tr.freeze_trunk or stage == "crt" or tr.keep_head) and not tr.from_path:
+        what = "longtail.stage=crt" if stage == "crt" else (
+            "transfer.freeze_trunk=true" if tr.freeze_trunk else "transfer.keep_head=true")
+        raise ConfigError(f"{what} needs trained weights: set transfer.from_path to a run, checkpoint or weights file")
+    if stage == "crt":
+        if tr.keep_head:
+            raise ConfigError("longtail.stage=crt re-initialises the classifier; set transfer.keep_head=false")
+        if tr.trunk_lr_scale != 1.0:
+            raise ConfigError("longtail.stage=crt freezes the trunk; remove transfer.trunk_lr_scale")
+        if config.data.sampling == "instance":
+            raise ConfigError("longtail.stage=crt re-trains the classifier with re-balanced sampling; set "
+                              "data.sampling=class_balanced (or sqrt / progressive)")
+
+
+def validate_longtail(config: LongtailRunConfig) -> None:
+    """Check the long-tail sections (choices, combinations); raise ConfigError on the first problem.
+    Run it before :func:`cvdist.engine.start_session`, which checks the common sections."""
+    for key, allowed in LONGTAIL_CHOICES.items():
+        value = get_by_path(config, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(repr(a) for a in allowed)}")
+    _check_loss_options(config.loss)
+    _check_longtail_data(config)
+    _check_transfer(config)
+    reg = config.regularization
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        if getattr(reg, key) < 0:
+            raise ConfigError(f"regularization.{key}={getattr(reg, key)} must be >= 0 (0 = off)")
+    if not 0 <= reg.ema_decay < 1:
+        raise ConfigError(f"regularization.ema_decay={reg.ema_decay} must lie in [0, 1) (0 = off; e.g. 0.999)")
+    if reg.ema_decay and config.dist.strategy == "zero3":
+        raise ConfigError("regularization.ema_decay needs whole parameters on every rank, which ZeRO-3 "
+                          "partitions; use dist.strategy=zero2 (or ddp) or set regularization.ema_decay=0")

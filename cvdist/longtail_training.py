@@ -1,0 +1,296 @@
+"""Long-tail training parts the recipe wires together: long-tailed built-in data with a balanced
+held-out split, class-aware re-sampling of in-memory data, the epoch hook that drives LDAM-DRW,
+mixup / CutMix, an EMA of the weights, and the ``compute_loss`` step that uses them.
+
+Held-out split (for the tau search of tau-normalisation; never the test set):
+
+* built-in data: ``holdout_per_class`` samples of every class are drawn (seeded) out of the
+  *training* split before the long-tail subset is taken, so the held-out split is balanced,
+  like the test set, and disjoint from what the model trains on;
+* shards: a manifest split (``holdout_split``, default ``val``) of ``holdout_shards`` or of the
+  first training source; the evaluation source and split are refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from cvdist.config import DataConfig
+from cvdist.data.builtin import FASHION_MNIST_CLASSES, load_fashion_mnist, make_synthetic
+from cvdist.data.from_config import build_labelled_data
+from cvdist.data.longtail import longtail_counts, select_longtail_indices
+from cvdist.data.pipeline import iterate_eval_shards, resolve_source
+from cvdist.data.resampling import repeat_factors
+from cvdist.data.stream import Decoder
+from cvdist.data.tensor_batches import TensorBatches
+from cvdist.data.transforms import build_transform
+from cvdist.eval.classification import sharded_eval_batches
+
+
+@dataclass
+class LongtailData:
+    """Training batches, evaluation and held-out batches, and the training class counts."""
+
+    train: Any
+    """A ``BatchSource`` for the engine."""
+    eval_batches: Callable[[], Iterator[dict]]
+    """A fresh pass over this rank's share of the test data (``image``, ``label``, ``valid``)."""
+    holdout_batches: Optional[Callable[[], Iterator[dict]]]
+    """The same over the held-out split (None when none was asked for)."""
+    class_counts: list[int]
+    class_names: Optional[list[str]]
+
+
+class ResampledTensorBatches(TensorBatches):
+    """:class:`TensorBatches` whose epoch order is drawn with replacement so that classes appear
+    in the proportions of ``sampling`` (``cvdist.data.resampling``: class_balanced, sqrt,
+    progressive; instance = the plain permutation). The order depends on (seed, epoch) only, so
+    every rank draws the same one, and resume stays exact."""
+
+    def __init__(self, *, sampling: str, num_classes: int, num_epochs: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.sampling, self.num_epochs = sampling, num_epochs
+        self.class_counts = self.labels.bincount(minlength=num_classes).tolist()
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        if self.sampling == "instance":
+            return super().epoch_order(epoch)
+        factors = torch.tensor(repeat_factors(self.class_counts, scheme=self.sampling, epoch=epoch,
+                                              num_epochs=self.num_epochs), dtype=torch.float64)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.multinomial(factors[self.labels], len(self.labels), replacement=True, generator=generator)
+
+
+def split_holdout_and_longtail(labels: torch.Tensor, *, num_classes: int, holdout_per_class: int,
+                               imbalance_factor: float, seed: int) -> tuple[list[int], list[int]]:
+    """``(train_indices, holdout_indices)`` into ``labels``: ``holdout_per_class`` seeded samples
+    per class held out, then the long-tail profile of ``cvdist.data.longtail`` (class 0 the head)
+    applied to the rest (targets above what a class has are clamped to what it has)."""
+    labels_np = labels.numpy()
+    holdout, pool = [], []
+    for label in range(num_classes):
+        members = np.flatnonzero(labels_np == label)
+        if len(members) <= holdout_per_class:
+            raise ValueError(f"class {label} has {len(members)} training samples, too few to hold out "
+                             f"longtail.holdout_per_class={holdout_per_class} and train on the rest; lower it")
+        order = np.random.default_rng([seed, 7919, label]).permutation(members)
+        holdout.extend(order[:holdout_per_class].tolist())
+        pool.extend(order[holdout_per_class:].tolist())
+    pool.sort()
+    if imbalance_factor == 1:
+        return pool, sorted(holdout)
+    pool_labels = labels_np[pool]
+    available = np.bincount(pool_labels, minlength=num_classes)
+    targets = longtail_counts(n_max=int(available.max()), num_classes=num_classes, imbalance_factor=imbalance_factor)
+    kept = [min(int(t), int(a)) for t, a in zip(targets, available)]
+    chosen = select_longtail_indices(labels=pool_labels, kept_per_class=kept, seed=seed)
+    return [pool[i] for i in chosen], sorted(holdout)
+
+
+def _builtin_images(*, dataset: str, root: str, num_classes: int, in_channels: int, num_train_samples: int,
+                    num_eval_samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                               Optional[list[str]]]:
+    if dataset == "synthetic":
+        num_train, num_eval = num_train_samples or 2048, num_eval_samples or 512
+        # one draw for both splits, so that test images come from the training classes' patterns
+        images, labels = make_synthetic(num_samples=num_train + num_eval, num_classes=num_classes,
+                                        channels=in_channels, seed=seed)
+        return images[:num_train], labels[:num_train], images[num_train:], labels[num_train:], None
+    train_images, train_labels = load_fashion_mnist(root=root, split="train", num_samples=num_train_samples)
+    test_images, test_labels = load_fashion_mnist(root=root, split="test", num_samples=num_eval_samples)
+    if num_classes != len(FASHION_MNIST_CLASSES):
+        raise ValueError(f"model.num_classes={num_classes} but Fashion-MNIST has {len(FASHION_MNIST_CLASSES)} "
+                         "classes; set model.num_classes=10")
+    return train_images, train_labels, test_images, test_labels, list(FASHION_MNIST_CLASSES)
+
+
+def build_builtin_longtail_data(data: DataConfig, *, num_classes: int, in_channels: int, imbalance_factor: float,
+                                holdout_per_class: int, rank: int, world_size: int, micro_batch_size: int,
+                                seed: int, num_epochs: int) -> LongtailData:
+    """Long-tailed built-in data (``data.dataset``) with a balanced held-out split and
+    ``data.sampling`` applied in memory."""
+    train_images, train_labels, test_images, test_labels, names = _builtin_images(
+        dataset=data.dataset, root=data.root, num_classes=num_classes, in_channels=in_channels,
+        num_train_samples=data.num_train_samples, num_eval_samples=data.num_eval_samples, seed=seed)
+    train_index, holdout_index = split_holdout_and_longtail(
+        train_labels, num_classes=num_classes, holdout_per_class=holdout_per_class,
+        imbalance_factor=imbalance_factor, seed=seed)
+    mean, std = data.mean[0], data.std[0]
+    train = ResampledTensorBatches(
+        sampling=data.sampling, num_classes=num_classes, num_epochs=num_epochs,
+        images=train_images[train_index], labels=train_labels[train_index], rank=rank, world_size=world_size,
+        batch_size=micro_batch_size, seed=seed, horizontal_flip=data.augment != "none", mean=mean, std=std)
+
+    def batches_of(images: torch.Tensor, labels: torch.Tensor) -> Callable[[], Iterator[dict]]:
+        return lambda: sharded_eval_batches(images=images, labels=labels, rank=rank, world_size=world_size,
+                                            batch_size=data.eval_batch_size, mean=mean, std=std)
+
+    holdout = (batches_of(train_images[holdout_index], train_labels[holdout_index]) if holdout_index else None)
+    return LongtailData(train=train, eval_batches=batches_of(test_images, test_labels), holdout_batches=holdout,
+                        class_counts=train.class_counts, class_names=names)
+
+
+def build_shard_longtail_data(data: DataConfig, *, num_classes: int, in_channels: int, holdout_shards: str,
+                              holdout_split: str, need_holdout: bool, rank: int, world_size: int,
+                              micro_batch_size: int, seed: int, num_epochs: int) -> LongtailData:
+    """:func:`cvdist.data.from_config.build_labelled_data` on shards, plus the held-out split."""
+    labelled = build_labelled_data(data, in_channels=in_channels, num_classes=num_classes, rank=rank,
+                                   world_size=world_size, micro_batch_size=micro_batch_size, seed=seed,
+                                   num_epochs=num_epochs)
+    counts = labelled.class_counts
+    if counts is None:
+        raise ValueError("long-tail losses and metrics need the training class counts, known for one "
+                         "data.train_shards source; use a single source (with a manifest or local shards)")
+    if len(counts) > num_classes:
+        raise ValueError(f"the training data has {len(counts)} classes but model.num_classes={num_classes}")
+    counts = list(counts) + [0] * (num_classes - len(counts))
+    holdout = None
+    if need_holdout:
+        spec = holdout_shards or data.train_shards[0]
+        if holdout_split == data.eval_split and spec == (data.eval_shards or data.train_shards[0]):
+            raise ValueError(f"longtail.holdout_split={holdout_split!r} of {spec} is the evaluation (test) split; "
+                             "tau must be chosen on held-out training data: give another split or holdout_shards")
+        try:
+            source, _ = resolve_source(spec, split=holdout_split)
+        except ValueError as error:
+            raise ValueError(f"longtail.tau_norm needs a held-out split: {error}. Write one (e.g. `cvdist shards "
+                             "folder --split-name val`) or set longtail.holdout_shards / longtail.holdout_split") from None
+        decoder = Decoder(build_transform(preset="none", train=False, image_size=data.image_size, mean=data.mean,
+                                          std=data.std, grey=in_channels == 1), ())
+        holdout = lambda: iterate_eval_shards(source, rank=rank, world_size=world_size,  # noqa: E731
+                                              batch_size=data.eval_batch_size, decoder=decoder)
+    return LongtailData(train=labelled.train, eval_batches=labelled.eval_batches, holdout_batches=holdout,
+                        class_counts=counts, class_names=labelled.class_names)
+
+
+class EpochHook:
+    """A ``BatchSource`` wrapper that calls ``on_epoch(epoch)`` whenever the training loop starts
+    an epoch, including the epoch a resumed run continues in (the loop asks the source for it),
+    e.g. ``loss.set_epoch`` for LDAM-DRW. Everything else is the wrapped source's."""
+
+    def __init__(self, source: Any, on_epoch: Callable[[int], None]):
+        self.source, self.on_epoch = source, on_epoch
+
+    def batches_in_epoch(self, epoch: int) -> int:
+        return self.source.batches_in_epoch(epoch)
+
+    def iterate(self, *, epoch: int, start_batch: int = 0) -> Iterator[Any]:
+        self.on_epoch(epoch)
+        return self.source.iterate(epoch=epoch, start_batch=start_batch)
+
+    def state(self) -> dict:
+        return self.source.state()
+
+    def load_state(self, state: dict) -> None:
+        self.source.load_state(state)
+
+    def __getattr__(self, name: str) -> Any:  # e.g. the stream's ``metrics``
+        if name == "source":
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+
+def mix_batch(images: torch.Tensor, labels: torch.Tensor, *, mixup_alpha: float,
+              cutmix_alpha: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Mixup (Zhang et al. 2018) or CutMix (Yun et al. 2019) of a batch with a permutation of
+    itself: ``(images, labels of the partners, lam)``; the loss is ``lam * L(y) + (1 - lam) *
+    L(y_partner)``. With both alphas > 0, one of the two per batch, at random. Draws from the
+    torch RNG, which the engine seeds per rank and restores on resume."""
+    use_cutmix = cutmix_alpha > 0 and (mixup_alpha == 0 or bool(torch.rand(()) < 0.5))
+    alpha = cutmix_alpha if use_cutmix else mixup_alpha
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    partner = torch.randperm(images.shape[0]).to(images.device)
+    if not use_cutmix:
+        return lam * images + (1 - lam) * images[partner], labels[partner], lam
+    height, width = images.shape[-2:]
+    ratio = math.sqrt(1 - lam)
+    cut_h, cut_w = int(height * ratio), int(width * ratio)
+    cy, cx = int(torch.randint(height, ())), int(torch.randint(width, ()))
+    y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, height)
+    x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, width)
+    mixed = images.clone()
+    mixed[..., y0:y1, x0:x1] = images[partner][..., y0:y1, x0:x1]
+    # the box was clipped at the border: lam is the share of the image that is really the original
+    return mixed, labels[partner], 1.0 - (y1 - y0) * (x1 - x0) / (height * width)
+
+
+class StepCounter:
+    """Optimiser steps done, counted from ``compute_loss`` calls (the loop has no step hook)."""
+
+    def __init__(self, *, start_step: int, accum_steps: int):
+        self.start_step, self.accum_steps, self.micro_batches = start_step, accum_steps, 0
+
+    @property
+    def steps_done(self) -> int:
+        return self.start_step + self.micro_batches // self.accum_steps
+
+    def next_micro_batch(self) -> int:
+        """Count one micro-batch; return the optimiser steps done before it."""
+        done = self.steps_done
+        self.micro_batches += 1
+        return done
+
+
+class WeightEma:
+    """Exponential moving average of a model's weights (float buffers too, as timm's ModelEmaV2),
+    with the usual warm-up ``decay_n = min(decay, (1 + n) / (10 + n))``.
+
+    The copy is made from the model the loop trains (unwrapped from DDP / DeepSpeed) at the first
+    step, so it lives on the training device; it is kept in float32. It is not stored in checkpoints: a resumed run
+    restarts the average from the resumed weights."""
+
+    def __init__(self, *, decay: float):
+        self.decay = decay
+        self.module: Optional[nn.Module] = None
+        self.folded_step = 0
+        self.num_updates = 0
+
+    def catch_up(self, model: nn.Module, steps_done: int) -> None:
+        """Fold the weights of optimiser step ``steps_done`` in, once per step."""
+        plain = getattr(model, "module", model)
+        if self.module is None:
+            # fp32 even when DeepSpeed trains bf16 weights: a 0.999 average of bf16 values would
+            # round most updates away
+            self.module = copy.deepcopy(plain).float().eval()
+            self.module.requires_grad_(False)
+            self.folded_step = steps_done
+            return
+        if steps_done <= self.folded_step:
+            return
+        decay = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+        with torch.no_grad():
+            for average, current in zip(self.module.state_dict().values(), plain.state_dict().values()):
+                if average.is_floating_point():
+                    average.lerp_(current.detach().to(average.dtype), 1.0 - decay)
+                else:
+                    average.copy_(current)
+        self.folded_step, self.num_updates = steps_done, self.num_updates + 1
+
+
+class LongtailTrainStep:
+    """The recipe's ``compute_loss``: the long-tail loss, optionally on mixed batches, keeping the
+    EMA (if any) one optimiser step behind the model (the evaluation catches it up)."""
+
+    def __init__(self, *, loss: nn.Module, counter: StepCounter, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
+                 ema: Optional[WeightEma] = None):
+        self.loss, self.counter, self.ema = loss, counter, ema
+        self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
+
+    def __call__(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        steps_done = self.counter.next_micro_batch()
+        if self.ema is not None:
+            self.ema.catch_up(model, steps_done)
+        images, labels = batch["image"], batch["label"]
+        if self.mixup_alpha > 0 or self.cutmix_alpha > 0:
+            images, partner_labels, lam = mix_batch(images, labels, mixup_alpha=self.mixup_alpha,
+                                                    cutmix_alpha=self.cutmix_alpha)
+            logits = model(images)
+            return lam * self.loss(logits, labels) + (1 - lam) * self.loss(logits, partner_labels), {}
+        return self.loss(model(images), labels), {}
