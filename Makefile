@@ -39,7 +39,9 @@ demo: venv data $(SHARDS)/manifest.json
 	  name=demo "data.train_shards=[$(SHARDS)]" checkpoint.resume=auto $(ARGS)
 	$(BIN)/cvdist export runs/demo --out runs/demo/model.safetensors
 
+# The SLURM tests start a real two-node cluster on this machine: Debian's slurm + munge packages.
 test: venv
+	bash .ci/install-slurm.sh
 	$(BIN)/python -m pytest -q
 
 test-fast: venv
