@@ -39,8 +39,9 @@ demo: venv data $(SHARDS)/manifest.json
 	  name=demo "data.train_shards=[$(SHARDS)]" checkpoint.resume=auto $(ARGS)
 	$(BIN)/cvdist export runs/demo --out runs/demo/model.safetensors
 
-# The SLURM tests start a real two-node cluster on this machine: Debian's slurm + munge packages.
-test: venv
+# The tests read the real Fashion-MNIST files once, and start a real two-node SLURM cluster on
+# this machine: Debian's dataset-fashion-mnist, slurm and munge packages.
+test: venv data
 	bash .ci/install-slurm.sh
 	$(BIN)/python -m pytest -q
 

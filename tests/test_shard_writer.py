@@ -157,8 +157,8 @@ def test_lossy_formats(tmp_path, image_format):
 
 
 def test_real_fashion_mnist_subset(tmp_path):
-    if not (REAL_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip("dataset-fashion-mnist is not installed")
+    assert (REAL_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(), (
+        "Debian's dataset-fashion-mnist is missing: `make data` installs it")
     manifest = write_dataset_shards(source=build_fashion_mnist_source(root=REAL_FASHION_MNIST, limit=20),
                                     out_dir=tmp_path / "out")
     samples = read_webdataset(manifest.shard_paths("train"))
