@@ -59,10 +59,16 @@ def load_fashion_mnist(*, root: str | Path, split: str, num_samples: int = 0) ->
 
 
 def make_synthetic(*, num_samples: int, num_classes: int, channels: int = 1, size: int = 28,
-                   seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """A learnable synthetic set: each class is a fixed random pattern plus noise (uint8 images)."""
+                   seed: int = 0, sample_seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A learnable synthetic set: each class is a fixed random pattern plus noise (uint8 images).
+
+    The class patterns come from ``seed``; ``sample_seed`` (if given) draws other samples of the
+    same classes, e.g. a test split for a training split made with the same ``seed``.
+    """
     generator = torch.Generator().manual_seed(seed)
     prototypes = torch.rand(num_classes, channels, size, size, generator=generator)
+    if sample_seed is not None:
+        generator.manual_seed(sample_seed)
     labels = torch.arange(num_samples) % num_classes
     labels = labels[torch.randperm(num_samples, generator=generator)]
     noise = torch.rand(num_samples, channels, size, size, generator=generator)

@@ -78,12 +78,11 @@ def _from_shards(data: DataConfig, *, in_channels: int, rank: int, world_size: i
 def _builtin(data: DataConfig, *, in_channels: int, num_classes: int, rank: int, world_size: int,
              micro_batch_size: int, seed: int) -> LabelledData:
     if data.dataset == "synthetic":
-        # One pool split in two: the test samples must share the training classes' prototypes.
-        num_train, num_test = data.num_train_samples or 2048, data.num_eval_samples or 512
-        images, labels = make_synthetic(num_samples=num_train + num_test, num_classes=num_classes,
-                                        channels=in_channels, seed=seed)
-        train_images, train_labels = images[:num_train], labels[:num_train]
-        test_images, test_labels = images[num_train:], labels[num_train:]
+        train_images, train_labels = make_synthetic(num_samples=data.num_train_samples or 2048,
+                                                    num_classes=num_classes, channels=in_channels, seed=seed)
+        # Same class patterns (seed), other samples (sample_seed): a test split of the same task.
+        test_images, test_labels = make_synthetic(num_samples=data.num_eval_samples or 512, num_classes=num_classes,
+                                                  channels=in_channels, seed=seed, sample_seed=seed + 1)
         names = None
     else:
         train_images, train_labels = load_fashion_mnist(root=data.root, split="train", num_samples=data.num_train_samples)
