@@ -39,10 +39,8 @@ demo: venv data $(SHARDS)/manifest.json
 	  name=demo "data.train_shards=[$(SHARDS)]" checkpoint.resume=auto $(ARGS)
 	$(BIN)/cvdist export runs/demo --out runs/demo/model.safetensors
 
-# The tests read the real Fashion-MNIST files once, and start a real two-node SLURM cluster on
-# this machine: Debian's dataset-fashion-mnist, slurm and munge packages.
+# The tests read the real Fashion-MNIST files once (Debian's dataset-fashion-mnist package).
 test: venv data
-	bash .ci/install-slurm.sh
 	$(BIN)/python -m pytest -q
 
 test-fast: venv
