@@ -62,6 +62,20 @@ class WandbRun:
         if self._run is not None:
             self._run.log({k: v for k, v in row.items() if k != "step"}, step=step)
 
+    def log_image(self, key: str, path: Path, *, step: Optional[int] = None, caption: Optional[str] = None) -> None:
+        """Log a PNG already written to the run directory (the file on disk is the local record)."""
+        if self._run is not None:
+            import wandb
+
+            self._run.log({key: wandb.Image(str(path), caption=caption)}, step=step)
+
+    def log_table(self, key: str, *, columns: list[str], rows: list[list[Any]], step: Optional[int] = None) -> None:
+        """Log a table (e.g. a compression report) as a ``wandb.Table``."""
+        if self._run is not None:
+            import wandb
+
+            self._run.log({key: wandb.Table(columns=columns, data=rows)}, step=step)
+
     def update_summary(self, values: dict[str, Any]) -> None:
         if self._run is not None:
             self._run.summary.update(values)
