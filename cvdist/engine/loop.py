@@ -55,6 +55,10 @@ class TrainTask:
     """``model -> metrics``, called on every rank with the model in eval mode and no grad."""
     parameter_groups: Optional[list[dict]] = None
     """Optimiser parameter groups (e.g. layer-wise LRs); default: all parameters, one group."""
+    on_step_end: Optional[Callable[[int], None]] = None
+    """Called after every optimiser step with the new step number, on every rank (e.g. a momentum
+    encoder's EMA update). State it changes must live in ``model`` (buffers or frozen parameters)
+    so that checkpoints carry it."""
 
 
 @dataclass
@@ -166,6 +170,8 @@ class _Trainer:
             self.window.add({"train/loss": loss.detach(), **extra}, weight=1.0 / accum_steps)
         grad_norm = self.backend.optimizer_step()
         self.step += 1
+        if self.task.on_step_end is not None:
+            self.task.on_step_end(self.step)
         self.window.steps += 1
         return grad_norm
 
