@@ -124,6 +124,9 @@ class DistConfig:
     """``auto`` (ddp with several processes, else none), ``none``, ``ddp``, ``zero1``, ``zero2``, ``zero3``."""
     precision: str = "auto"
     """``auto`` (bf16 on GPUs that support it, else fp32), ``fp32``, ``bf16``, ``fp16`` (GPU only)."""
+    deepspeed_config: str = ""
+    """ZeRO only: a DeepSpeed JSON file merged into cvdist's config (offload, buckets, ...); batch
+    sizes, precision, clipping, optimiser and schedule stay cvdist's (see launch/deepspeed/)."""
 
 
 @dataclass
@@ -313,6 +316,9 @@ def validate(config: RunConfig, *, world_size: int) -> None:
             f"processes x optim.accum_steps = {world_size} x {config.optim.accum_steps} = {divisor}; "
             f"use a multiple of {divisor}"
         )
+    if config.dist.deepspeed_config and not config.dist.strategy.startswith("zero"):
+        raise ConfigError(f"dist.deepspeed_config={config.dist.deepspeed_config!r} applies to ZeRO only but "
+                          f"dist.strategy={config.dist.strategy!r}; set dist.strategy=zero1/zero2/zero3 or remove it")
     if config.dist.strategy == "none" and world_size > 1:
         raise ConfigError(
             f"dist.strategy='none' runs one process but {world_size} were started; "

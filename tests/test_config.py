@@ -47,6 +47,7 @@ BAD_INPUTS = [
     (["model.name=resnet7"], 1, ["model.name='resnet7'", "'resnet18'"]),
     (["data.global_batch_size=100", "optim.accum_steps=3"], 2, ["data.global_batch_size=100", "2 x 3 = 6"]),
     (["dist.strategy=none"], 2, ["dist.strategy='none'", "2 were started"]),
+    (["dist.deepspeed_config=launch/deepspeed/zero2.json"], 1, ["applies to ZeRO only", "dist.strategy=zero1/zero2/zero3"]),
     (["optim.lr=-1"], 1, ["optim.lr=-1", "> 0"]),
     (["train.max_steps=0", "train.epochs=0"], 1, ["train.max_steps", "train.epochs"]),
     (["schedule.milestones=[30,10]"], 1, ["schedule.milestones", "increasing"]),

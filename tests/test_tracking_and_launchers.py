@@ -49,18 +49,24 @@ def _assert_two_process_run(run_dir: Path, output: str) -> None:
         "rank-0.pt", "rank-1.pt"]
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "zero2"])
-def test_accelerate_launch_multi_gpu_config_runs_two_cpu_processes(tiny_args, strategy):
-    # The supported CPU form (see README): accelerate's --multi_gpu launcher, which on a machine
-    # without GPUs starts N processes that join one gloo group (MULTI_CPU needs MPI).
-    command = [str(BIN / "accelerate"), "launch", "--config_file", str(REPO / "launch" / "accelerate" / "ddp.yaml"),
-               "--num_processes", "2", str(RECIPE), *tiny_args, "name=acc", "train.max_steps=3",
-               f"dist.strategy={strategy}"]
+@pytest.mark.parametrize("config_file, overrides, strategy", [
+    ("ddp.yaml", [], "ddp"),
+    ("ddp.yaml", ["dist.strategy=zero2"], "zero2"),
+    ("zero3.yaml", [], "zero3"),  # the strategy and DeepSpeed JSON come from the accelerate config
+])
+def test_accelerate_launch_configs_run_two_cpu_processes(tiny_args, config_file, overrides, strategy):
+    # The supported CPU form (see README): accelerate's --multi_gpu / DeepSpeed launchers, which
+    # on a machine without GPUs start N processes that join one gloo group (MULTI_CPU needs MPI).
+    command = [str(BIN / "accelerate"), "launch", "--config_file", f"launch/accelerate/{config_file}",
+               "--num_processes", "2", str(RECIPE), *tiny_args, "name=acc", "train.max_steps=3", *overrides]
     result = subprocess.run(command, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-5000:]
     output = result.stdout + result.stderr
     assert f"strategy {strategy} | 2 process(es)" in output
-    _assert_two_process_run(Path(tiny_args[-1].split("=", 1)[1]) / "acc", output)
+    run_dir = Path(tiny_args[-1].split("=", 1)[1]) / "acc"
+    _assert_two_process_run(run_dir, output)
+    if config_file.startswith("zero"):
+        assert "deepspeed_config: launch/deepspeed/zero3.json" in (run_dir / "config.yaml").read_text()
 
 
 def test_srun_environment_one_task_per_process(tiny_args):

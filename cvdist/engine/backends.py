@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from cvdist.config import ConfigError
+from cvdist.engine.deepspeed_config import build_deepspeed_config
 from cvdist.engine.dist import DistEnv, collective_backend, current_env, launched_world_size
 from cvdist.engine.safe_load import WeightsOnlyCheckpointEngine, load_weights_only
 
@@ -144,7 +145,7 @@ class AccelerateBackend:
 class DeepSpeedBackend:
     """ZeRO stage 1, 2 or 3 through ``deepspeed.initialize`` (see the module doc for why)."""
 
-    def __init__(self, *, stage: int, precision: str):
+    def __init__(self, *, stage: int, precision: str, user_config: str = ""):
         import deepspeed  # engine-only dependency
 
         expected = launched_world_size()
@@ -153,7 +154,7 @@ class DeepSpeedBackend:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         self.precision = resolve_precision(precision, device)
-        self.stage = stage
+        self.stage, self.user_config = stage, user_config
         if expected > 1 or "RANK" in os.environ:
             deepspeed.init_distributed(dist_backend=collective_backend(device))
         else:
@@ -169,24 +170,9 @@ class DeepSpeedBackend:
                 micro_batch_size: int, accum_steps: int) -> nn.Module:
         import deepspeed
 
-        config = {
-            "train_micro_batch_size_per_gpu": micro_batch_size,
-            "gradient_accumulation_steps": accum_steps,
-            "train_batch_size": micro_batch_size * accum_steps * self.env.world_size,
-            # DeepSpeed's default buckets (5e8 elements) are a 2 GB fp32 buffer per rank, held for
-            # the whole run under ZeRO-3; 5e7 keeps communication efficient at a tenth the memory.
-            "zero_optimization": {"stage": self.stage, "reduce_bucket_size": int(5e7),
-                                  "allgather_bucket_size": int(5e7)},
-            # Our optimisers (SGD, LARS, torch AdamW) are the same objects DDP uses, so every
-            # strategy runs the same update rule; DeepSpeed calls them "untested" for ZeRO.
-            "zero_allow_untested_optimizer": True,
-            "bf16": {"enabled": self.precision == "bf16"},
-            "fp16": {"enabled": self.precision == "fp16"},
-            "steps_per_print": 2**31 - 1,
-            "wall_clock_breakdown": False,
-        }
-        if grad_clip_norm > 0:
-            config["gradient_clipping"] = grad_clip_norm
+        config = build_deepspeed_config(stage=self.stage, precision=self.precision, micro_batch_size=micro_batch_size,
+                                        accum_steps=accum_steps, world_size=self.env.world_size,
+                                        grad_clip_norm=grad_clip_norm, user_config=self.user_config)
         self.client_optimizer = optimizer
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
         # DeepSpeed's own loader unpickles everything (weights_only=False); ours refuses
@@ -235,9 +221,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def build_backend(*, strategy: str, precision: str) -> AccelerateBackend | DeepSpeedBackend:
-    """The backend for ``dist.strategy`` (``auto`` already resolved or not)."""
+def build_backend(*, strategy: str, precision: str, deepspeed_config: str = "") -> AccelerateBackend | DeepSpeedBackend:
+    """The backend for ``dist.strategy`` (``auto`` already resolved or not); ``deepspeed_config``
+    is a user's DeepSpeed JSON merged into cvdist's (ZeRO strategies only)."""
     resolved = resolve_strategy(strategy, launched_world_size())
     if resolved in ZERO_STAGES:
-        return DeepSpeedBackend(stage=ZERO_STAGES[resolved], precision=precision)
+        return DeepSpeedBackend(stage=ZERO_STAGES[resolved], precision=precision, user_config=deepspeed_config)
     return AccelerateBackend(precision=precision)

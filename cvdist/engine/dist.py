@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 import torch.distributed as torch_dist
@@ -139,3 +139,42 @@ def current_env(*, expected_world_size: int) -> DistEnv:
 def launched_world_size() -> int:
     """World size announced by the launcher (1 without one)."""
     return int(resolve_launch_env(os.environ).get("WORLD_SIZE", "1"))
+
+
+def accelerate_launch_settings(environ: Mapping[str, str]) -> dict[str, str]:
+    """``dist.*`` values an ``accelerate launch --config_file F`` asked for, from the variables it
+    sets: a DeepSpeed config file gives ``strategy`` zeroN (and ``deepspeed_config`` when it
+    names a JSON file), ``mixed_precision: bf16/fp16`` gives ``precision``. Empty without accelerate.
+
+    cvdist runs ZeRO through ``deepspeed.initialize`` itself (see engine/backends.py), so these
+    variables are read here instead of by Accelerate's DeepSpeed plugin.
+    """
+    from cvdist.engine.deepspeed_config import zero_stage_of
+
+    settings: dict[str, str] = {}
+    if environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        json_file = environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "")
+        stage = environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") or (str(zero_stage_of(json_file) or "") if json_file else "")
+        if stage not in ("1", "2", "3"):
+            raise LaunchError(f"the accelerate config asks for DeepSpeed with ZeRO stage {stage or '(none)'}; cvdist "
+                              "runs ZeRO stages 1, 2 and 3: set deepspeed_config.zero_stage (see launch/accelerate/)")
+        settings["strategy"] = f"zero{stage}"
+        if json_file:
+            settings["deepspeed_config"] = json_file
+    precision = environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if precision in ("bf16", "fp16"):
+        settings["precision"] = precision
+    return settings
+
+
+def apply_accelerate_launch_settings(dist_config: Any, environ: Mapping[str, str]) -> None:
+    """Set ``dist_config`` fields left at their defaults from :func:`accelerate_launch_settings`;
+    a field the user set to something else is a conflict, reported rather than guessed."""
+    defaults = {"strategy": "auto", "precision": "auto", "deepspeed_config": ""}
+    for field, wanted in accelerate_launch_settings(environ).items():
+        current = getattr(dist_config, field)
+        if current == defaults[field]:
+            setattr(dist_config, field, wanted)
+        elif current != wanted:
+            raise LaunchError(f"the accelerate config says {field} {wanted!r} but dist.{field}={current!r}; "
+                              f"remove the dist.{field} override or use another accelerate config")

@@ -23,7 +23,7 @@ from cvdist.config import ConfigError, RunConfig
 from cvdist.engine.backends import AccelerateBackend, DeepSpeedBackend, build_backend, resolve_strategy
 from cvdist.engine.checkpoint import (CheckpointMeta, latest_checkpoint, read_meta,
                                       remove_partial_checkpoints)
-from cvdist.engine.dist import DistEnv, launched_world_size, prepare_launch_env
+from cvdist.engine.dist import DistEnv, apply_accelerate_launch_settings, launched_world_size, prepare_launch_env
 from cvdist.tracking.records import RunRecord, check_run_dir_is_free
 from cvdist.tracking.wandb_run import WandbRun, resolve_wandb_mode
 
@@ -110,6 +110,7 @@ def start_session(config: RunConfig) -> Session:
     Nothing is written to disk here; :meth:`Session.open_run` (called by ``fit``) does that.
     """
     prepare_launch_env()
+    apply_accelerate_launch_settings(config.dist, os.environ)
     world_size = launched_world_size()
     config_module.validate(config, world_size=world_size)
     strategy = resolve_strategy(config.dist.strategy, world_size)
@@ -120,7 +121,8 @@ def start_session(config: RunConfig) -> Session:
         _check_resume_compatible(resume_meta, strategy=strategy, world_size=world_size, path=resume_from)
     wandb_mode = resolve_wandb_mode(config.tracking.wandb_mode, os.environ)
 
-    backend = build_backend(strategy=strategy, precision=config.dist.precision)
+    backend = build_backend(strategy=strategy, precision=config.dist.precision,
+                            deepspeed_config=config.dist.deepspeed_config)
     env = backend.env
     # Every rank has checked the run directory above; only now may rank 0 create it (in fit).
     comm.barrier()
