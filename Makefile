@@ -39,8 +39,10 @@ demo: venv data $(SHARDS)/manifest.json
 	  name=demo "data.train_shards=[$(SHARDS)]" checkpoint.resume=auto $(ARGS)
 	$(BIN)/cvdist export runs/demo --out runs/demo/model.safetensors
 
-# The tests read the real Fashion-MNIST files once (Debian's dataset-fashion-mnist package).
+# The tests read the real Fashion-MNIST files once (Debian's dataset-fashion-mnist package) and
+# start a real two-node SLURM cluster (tests/slurm_cluster.py; Debian's slurm-wlm and munge).
 test: venv data
+	bash .ci/install-slurm.sh
 	$(BIN)/python -m pytest -q
 
 test-fast: venv

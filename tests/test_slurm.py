@@ -1,0 +1,216 @@
+"""The SLURM and torchrun launch scripts, run for real: `sbatch slurm/supervised.sh` on a two-node
+SLURM cluster on this machine (tests/slurm_cluster.py), pre-emption with requeue and exact
+resume, and launch/torchrun.sh as two nodes and with elastic restarts."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from cvdist.tracking.records import read_metrics
+from tests.conftest import BIN, REPO, TINY, clean_env
+from tests.test_engine_strategies import assert_same, kill_tree, weights
+from tests.test_longtail_recipe import LONGTAIL_TINY
+
+if TYPE_CHECKING:
+    from tests.slurm_cluster import SlurmCluster
+
+pytestmark = pytest.mark.slow
+pytest_plugins = ["tests.slurm_cluster"]  # the session-scoped `slurm_cluster` fixture
+
+SBATCH_SCRIPT = REPO / "slurm" / "supervised.sh"
+TORCHRUN_SCRIPT = REPO / "launch" / "torchrun.sh"
+# Long enough (each step takes ~10 ms here) that a stop signal sent once the first checkpoint
+# exists lands mid-run; still a few seconds of training.
+STEPS, SAVE_EVERY = 600, 100
+LONG = [*TINY, f"train.max_steps={STEPS}", f"checkpoint.every_steps={SAVE_EVERY}", "checkpoint.keep_last=2"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def job_env(out: Path, name: str, **extra: str) -> dict[str, str]:
+    """What a user's shell would hold: the venv running these tests, run directory settings."""
+    venv = BIN.parent if (BIN / "activate").is_file() else None
+    # A free rendezvous port: the default (29500 + job id % 1000) would collide with another
+    # test cluster on this host, whose job ids also start at 1.
+    env = clean_env(CVDIST_OUTPUT_DIR=str(out / "runs"), CVDIST_RUN_NAME=name, CVDIST_MASTER_PORT=str(free_port()),
+                    CVDIST_VENV=str(venv) if venv else "none", **extra)
+    if venv is None:
+        env["PATH"] = f"{BIN}:{env['PATH']}"
+    return env
+
+
+def submit(cluster: SlurmCluster, out: Path, name: str, args: list[str], **extra_env: str) -> tuple[int, Path, Path]:
+    """sbatch the recipe script from the repository root; returns (job id, run dir, output file)."""
+    # The test nodes have 2 CPUs each; the script's header asks for 8 per task (real nodes).
+    options = ["--cpus-per-task=1", f"--output={out}/slurm-%j.out"]
+    job_id = cluster.sbatch(SBATCH_SCRIPT, args, env=job_env(out, name, **extra_env), options=options, cwd=REPO)
+    return job_id, out / "runs" / name, out / f"slurm-{job_id}.out"
+
+
+def read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else f"({path} does not exist)"
+
+
+def metric_steps(run_dir: Path) -> list[int]:
+    return [row["step"] for row in read_metrics(run_dir) if "train/loss" in row]
+
+
+@pytest.fixture(scope="module")
+def straight_run(slurm_cluster, tmp_path_factory):
+    """An uninterrupted 2-node x 1-process job: the reference for the pre-empted one."""
+    out = tmp_path_factory.mktemp("slurm-straight")
+    job_id, run_dir, output = submit(slurm_cluster, out, "straight", LONG)
+    fields = slurm_cluster.wait(job_id, timeout=240)
+    return fields, run_dir, read(output)
+
+
+def test_sbatch_two_nodes_one_process_each(straight_run):
+    fields, run_dir, output = straight_run
+    assert fields["JobState"] == "COMPLETED" and fields["ExitCode"] == "0:0", f"{fields}\n{output[-4000:]}"
+    assert "SLURM_RESTART_COUNT=0: 2 node(s) x 1 process(es)" in output, output[-4000:]
+    assert "strategy ddp | 2 process(es) on cpu" in output
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["step"] == STEPS and summary["world_size"] == 2 and summary["stopped_early"] is False
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert checkpoints == [f"step-{STEPS - SAVE_EVERY:08d}", f"step-{STEPS:08d}"]
+    assert sorted(p.name for p in (run_dir / "checkpoints" / checkpoints[-1]).glob("rank-*.pt")) == [
+        "rank-0.pt", "rank-1.pt"]
+    assert metric_steps(run_dir) == list(range(1, STEPS + 1))
+
+
+def test_preempted_job_saves_requeues_and_resumes_exactly(slurm_cluster, straight_run, tmp_path):
+    job_id, run_dir, output_file = submit(slurm_cluster, tmp_path, "preempted", [*LONG, "tracking.wandb_mode=offline"],
+                                          WANDB_SILENT="true")
+    first_checkpoint = run_dir / "checkpoints" / f"step-{SAVE_EVERY:08d}"
+    deadline = time.monotonic() + 180
+    while not first_checkpoint.is_dir():
+        assert slurm_cluster.is_active(job_id), f"job ended before its first checkpoint:\n{read(output_file)[-4000:]}"
+        assert time.monotonic() < deadline, f"no checkpoint after 180 s:\n{read(output_file)[-4000:]}"
+        time.sleep(0.1)
+    # What `--signal=B:USR1@N` does before the time limit: SIGUSR1 to the batch shell only.
+    slurm_cluster.signal(job_id, "USR1", batch_only=True)
+    fields = slurm_cluster.wait(job_id, timeout=240)
+    output = read(output_file)
+    assert fields["JobState"] == "COMPLETED" and fields["ExitCode"] == "0:0", f"{fields}\n{output[-5000:]}"
+    assert fields["Restarts"] == "1", fields
+
+    stopped = re.search(r"stop signal \(SIGUSR1\): saved step (\d+), stopping", output)
+    assert stopped, output[-5000:]
+    stop_step = int(stopped.group(1))
+    assert SAVE_EVERY <= stop_step < STEPS
+    assert f"requeueing job {job_id}" in output
+    assert "SLURM_RESTART_COUNT=1: 2 node(s) x 1 process(es)" in output
+    assert f"resuming from {run_dir}/checkpoints/step-{stop_step:08d}" in output
+
+    # The same work as the uninterrupted job: same final step, each step logged once, and on
+    # the CPU (fp32, same world size) bit-identical weights.
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["step"] == STEPS and summary["stopped_early"] is False
+    assert metric_steps(run_dir) == list(range(1, STEPS + 1))
+    _, straight_dir, _ = straight_run
+    assert_same(weights(run_dir), weights(straight_dir), atol=0)
+
+    # One W&B run, continued: both attempts wrote offline runs with the checkpointed id.
+    wandb_runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(wandb_runs) == 2, wandb_runs
+    assert summary["wandb_run_id"] and all(r.name.endswith("-" + summary["wandb_run_id"]) for r in wandb_runs)
+
+
+# A few steps of every recipe's own sbatch script (slurm/<recipe>.sh), 2 nodes x 1 process. A
+# script without an entry here fails the test below, so no recipe script goes untested.
+RECIPE_SCRIPT_ARGS = {
+    "longtail": [*LONGTAIL_TINY, "train.max_steps=4"],
+}
+
+
+def test_every_recipe_script_names_a_recipe_and_asks_for_requeue():
+    scripts = sorted(p for p in (REPO / "slurm").glob("*.sh") if not p.name.startswith("_"))
+    assert {p.stem for p in scripts} >= {"supervised", "longtail"}
+    for script in scripts:
+        text = script.read_text()
+        assert f"RECIPE={script.stem}\n" in text and (REPO / "recipes" / f"{script.stem}.py").is_file(), script
+        assert "#SBATCH --signal=B:USR1@" in text and "#SBATCH --requeue" in text, script
+        assert 'source "${CVDIST_ROOT:-${SLURM_SUBMIT_DIR:-.}}/slurm/_common.sh"' in text, script
+        assert script.stem == "supervised" or script.stem in RECIPE_SCRIPT_ARGS, f"add {script.stem} to RECIPE_SCRIPT_ARGS"
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPE_SCRIPT_ARGS))
+def test_recipe_sbatch_script_runs_on_two_nodes(slurm_cluster, tmp_path, recipe):
+    env = job_env(tmp_path, recipe)
+    job_id = slurm_cluster.sbatch(REPO / "slurm" / f"{recipe}.sh", RECIPE_SCRIPT_ARGS[recipe], env=env, cwd=REPO,
+                                  options=["--cpus-per-task=1", f"--output={tmp_path}/slurm-%j.out"])
+    fields = slurm_cluster.wait(job_id, timeout=240)
+    output = read(tmp_path / f"slurm-{job_id}.out")
+    assert fields["JobState"] == "COMPLETED" and fields["ExitCode"] == "0:0", f"{fields}\n{output[-4000:]}"
+    assert f"recipe {recipe}" in output and "2 process(es) on cpu" in output, output[-4000:]
+    summary = json.loads((tmp_path / "runs" / recipe / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["stopped_early"] is False
+
+
+def run_torchrun_script(args: list[str], *, timeout: float = 240, **env: str) -> subprocess.Popen:
+    return subprocess.Popen([str(TORCHRUN_SCRIPT), *args], cwd=REPO, env=clean_env(CVDIST_VENV=str(BIN.parent), **env),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def communicate(process: subprocess.Popen, timeout: float = 240) -> str:
+    try:
+        return process.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        kill_tree(process.pid)
+        raise
+
+
+def test_torchrun_script_two_nodes_without_slurm(tmp_path):
+    port = str(free_port())
+    args = ["supervised", *TINY, f"output_dir={tmp_path}", "name=nodes", "train.max_steps=3"]
+    agents = [run_torchrun_script(args, NNODES="2", NODE_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
+                                  PROCS_PER_NODE="1") for rank in (0, 1)]
+    outputs = [communicate(agent) for agent in agents]
+    assert [agent.returncode for agent in agents] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert "2 process(es) on cpu" in "".join(outputs)
+    summary = json.loads((tmp_path / "nodes" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["step"] == 3
+    assert sorted(p.name for p in (tmp_path / "nodes" / "checkpoints" / "step-00000003").glob("rank-*.pt")) == [
+        "rank-0.pt", "rank-1.pt"]
+
+
+def test_torchrun_script_restarts_a_killed_worker_from_the_last_checkpoint(tmp_path):
+    import psutil
+
+    steps = 400
+    run_dir = tmp_path / "elastic"
+    agent = run_torchrun_script(["--max-restarts", "1", "supervised", *TINY, f"output_dir={tmp_path}",
+                                 "name=elastic", f"train.max_steps={steps}", f"checkpoint.every_steps={SAVE_EVERY}"],
+                                MASTER_PORT=str(free_port()), PROCS_PER_NODE="2")
+    try:
+        deadline = time.monotonic() + 180
+        while not (run_dir / "checkpoints" / f"step-{SAVE_EVERY:08d}").is_dir():
+            assert agent.poll() is None, f"ended before the first checkpoint:\n{agent.stdout.read()[-4000:]}"
+            assert time.monotonic() < deadline, "no checkpoint after 180 s"
+            time.sleep(0.05)
+        workers = psutil.Process(agent.pid).children()  # the script execs torchrun: its children are the workers
+        assert len(workers) == 2, workers
+        workers[-1].kill()
+    except BaseException:
+        kill_tree(agent.pid)
+        raise
+    output = communicate(agent)
+    assert agent.returncode == 0, output[-5000:]
+    assert "exitcode: -9" in output, "torchrun must have seen the killed worker"
+    resumed = re.search(r"resuming from \S+/checkpoints/step-(\d+)", output)
+    assert resumed and int(resumed.group(1)) >= SAVE_EVERY, output[-5000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["step"] == steps and summary["stopped_early"] is False
+    assert metric_steps(run_dir) == list(range(1, steps + 1)), "each step logged exactly once"
