@@ -243,14 +243,26 @@ class WeightEma:
     with the usual warm-up ``decay_n = min(decay, (1 + n) / (10 + n))``.
 
     The copy is made from the model the loop trains (unwrapped from DDP / DeepSpeed) at the first
-    step, so it lives on the training device; it is kept in float32. It is not stored in checkpoints: a resumed run
-    restarts the average from the resumed weights."""
+    step, so it lives on the training device; it is kept in float32. It goes into checkpoints
+    (``state_dict`` / ``load_state_dict``, the engine's ``TrainTask.extra_state``), so a resumed run
+    continues the same average."""
 
     def __init__(self, *, decay: float):
         self.decay = decay
         self.module: Optional[nn.Module] = None
         self.folded_step = 0
         self.num_updates = 0
+        self._pending: Optional[dict] = None  # loaded before the model copy exists
+
+    def state_dict(self) -> dict:
+        if self.module is None:
+            return {"average": None, "folded_step": self.folded_step, "num_updates": self.num_updates}
+        return {"average": {k: v.detach().cpu() for k, v in self.module.state_dict().items()},
+                "folded_step": self.folded_step, "num_updates": self.num_updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._pending = state if state.get("average") is not None else None
+        self.folded_step, self.num_updates = state["folded_step"], state["num_updates"]
 
     def catch_up(self, model: nn.Module, steps_done: int) -> None:
         """Fold the weights of optimiser step ``steps_done`` in, once per step."""
@@ -260,8 +272,11 @@ class WeightEma:
             # round most updates away
             self.module = copy.deepcopy(plain).float().eval()
             self.module.requires_grad_(False)
-            self.folded_step = steps_done
-            return
+            if self._pending is None:
+                self.folded_step = steps_done
+                return
+            self.module.load_state_dict(self._pending["average"])  # resumed: continue the saved average
+            self._pending = None
         if steps_done <= self.folded_step:
             return
         decay = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))

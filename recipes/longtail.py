@@ -64,6 +64,7 @@ def after_training(config: LongtailRunConfig, session, data, evaluator, *, head_
     plot = dict(train_class_counts=counts, class_names=data.class_names, thresholds=thresholds)
     if env.is_main and evaluator.last:
         plot_per_class_accuracy(evaluator.last[""]["per_class"], path=run_dir / "per_class_accuracy.png", **plot)
+        session.wandb.log_image("plots/per_class_accuracy", run_dir / "per_class_accuracy.png")
     if not config.longtail.tau_norm:
         return {}
     model = build_fresh_model(config)
@@ -74,6 +75,7 @@ def after_training(config: LongtailRunConfig, session, data, evaluator, *, head_
         to_device=fp32_mover(env.device), device=env.device)
     if env.is_main:
         plot_per_class_accuracy(metrics["per_class"], path=run_dir / "per_class_accuracy_taunorm.png", **plot)
+        session.wandb.log_image("plots/per_class_accuracy_taunorm", run_dir / "per_class_accuracy_taunorm.png")
     session.print(f"[cvdist] tau-normalisation: tau={tau:g} (held-out balanced acc {scores[tau]:.4f})")
     return {"tau_norm/tau": tau, "tau_norm/holdout_balanced_acc": scores[tau],
             **{f"eval/{k}_taunorm": metrics[k] for k in (*SCALAR_METRICS, "loss")}}
@@ -97,8 +99,6 @@ def main(argv: Sequence[str]) -> int:
     resumed_step = session.resume_meta.step if session.resume_meta else None
     counter = StepCounter(start_step=resumed_step or 0, accum_steps=config.optim.accum_steps)
     ema = WeightEma(decay=reg.ema_decay) if reg.ema_decay > 0 else None
-    if ema is not None and resumed_step is not None:
-        session.print("[cvdist] note: the weights' EMA is not in checkpoints; it restarts from the resumed weights")
     thresholds = scaled_shot_thresholds(data.class_counts, many=lt.shot_many, few=lt.shot_few)
     evaluator = LongtailEvaluator(
         eval_batches=data.eval_batches, class_counts=data.class_counts, thresholds=thresholds,
@@ -110,7 +110,7 @@ def main(argv: Sequence[str]) -> int:
     step = LongtailTrainStep(loss=loss, counter=counter, mixup_alpha=reg.mixup_alpha, cutmix_alpha=reg.cutmix_alpha,
                              ema=ema)
     result = fit(session, TrainTask(model=model, compute_loss=step, train_batches=EpochHook(data.train, loss.set_epoch),
-                                    evaluate=evaluator, parameter_groups=groups))
+                                    evaluate=evaluator, parameter_groups=groups, extra_state=ema))
     if not result.stopped_early:
         extra = after_training(config, session, data, evaluator, head_name=head_name, thresholds=thresholds)
         if extra:

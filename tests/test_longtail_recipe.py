@@ -274,3 +274,22 @@ def test_two_processes_report_the_same_metrics(stage_one, tmp_path):
     assert set(summary["final"]) == set(reference["final"])
     rows = read_longtail_eval(tmp_path / "ddp")
     assert [row["step"] for row in rows] == [4] and sum(map(sum, rows[0]["confusion"])) == 64
+
+
+@slow
+def test_weights_ema_resumes_exactly(tmp_path):
+    from tests.test_engine_strategies import run_killed_after_checkpoint
+
+    args = [*LONGTAIL_TINY, f"output_dir={tmp_path}", "train.max_steps=8", "checkpoint.every_steps=4",
+            "regularization.ema_decay=0.9", "longtail.tau_norm=false", "train.eval_every_steps=0"]
+    run_recipe([*args, "name=straight"], script=SCRIPT, timeout=240)
+    run_killed_after_checkpoint([*args, "name=resumed"], nproc=1, step=4, marker=tmp_path / "marker",
+                                kind="hang_after_checkpoint", CVDIST_FAULT_RECIPE="longtail")
+    rank_state = torch.load(tmp_path / "resumed" / "checkpoints" / "step-00000004" / "rank-0.pt", weights_only=True)
+    assert rank_state["extra"]["average"] is not None and rank_state["extra"]["folded_step"] >= 3
+    output = run_recipe([*args, "name=resumed", "checkpoint.resume=auto"], script=SCRIPT, timeout=240)
+    assert "resuming from" in output.stdout
+    straight = json.loads((tmp_path / "straight" / "summary.json").read_text())["final"]
+    resumed = json.loads((tmp_path / "resumed" / "summary.json").read_text())["final"]
+    ema_keys = [key for key in straight if key.endswith("_ema")]
+    assert ema_keys and {k: resumed[k] for k in ema_keys} == {k: straight[k] for k in ema_keys}

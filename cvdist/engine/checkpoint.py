@@ -94,7 +94,7 @@ def _as_tuples(value: Any) -> Any:
 
 
 def save_checkpoint(*, root: Path, meta: CheckpointMeta, rank: int, write_backend_state: Callable[[Path], None],
-                    data_state: dict, keep_last: int) -> Path:
+                    data_state: dict, keep_last: int, extra_state: Optional[dict] = None) -> Path:
     """Write a checkpoint atomically; every rank calls this (collective).
 
     Rank 0 creates ``.tmp-step-N``, every rank writes its backend state, RNG states and
@@ -111,7 +111,10 @@ def save_checkpoint(*, root: Path, meta: CheckpointMeta, rank: int, write_backen
         temporary.mkdir()
     comm.barrier()
     write_backend_state(temporary)
-    torch.save({"rng": capture_rng_state(), "data": data_state}, temporary / rank_state_name(rank))
+    rank_state = {"rng": capture_rng_state(), "data": data_state}
+    if extra_state is not None:  # a recipe's own state (e.g. a weights' EMA), tensors and plain values
+        rank_state["extra"] = extra_state
+    torch.save(rank_state, temporary / rank_state_name(rank))
     comm.barrier()
     if rank == 0:
         atomic_write_json(temporary / "meta.json", asdict(meta))
@@ -150,5 +153,5 @@ def rank_state_name(rank: int) -> str:
 
 
 def load_rank_state(directory: Path, rank: int) -> dict[str, Any]:
-    """``{"rng": ..., "data": ...}`` as rank ``rank`` saved it."""
+    """``{"rng": ..., "data": ...[, "extra": ...]}`` as rank ``rank`` saved it."""
     return load_weights_only(directory / rank_state_name(rank))

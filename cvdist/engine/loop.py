@@ -18,6 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from cvdist import comm
+from cvdist.config import ConfigError
 from cvdist.engine.checkpoint import CheckpointMeta, load_rank_state, restore_rng_state, save_checkpoint
 from cvdist.engine.session import Session
 from cvdist.engine.signals import StopSignal
@@ -55,6 +56,10 @@ class TrainTask:
     """``model -> metrics``, called on every rank with the model in eval mode and no grad."""
     parameter_groups: Optional[list[dict]] = None
     """Optimiser parameter groups (e.g. layer-wise LRs); default: all parameters, one group."""
+    extra_state: Optional[Any] = None
+    """An object with ``state_dict()`` / ``load_state_dict(state)`` saved in every rank's
+    checkpoint file and restored on resume (e.g. an EMA of the weights); tensors and plain
+    values only (checkpoints load with ``weights_only=True``)."""
     on_step_end: Optional[Callable[[int], None]] = None
     """Called after every optimiser step with the new step number, on every rank (e.g. a momentum
     encoder's EMA update). State it changes must live in ``model`` (buffers or frozen parameters)
@@ -147,6 +152,12 @@ class _Trainer:
         else:
             session.print(f"[cvdist] world size changed ({meta.world_size} -> {env.world_size}): "
                           "RNG streams restart, so the continuation is not bit-exact")
+            rank_state = load_rank_state(session.resume_from, 0)  # for the extra state, the same on every rank
+        if self.task.extra_state is not None:
+            if "extra" not in rank_state:
+                raise ConfigError(f"checkpoint {session.resume_from} has no recipe state (extra_state) but this run "
+                                  "needs it; resume with the settings the run was started with")
+            self.task.extra_state.load_state_dict(rank_state["extra"])
         return meta.epoch, meta.batch_in_epoch
 
     def _set_learning_rate(self) -> None:
@@ -196,7 +207,8 @@ class _Trainer:
                               wandb_run_id=self.session.wandb.run_id)
         save_checkpoint(root=self.session.checkpoint_root, meta=meta, rank=self.env.rank,
                         write_backend_state=self.backend.save, data_state=self.task.train_batches.state(),
-                        keep_last=self.config.checkpoint.keep_last)
+                        keep_last=self.config.checkpoint.keep_last,
+                        extra_state=None if self.task.extra_state is None else self.task.extra_state.state_dict())
 
     def run(self) -> FitResult:
         session, config, total = self.session, self.config, self.total_steps

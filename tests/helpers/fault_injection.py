@@ -1,4 +1,5 @@
-"""Run recipes/supervised.py with a fault injected at a checkpoint, for the resume tests.
+"""Run a recipe (recipes/supervised.py, or recipes/$CVDIST_FAULT_RECIPE.py) with a fault injected
+at a checkpoint, for the resume tests.
 
     CVDIST_FAULT=hang_after_checkpoint:STEP  -> after checkpoint STEP is complete, write
                                                $CVDIST_FAULT_MARKER and sleep (test SIGKILLs)
@@ -63,6 +64,6 @@ elif kind == "hang_inside_checkpoint":
 else:
     raise SystemExit(f"unknown CVDIST_FAULT {kind!r}")
 
-recipe = Path(__file__).resolve().parents[2] / "recipes" / "supervised.py"
+recipe = Path(__file__).resolve().parents[2] / "recipes" / f"{os.environ.get('CVDIST_FAULT_RECIPE', 'supervised')}.py"
 sys.argv = [str(recipe), *sys.argv[1:]]
 runpy.run_path(str(recipe), run_name="__main__")
