@@ -219,11 +219,9 @@ def plot_per_class_accuracy(per_class: Sequence[float], *, train_class_counts: S
     The image is exactly ``figsize * dpi`` pixels (default width grows with the number of
     classes: ``clip(0.3 * C + 2, 6, 30)`` x 4 inches). Classes absent from the test set (NaN)
     get no bar. Returns the path written."""
-    # matplotlib is imported here, not at module level: metric code must import fast in every
-    # rank, and Figure + the Agg canvas avoid pyplot's global backend state (no display needed)
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
+    from matplotlib.patches import Patch  # imported on use: metric code must import fast on every rank
+
+    from cvdist.plotting import new_figure
 
     num_classes = len(per_class)
     counts = _check_counts(train_class_counts, num_classes=num_classes)
@@ -239,8 +237,8 @@ def plot_per_class_accuracy(per_class: Sequence[float], *, train_class_counts: S
     order = sorted(range(num_classes), key=lambda c: (-counts[c], c))
     x = list(range(num_classes))
 
-    fig = Figure(figsize=figsize or (min(max(0.3 * num_classes + 2, 6.0), 30.0), 4.0), dpi=dpi)
-    FigureCanvasAgg(fig)
+    width, height = figsize or (min(max(0.3 * num_classes + 2, 6.0), 30.0), 4.0)
+    fig = new_figure(width=width, height=height, dpi=dpi, layout=None)
     ax = fig.add_subplot()
     heights = [0.0 if math.isnan(per_class[c]) else float(per_class[c]) for c in order]
     ax.bar(x, heights, color=[colours[group_of[c]] for c in order])

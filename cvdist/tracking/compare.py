@@ -347,13 +347,9 @@ def run_labels(runs: Sequence[RunData], *, ignore_keys: Iterable[str] = IGNORED_
 
 
 def _new_figure(width: float = 7.0, height: float = 4.5):
-    # A Figure on an Agg canvas without pyplot: no global figure registry, no display needed.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from cvdist.plotting import new_figure
 
-    figure = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
+    return new_figure(width=width, height=height)
 
 
 def plot_metric(runs: Sequence[RunData], *, metric: str, labels: Mapping[str, str], path: str | Path):
