@@ -1,0 +1,173 @@
+"""Parts of the autoencoder / multi-task pretraining recipe: the model, the training step, and
+the evaluation that writes reconstruction grids.
+
+Models keep the classifier's key layout so that the trained trunk transfers with
+``cvdist.transfer`` (``recipes/longtail.py transfer.from_path=<run>``):
+
+* ``conv``: ``cvdist.models.build_model(model.name)`` with its head (the last ``nn.Linear``)
+  replaced by :class:`cvdist.models.decoders.PretrainHeads` (decoder, rotation head) in the same
+  slot; the trunk's keys are the classifier's, the pretraining heads live under the head's name,
+  which transfer drops.
+* ``mae``: :class:`cvdist.models.vit.MaskedAutoencoder`, whose decoder is the ViT's ``head``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import torch
+from torch import nn
+
+from cvdist import comm
+from cvdist.autoencoder_config import AutoencoderRunConfig, active_tasks
+from cvdist.losses.reconstruction import (NUM_ROTATIONS, masked_mse, per_sample_mse, reconstruction_mse,
+                                          rotation_batch, rotation_loss)
+from cvdist.models import build_model
+from cvdist.models.decoders import ConvDecoder, PretrainHeads
+from cvdist.models.vit import MaskedAutoencoder, build_mae, mae_reconstruction, patch_targets
+from cvdist.transfer import find_head_name
+
+
+def build_pretrain_model(config: AutoencoderRunConfig) -> nn.Module:
+    """The model ``config.ae`` / ``config.multitask`` describe (see the module docstring)."""
+    ae, model_cfg = config.ae, config.model
+    if ae.kind == "mae":
+        return build_mae(name=ae.vit, in_channels=model_cfg.in_channels, mask_ratio=ae.mask_ratio,
+                         decoder_dim=ae.decoder_dim, decoder_depth=ae.decoder_depth, decoder_heads=ae.decoder_heads)
+    model = build_model(name=model_cfg.name, num_classes=model_cfg.num_classes, in_channels=model_cfg.in_channels,
+                        small_stem=model_cfg.small_stem)
+    head_name = find_head_name(model)
+    feature_dim = model.get_submodule(head_name).in_features
+    tasks = active_tasks(config)
+    heads = PretrainHeads(
+        decoder=(ConvDecoder(feature_dim=feature_dim, out_channels=model_cfg.in_channels,
+                             image_size=config.data.image_size, channels=tuple(ae.decoder_channels))
+                 if "reconstruction" in tasks else None),
+        rotation=nn.Linear(feature_dim, NUM_ROTATIONS) if "rotation" in tasks else None)
+    parent_name, _, child = head_name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, heads)
+    return model
+
+
+class MultitaskStep:
+    """``compute_loss`` of the conv autoencoder and multi-task pretraining: each image is rotated
+    by its own random k * 90 degrees when rotation prediction is on (k = 0 for a quarter of them),
+    the decoder reconstructs the image the trunk saw, the rotation head predicts k. Returns the
+    weighted sum and each loss as ``train/loss_<name>``."""
+
+    def __init__(self, *, weights: dict[str, float]):
+        self.weights = weights
+
+    def __call__(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        images = batch["image"]
+        rotations = None
+        if "rotation" in self.weights:
+            images, rotations = rotation_batch(images)
+        outputs = model(images)
+        losses = {}
+        if "reconstruction" in self.weights:
+            losses["reconstruction"] = reconstruction_mse(outputs["reconstruction"], images)
+        if rotations is not None:
+            losses["rotation"] = rotation_loss(outputs["rotation"], rotations)
+        total = sum(self.weights[name] * loss for name, loss in losses.items())
+        return total, {f"train/loss_{name}": loss.detach() for name, loss in losses.items()}
+
+
+class MaeStep:
+    """``compute_loss`` of the masked autoencoder: MSE on the masked patches only."""
+
+    def __init__(self, *, patch_size: int, norm_pix: bool):
+        self.patch_size, self.norm_pix = patch_size, norm_pix
+
+    def __call__(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        images = batch["image"]
+        outputs = model(images)
+        loss = masked_mse(outputs["pred"], patch_targets(images, patch_size=self.patch_size, norm_pix=self.norm_pix),
+                          outputs["mask"])
+        return loss, {"train/loss_reconstruction": loss.detach()}
+
+
+def build_train_step(config: AutoencoderRunConfig, model: nn.Module) -> Callable:
+    """The recipe's ``compute_loss`` for ``config.ae.kind``."""
+    if isinstance(model, MaskedAutoencoder):
+        return MaeStep(patch_size=model.patch_size, norm_pix=config.ae.norm_pix_loss)
+    return MultitaskStep(weights=active_tasks(config))
+
+
+def save_reconstruction_grid(inputs: torch.Tensor, reconstructions: torch.Tensor, *, path: Path,
+                             mean: list[float], std: list[float]) -> Path:
+    """A PNG with ``inputs`` (normalised images) on the top row and ``reconstructions`` below,
+    both mapped back to pixels with the data's ``mean`` / ``std``."""
+    from torchvision.utils import save_image
+
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    images = torch.cat([inputs.float().cpu(), reconstructions.float().cpu()]) * std_t + mean_t
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images.clamp(0, 1), path, nrow=len(inputs), padding=2)
+    return path
+
+
+class ReconstructionEvaluator:
+    """The recipe's ``evaluate``: mean reconstruction loss over every rank's valid evaluation
+    samples (``loss_reconstruction``; for the MAE on masks drawn from a fixed seed, so evaluations
+    compare), rotation accuracy with k = index mod 4 (``rotation_top1``, multi-task), and on rank 0
+    a grid of the first evaluation images and their reconstructions, ``recon_step<N>.png`` in the
+    run directory, passed to ``log_image(key, path, step)``.
+
+    Every rank runs the same forward passes (no extra pass for the grid), as ZeRO-3 requires."""
+
+    def __init__(self, *, eval_batches: Callable[[], Iterator[dict]], to_device: Callable, device: torch.device,
+                 run_dir: Path, is_main: bool, num_grid_images: int, mean: list[float], std: list[float],
+                 norm_pix: bool = False, log_image: Optional[Callable[..., None]] = None, seed: int = 0):
+        self.eval_batches, self.to_device, self.device = eval_batches, to_device, device
+        self.run_dir, self.is_main, self.num_grid_images = run_dir, is_main, num_grid_images
+        self.mean, self.std, self.norm_pix, self.log_image, self.seed = mean, std, norm_pix, log_image, seed
+        self.step = 0
+
+    def on_step_end(self, step: int) -> None:
+        """The engine's step hook: remember the step, to name the grid."""
+        self.step = step
+
+    def _forward(self, model: nn.Module, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        plain = getattr(model, "module", model)
+        if isinstance(plain, MaskedAutoencoder):
+            out = model(images, generator=generator)
+            target = patch_targets(images, patch_size=plain.patch_size, norm_pix=self.norm_pix)
+            return {"loss": masked_mse(out["pred"], target, out["mask"], reduction="none"),
+                    "image": mae_reconstruction(images, out["pred"], out["mask"], patch_size=plain.patch_size,
+                                                norm_pix=self.norm_pix)}
+        out = model(images)
+        result = {"loss": per_sample_mse(out["reconstruction"], images), "image": out["reconstruction"]}
+        if "rotation" in out:
+            rotations = torch.arange(len(images), device=images.device) % NUM_ROTATIONS
+            rotated, _ = rotation_batch(images, rotations=rotations)
+            result["rotation_correct"] = (model(rotated)["rotation"].argmax(1) == rotations).float()
+        return result
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        generator = torch.Generator(device=self.device).manual_seed(self.seed + 7)
+        sums: dict[str, float] = {"count": 0.0, "loss_reconstruction": 0.0}
+        grid: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        for batch in self.eval_batches():
+            images, valid = self.to_device((batch["image"], batch["valid"]))
+            result = self._forward(model, images, generator)
+            sums["count"] += float(valid.sum())
+            sums["loss_reconstruction"] += float(result["loss"][valid].sum())
+            if "rotation_correct" in result:
+                sums["rotation_correct"] = sums.get("rotation_correct", 0.0) + float(result["rotation_correct"][valid].sum())
+            if grid is None:
+                n = min(self.num_grid_images, int(valid.sum()))
+                grid = images[valid][:n], result["image"][valid][:n]
+        total = comm.all_reduce_sum(sums, self.device)
+        count = max(total.pop("count"), 1.0)
+        metrics = {"loss_reconstruction": total["loss_reconstruction"] / count}
+        if "rotation_correct" in total:
+            metrics["rotation_top1"] = total["rotation_correct"] / count
+        if self.is_main and grid is not None and self.num_grid_images > 0 and len(grid[0]):
+            path = save_reconstruction_grid(*grid, path=self.run_dir / f"recon_step{self.step}.png",
+                                            mean=self.mean, std=self.std)
+            if self.log_image is not None:
+                self.log_image("eval/reconstructions", path, step=self.step)
+        return metrics
