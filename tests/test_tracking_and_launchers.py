@@ -35,6 +35,11 @@ def test_wandb_offline_run_and_resume_keep_one_run_id(tiny_args, tmp_path):
     assert (runs[-1] / f"run-{run_id}.wandb").stat().st_size > 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["wandb_run_id"] == run_id
+    system = summary["system"]
+    assert system["world_size"] == 1 and system["versions"]["torch"] and system["launcher"] == "python"
+    # the final checkpoint is the run's output artifact (a reference, not a copy)
+    log = (runs[-1] / f"run-{run_id}.wandb").read_bytes()
+    assert f"checkpoint-{run_id}".encode() in log and b"step-00000004/" in log
     rows = read_metrics(run_dir)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert all("train/loss" in r and "lr" in r and "samples_per_s" in r and "data_wait_s" in r for r in rows)

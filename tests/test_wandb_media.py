@@ -33,3 +33,24 @@ def test_inactive_run_ignores_media(tmp_path: Path) -> None:
     run.log_image("plots/curve", tmp_path / "missing.png", step=1)
     run.log_table("report", columns=["a"], rows=[[1]])
     assert not (tmp_path / "run").exists()
+
+
+def test_checkpoint_artifact_and_offline_input(tmp_path: Path) -> None:
+    from cvdist.tracking.wandb_run import RunInput
+
+    checkpoint = tmp_path / "source" / "checkpoints" / "step-00000003"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "model.pt").write_bytes(b"weights" * 10)
+    producer = WandbRun(mode="offline", is_main=True, run_dir=tmp_path / "producer", name="p", project="cvdist-test",
+                        entity=None, group=None, job_type=None, tags=[], config={}, run_id="prod0001")
+    producer.log_checkpoint(checkpoint, step=3)
+    producer.finish()
+    log = next((tmp_path / "producer" / "wandb").glob("offline-run-*/run-prod0001.wandb")).read_bytes()
+    assert b"checkpoint-prod0001" in log and b"step-00000003/model.pt" in log and b"step-3" in log
+
+    consumer = WandbRun(mode="offline", is_main=True, run_dir=tmp_path / "consumer", name="c", project="cvdist-test",
+                        entity=None, group=None, job_type=None, tags=[], config={"a": 1}, run_id="cons0001")
+    consumer.use_input(RunInput(checkpoint, wandb_run_id="prod0001", step=3))  # offline: config only, no error
+    consumer.finish()
+    log = next((tmp_path / "consumer" / "wandb").glob("offline-run-*/run-cons0001.wandb")).read_bytes()
+    assert b"cvdist_inputs" in log and b"prod0001" in log and str(checkpoint).encode() in log

@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from cvdist import comm
 from cvdist.config import ConfigError
-from cvdist.engine.checkpoint import CheckpointMeta, load_rank_state, restore_rng_state, save_checkpoint
+from cvdist.engine.checkpoint import (CheckpointMeta, checkpoint_name, load_rank_state, restore_rng_state,
+                                      save_checkpoint)
 from cvdist.engine.session import Session
 from cvdist.engine.signals import StopSignal
 from cvdist.optim import build_optimizer, lr_multiplier, set_learning_rate
@@ -258,7 +259,10 @@ class _Trainer:
             "step": self.step, "total_steps": self.total_steps, "stopped_early": stopped_early,
             "world_size": self.env.world_size, "strategy": session.strategy, "precision": self.backend.precision,
             "wall_time_s": time.perf_counter() - session.started_at, "wandb_run_id": session.wandb.run_id,
+            "system": session.system,
         })
+        if not stopped_early:
+            session.wandb.log_checkpoint(session.checkpoint_root / checkpoint_name(self.step), step=self.step)
         session.wandb.update_summary({"final/" + k: v for k, v in summary["final"].items()})
         return FitResult(step=self.step, stopped_early=stopped_early, summary=summary)
 

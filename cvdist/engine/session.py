@@ -25,7 +25,10 @@ from cvdist.engine.checkpoint import (CheckpointMeta, latest_checkpoint, read_me
                                       remove_partial_checkpoints)
 from cvdist.engine.dist import DistEnv, apply_accelerate_launch_settings, launched_world_size, prepare_launch_env
 from cvdist.tracking.records import RunRecord, check_run_dir_is_free
-from cvdist.tracking.wandb_run import WandbRun, resolve_wandb_mode
+from cvdist.engine.export import resolve_checkpoint_dir
+from cvdist.io import atomic_write_json
+from cvdist.tracking.system_facts import system_facts
+from cvdist.tracking.wandb_run import RunInput, WandbRun, resolve_wandb_mode
 
 
 @dataclass
@@ -43,6 +46,8 @@ class Session:
     record: Optional[RunRecord] = None
     wandb: Optional[WandbRun] = None
     started_at: float = field(default_factory=time.perf_counter)
+    inputs: list[RunInput] = field(default_factory=list)
+    """Checkpoints / weights files the run starts from (:meth:`add_input`), for W&B lineage."""
 
     @property
     def run_dir(self) -> Path:
@@ -56,6 +61,24 @@ class Session:
         """Print on rank 0 only."""
         if self.env.is_main:
             print(message, flush=True)
+
+    def add_input(self, path: str | Path) -> None:
+        """Note that this run starts from ``path`` (a cvdist run or checkpoint directory, or a
+        weights file); call before ``fit``. Recorded in ``inputs.json`` and, online, as the W&B
+        run's input artifact, so the pretrain -> fine-tune -> distill lineage shows there."""
+        path = Path(path)
+        if path.is_dir():
+            directory = resolve_checkpoint_dir(path)
+            meta = read_meta(directory)
+            self.inputs.append(RunInput(directory, wandb_run_id=meta.wandb_run_id, step=meta.step))
+        else:
+            self.inputs.append(RunInput(path))
+
+    @property
+    def system(self) -> dict:
+        """Versions, launcher, devices, world size (summary.json ``system`` and the W&B config)."""
+        return system_facts(world_size=self.env.world_size, strategy=self.strategy, precision=self.backend.precision,
+                            device_type=self.env.device.type)
 
     def open_run(self) -> None:
         """Create the run directory and its records and start W&B (called by ``fit``).
@@ -73,9 +96,13 @@ class Session:
             mode=self.wandb_mode, is_main=env.is_main, run_dir=config.run_dir, name=config.name,
             project=config.tracking.project, entity=config.tracking.entity,
             group=config.tracking.group or config.recipe, job_type=config.tracking.job_type or config.recipe,
-            tags=list(config.tracking.tags), config=config_module.to_dict(config),
+            tags=list(config.tracking.tags), config={**config_module.to_dict(config), "system": self.system},
             run_id=meta.wandb_run_id if meta else None,
         )
+        if self.inputs and env.is_main:
+            atomic_write_json(config.run_dir / "inputs.json", [source.as_dict() for source in self.inputs])
+        for source in self.inputs:
+            self.wandb.use_input(source)
 
     def close(self, *, exit_code: int = 0) -> None:
         if self.wandb is not None:

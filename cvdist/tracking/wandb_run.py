@@ -76,6 +76,35 @@ class WandbRun:
 
             self._run.log({key: wandb.Table(columns=columns, data=rows)}, step=step)
 
+    def log_checkpoint(self, directory: Path, *, step: int) -> None:
+        """Record checkpoint ``directory`` as this run's output: a W&B *reference* artifact
+        ``checkpoint-<run id>`` (file URIs and checksums, no copy of the weights), aliases
+        ``latest`` and ``step-N``. Offline it is uploaded by ``wandb sync`` with the run."""
+        if self._run is not None:
+            import wandb
+
+            self._run.log_artifact(_checkpoint_artifact(wandb, directory, run_id=self.run_id, step=step),
+                                   aliases=["latest", f"step-{step}"])
+
+    def use_input(self, source: "RunInput") -> None:
+        """Record a checkpoint or weights file this run starts from. Online it becomes the
+        run's input artifact (``use_artifact``), which is what draws the pretrain -> fine-tune ->
+        distill lineage in W&B; wandb refuses ``use_artifact`` offline, so there the input is
+        kept in the run config (``cvdist_inputs``) only."""
+        if self._run is None:
+            return
+        import wandb
+
+        inputs = list(self._run.config.get("cvdist_inputs", [])) + [source.as_dict()]
+        self._run.config.update({"cvdist_inputs": inputs}, allow_val_change=True)
+        if self.mode == "online":
+            if source.wandb_run_id is not None:
+                artifact = _checkpoint_artifact(wandb, source.path, run_id=source.wandb_run_id, step=source.step)
+            else:
+                artifact = wandb.Artifact(_safe_name(f"weights-{source.path.stem}"), type="model")
+                artifact.add_reference(source.path.resolve().as_uri())
+            self._run.use_artifact(artifact)
+
     def update_summary(self, values: dict[str, Any]) -> None:
         if self._run is not None:
             self._run.summary.update(values)
@@ -84,3 +113,27 @@ class WandbRun:
         if self._run is not None:
             self._run.finish(exit_code=exit_code)
             self._run = None
+
+
+class RunInput:
+    """A checkpoint directory (with the W&B run id and step from its ``meta.json``) or a plain
+    weights file that a run starts from."""
+
+    def __init__(self, path: Path, *, wandb_run_id: Optional[str] = None, step: Optional[int] = None):
+        self.path, self.wandb_run_id, self.step = Path(path), wandb_run_id, step
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path.resolve()), "wandb_run_id": self.wandb_run_id, "step": self.step}
+
+
+def _safe_name(name: str) -> str:
+    # W&B artifact names: alphanumerics, dashes, underscores and dots
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+
+
+def _checkpoint_artifact(wandb: Any, directory: Path, *, run_id: Optional[str], step: Optional[int]) -> Any:
+    # The same name and reference for the producing run (log_artifact) and a consuming run
+    # (use_artifact) give the same artifact digest, so W&B links the two runs.
+    artifact = wandb.Artifact(_safe_name(f"checkpoint-{run_id}"), type="model", metadata={"step": step})
+    artifact.add_reference(Path(directory).resolve().as_uri(), name=Path(directory).name)
+    return artifact
