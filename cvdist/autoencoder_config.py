@@ -117,8 +117,6 @@ def _check_ae(config: AutoencoderRunConfig) -> None:
             raise ConfigError(f"ae.{key}={getattr(ae, key)} must be > 0")
     if ae.decoder_dim % ae.decoder_heads:
         raise ConfigError(f"ae.decoder_dim={ae.decoder_dim} must be divisible by ae.decoder_heads={ae.decoder_heads}")
-    if config.dist.strategy == "zero3":
-        raise ConfigError("ae.kind=mae is not tested under ZeRO-3; use dist.strategy=ddp / zero1 / zero2")
 
 
 def validate_autoencoder(config: AutoencoderRunConfig) -> None:
