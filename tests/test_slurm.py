@@ -132,6 +132,9 @@ def test_preempted_job_saves_requeues_and_resumes_exactly(slurm_cluster, straigh
 # script without an entry here fails the test below, so no recipe script goes untested.
 RECIPE_SCRIPT_ARGS = {
     "longtail": [*LONGTAIL_TINY, "train.max_steps=4"],
+    "pretrain_autoencoder": ["--config", "recipes/pretrain_multitask.yaml", "data.num_train_samples=256",
+                             "data.num_eval_samples=64", "data.global_batch_size=32", "train.max_steps=4",
+                             "tracking.wandb_mode=disabled"],
 }
 
 
