@@ -496,14 +496,28 @@ class RegularizationConfig:
 
 
 @dataclass
+class MultitaskConfig:
+    """Multi-task learning: auxiliary linear heads on the shared trunk's features, one per extra
+    label, trained with cross-entropy beside the main loss (``cvdist.models.multitask``)."""
+
+    labels: dict[str, float] = field(default_factory=dict)
+    """Extra label name -> loss weight, e.g. ``{coarse: 0.5}`` (empty = off). Shards: names of the
+    manifest's ``extra_labels`` (the ``.json`` members; their class counts come from there).
+    Built-in data: ``coarse`` only: Fashion-MNIST's tops / bottoms / footwear / bags, or for the
+    synthetic set the class parity (``label % 2``)."""
+
+
+@dataclass
 class LongtailRunConfig(RunConfig):
-    """The long-tail recipe's config: RunConfig plus ``loss``, ``longtail``, ``transfer``, ``regularization``."""
+    """The long-tail recipe's config: RunConfig plus ``loss``, ``longtail``, ``transfer``,
+    ``regularization``, ``multitask``."""
 
     recipe: str = "longtail"
     loss: LossConfig = field(default_factory=LossConfig)
     longtail: LongtailConfig = field(default_factory=LongtailConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
+    multitask: MultitaskConfig = field(default_factory=MultitaskConfig)
 
 
 LONGTAIL_CHOICES: dict[str, tuple[str, ...]] = {
@@ -575,6 +589,20 @@ def _check_transfer(config: LongtailRunConfig) -> None:
                               "data.sampling=class_balanced (or sqrt / progressive)")
 
 
+def _check_multitask(config: LongtailRunConfig) -> None:
+    labels = config.multitask.labels
+    for name, weight in labels.items():
+        if not name.isidentifier():
+            raise ConfigError(f"multitask.labels: {name!r} is not a valid label name (letters, digits, _)")
+        if not weight > 0:
+            raise ConfigError(f"multitask.labels.{name}={weight} must be a loss weight > 0 (remove the entry to "
+                              "turn the head off)")
+    if labels and (config.longtail.stage == "crt" or config.transfer.freeze_trunk):
+        what = "longtail.stage=crt" if config.longtail.stage == "crt" else "transfer.freeze_trunk=true"
+        raise ConfigError(f"multitask.labels trains auxiliary heads to shape the shared trunk, which {what} "
+                          "freezes; train them in the joint stage and leave multitask.labels empty for this one")
+
+
 def validate_longtail(config: LongtailRunConfig) -> None:
     """Check the long-tail sections (choices, combinations); raise ConfigError on the first problem.
     Run it before :func:`cvdist.engine.start_session`, which checks the common sections."""
@@ -585,6 +613,7 @@ def validate_longtail(config: LongtailRunConfig) -> None:
     _check_loss_options(config.loss)
     _check_longtail_data(config)
     _check_transfer(config)
+    _check_multitask(config)
     reg = config.regularization
     for key in ("mixup_alpha", "cutmix_alpha"):
         if getattr(reg, key) < 0:

@@ -5,7 +5,7 @@ medium / few-shot accuracy (``cvdist.eval.longtail``) of the model, and alongsid
 of post-hoc logit adjustment (``*_posthoc``) and of the weights' EMA (``*_ema``). Metrics rows
 hold scalars only, so per-class accuracy and the confusion matrix of every evaluation go to
 ``longtail_eval.jsonl`` in the run directory (one row per evaluation, cut back on resume like
-``metrics.jsonl``).
+``metrics.jsonl``). A multi-task model's auxiliary heads are scored too: ``<label>_top1``.
 
 Tau-normalisation (Kang et al. 2020, "Decoupling Representation and Classifier for Long-Tailed
 Recognition", ICLR) rescales each class's weight vector to ``w_c / ||w_c||^tau``; the bias is
@@ -67,18 +67,29 @@ def _input_dtype(model: nn.Module, images: torch.Tensor) -> torch.dtype:
 
 def evaluate_variants(variants: Sequence[Variant], batches: Iterable[dict], *, class_counts: Sequence[int],
                       thresholds: ShotThresholds, posthoc_tau: float, to_device: Callable[[Any], Any],
-                      device: torch.device) -> dict[str, dict]:
+                      device: torch.device, aux_keys: Sequence[str] = ()) -> dict[str, dict]:
     """One pass over this rank's ``batches``; per variant suffix, the metrics of
-    :func:`cvdist.eval.longtail.metrics_from_confusion` over all ranks plus ``loss`` (mean CE)."""
+    :func:`cvdist.eval.longtail.metrics_from_confusion` over all ranks plus ``loss`` (mean CE).
+    With ``aux_keys``, the first variant's model is a multi-task model: its auxiliary heads'
+    top-1 against ``batch[key]`` goes into that variant's metrics as ``<key>_top1``."""
     num_classes = len(class_counts)
     confusions = torch.zeros(len(variants), num_classes, num_classes, dtype=torch.int64, device=device)
     losses = torch.zeros(len(variants) + 1, dtype=torch.float64, device=device)  # last entry: sample count
+    aux_correct = torch.zeros(len(aux_keys), dtype=torch.float64, device=device)
     for batch in batches:
         images, labels, valid = to_device((batch["image"], batch["label"], batch["valid"]))
         outputs: dict[int, torch.Tensor] = {}
         for index, (_, model, adjusted) in enumerate(variants):
             if id(model) not in outputs:
-                outputs[id(model)] = model(images.to(_input_dtype(model, images))).float()
+                inputs = images.to(_input_dtype(model, images))
+                if index == 0 and aux_keys:
+                    logits, aux_logits = model(inputs, with_aux=True)
+                    for k, key in enumerate(aux_keys):
+                        hits = aux_logits[key].argmax(1) == to_device(batch[key])
+                        aux_correct[k] += (hits & valid).sum().double()
+                else:
+                    logits = model(inputs)
+                outputs[id(model)] = logits.float()
             logits = outputs[id(model)]
             if adjusted:
                 logits = posthoc_logit_adjustment(logits, class_counts=class_counts, tau=posthoc_tau)
@@ -88,20 +99,27 @@ def evaluate_variants(variants: Sequence[Variant], batches: Iterable[dict], *, c
         losses[-1] += valid.sum()
     all_reduce_sum_(confusions)
     all_reduce_sum_(losses)
+    if aux_keys:
+        all_reduce_sum_(aux_correct)
     results = {}
     for index, (suffix, _, _) in enumerate(variants):
         metrics = metrics_from_confusion(confusions[index], train_class_counts=class_counts, thresholds=thresholds)
         metrics["loss"] = float(losses[index] / losses[-1].clamp_min(1))
+        if index == 0:
+            metrics["aux_top1"] = {key: float(aux_correct[k] / losses[-1].clamp_min(1))
+                                   for k, key in enumerate(aux_keys)}
         results[suffix] = metrics
     return results
 
 
 def scalar_metrics(results: dict[str, dict]) -> dict[str, float]:
-    """``{"top1": .., "balanced_acc_posthoc": .., ...}``: the scalars of every variant."""
+    """``{"top1": .., "balanced_acc_posthoc": .., "coarse_top1": .., ...}``: the scalars of every
+    variant and of the auxiliary heads."""
     row = {}
     for suffix, metrics in results.items():
         for name in (*SCALAR_METRICS, "loss"):
             row[name + suffix] = metrics[name]
+        row.update({f"{key}_top1{suffix}": value for key, value in metrics.get("aux_top1", {}).items()})
     return row
 
 
@@ -111,11 +129,11 @@ class LongtailEvaluator:
     def __init__(self, *, eval_batches: Callable[[], Iterator[dict]], class_counts: Sequence[int],
                  thresholds: ShotThresholds, posthoc_tau: float, to_device: Callable[[Any], Any], device: torch.device,
                  step_of: Callable[[], int], run_dir: Path, is_main: bool, resumed_step: Optional[int],
-                 ema: Any = None):
+                 ema: Any = None, aux_keys: Sequence[str] = ()):
         self.eval_batches, self.class_counts, self.thresholds = eval_batches, list(class_counts), thresholds
         self.posthoc_tau, self.to_device, self.device = posthoc_tau, to_device, device
         self.step_of, self.path, self.is_main = step_of, Path(run_dir) / LONGTAIL_EVAL_FILE, is_main
-        self.resumed_step, self.ema = resumed_step, ema
+        self.resumed_step, self.ema, self.aux_keys = resumed_step, ema, tuple(aux_keys)
         self.started = False
         self.last: dict[str, dict] = {}
         empty = [c for c, n in enumerate(self.class_counts) if n == 0]
@@ -136,7 +154,7 @@ class LongtailEvaluator:
             self.ema.catch_up(model, self.step_of())  # fold in the step just taken
         self.last = evaluate_variants(self.variants(model), self.eval_batches(), class_counts=self.class_counts,
                                       thresholds=self.thresholds, posthoc_tau=self.posthoc_tau,
-                                      to_device=self.to_device, device=self.device)
+                                      to_device=self.to_device, device=self.device, aux_keys=self.aux_keys)
         self._write(self.last)
         return scalar_metrics(self.last)
 

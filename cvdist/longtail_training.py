@@ -9,18 +9,26 @@ Held-out split (for the tau search of tau-normalisation; never the test set):
   like the test set, and disjoint from what the model trains on;
 * shards: a manifest split (``holdout_split``, default ``val``) of ``holdout_shards`` or of the
   first training source; the evaluation source and split are refused.
+
+Multi-task labels (``aux_labels``, the ``multitask.labels`` names) come out as ``batch[name]`` in
+training and evaluation batches; their class counts are ``LongtailData.aux_classes``. Shards
+carry them in each sample's ``.json`` (the manifest's ``extra_labels`` name their classes); the
+built-in data has one, ``coarse``: Fashion-MNIST's tops / bottoms / footwear / bags
+(``FASHION_MNIST_COARSE``), and for the synthetic set the class parity ``label % 2`` (its classes
+have no natural grouping; parity is a deterministic stand-in that keeps the code path testable).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from cvdist.config import DataConfig
 from cvdist.data.builtin import FASHION_MNIST_CLASSES, load_fashion_mnist, make_synthetic
@@ -28,9 +36,10 @@ from cvdist.data.from_config import build_labelled_data
 from cvdist.data.longtail import longtail_counts, select_longtail_indices
 from cvdist.data.pipeline import iterate_eval_shards, resolve_source
 from cvdist.data.resampling import repeat_factors
+from cvdist.data.sources import FASHION_MNIST_COARSE, FASHION_MNIST_COARSE_NAMES
 from cvdist.data.stream import Decoder
 from cvdist.data.tensor_batches import TensorBatches
-from cvdist.data.transforms import build_transform
+from cvdist.data.transforms import MultiScaleBatch, build_transform
 from cvdist.eval.classification import sharded_eval_batches
 
 
@@ -46,6 +55,8 @@ class LongtailData:
     """The same over the held-out split (None when none was asked for)."""
     class_counts: list[int]
     class_names: Optional[list[str]]
+    aux_classes: dict[str, int] = field(default_factory=dict)
+    """Multi-task labels in the batches -> their number of classes."""
 
 
 class ResampledTensorBatches(TensorBatches):
@@ -111,39 +122,90 @@ def _builtin_images(*, dataset: str, root: str, num_classes: int, in_channels: i
     return train_images, train_labels, test_images, test_labels, list(FASHION_MNIST_CLASSES)
 
 
+def builtin_coarse_labels(dataset: str) -> tuple[torch.Tensor, list[str]]:
+    """The built-in data's ``coarse`` label of each class, and the coarse class names (see the
+    module docstring: Fashion-MNIST's groups; the synthetic set's parity)."""
+    if dataset == "synthetic":
+        return torch.arange(2), ["even", "odd"]  # indexed by label % 2 (any number of classes)
+    return torch.tensor(FASHION_MNIST_COARSE), list(FASHION_MNIST_COARSE_NAMES)
+
+
+def _builtin_aux(dataset: str, aux_labels: Sequence[str]) -> tuple[Callable[[torch.Tensor], dict], dict[str, int]]:
+    """``labels -> {name: aux labels}`` and ``{name: number of classes}`` for the built-in data."""
+    unknown = [name for name in aux_labels if name != "coarse"]
+    if unknown:
+        raise ValueError(f"multitask.labels.{unknown[0]}: the built-in data has one extra label, 'coarse'; "
+                         "write shards with the extra labels you need (their .json members) to use others")
+    if not aux_labels:
+        return (lambda labels: {}), {}
+    table, names = builtin_coarse_labels(dataset)
+    return (lambda labels: {"coarse": table[labels % len(table)]}), {"coarse": len(names)}
+
+
+def _with_aux_labels(batches: Iterator[dict], aux_of: Callable[[torch.Tensor], dict]) -> Iterator[dict]:
+    for batch in batches:
+        batch.update(aux_of(batch["label"]))
+        yield batch
+
+
 def build_builtin_longtail_data(data: DataConfig, *, num_classes: int, in_channels: int, imbalance_factor: float,
                                 holdout_per_class: int, rank: int, world_size: int, micro_batch_size: int,
-                                seed: int, num_epochs: int) -> LongtailData:
-    """Long-tailed built-in data (``data.dataset``) with a balanced held-out split and
-    ``data.sampling`` applied in memory."""
+                                seed: int, num_epochs: int, aux_labels: Sequence[str] = ()) -> LongtailData:
+    """Long-tailed built-in data (``data.dataset``) with a balanced held-out split,
+    ``data.sampling`` applied in memory, ``data.multi_scale`` per batch, and the ``coarse``
+    label in every batch when ``aux_labels`` asks for it."""
     train_images, train_labels, test_images, test_labels, names = _builtin_images(
         dataset=data.dataset, root=data.root, num_classes=num_classes, in_channels=in_channels,
         num_train_samples=data.num_train_samples, num_eval_samples=data.num_eval_samples, seed=seed)
     train_index, holdout_index = split_holdout_and_longtail(
         train_labels, num_classes=num_classes, holdout_per_class=holdout_per_class,
         imbalance_factor=imbalance_factor, seed=seed)
+    aux_of, aux_classes = _builtin_aux(data.dataset, aux_labels)
     mean, std = data.mean[0], data.std[0]
+    multi_scale = (MultiScaleBatch(scales=data.multi_scale, base_size=data.image_size, seed=seed)
+                   if data.multi_scale else None)
     train = ResampledTensorBatches(
         sampling=data.sampling, num_classes=num_classes, num_epochs=num_epochs,
         images=train_images[train_index], labels=train_labels[train_index], rank=rank, world_size=world_size,
-        batch_size=micro_batch_size, seed=seed, horizontal_flip=data.augment != "none", mean=mean, std=std)
+        batch_size=micro_batch_size, seed=seed, horizontal_flip=data.augment != "none", mean=mean, std=std,
+        extra_labels=aux_of(train_labels[train_index]), multi_scale=multi_scale)
 
     def batches_of(images: torch.Tensor, labels: torch.Tensor) -> Callable[[], Iterator[dict]]:
-        return lambda: sharded_eval_batches(images=images, labels=labels, rank=rank, world_size=world_size,
-                                            batch_size=data.eval_batch_size, mean=mean, std=std)
+        return lambda: _with_aux_labels(sharded_eval_batches(
+            images=images, labels=labels, rank=rank, world_size=world_size, batch_size=data.eval_batch_size,
+            mean=mean, std=std), aux_of)
 
     holdout = (batches_of(train_images[holdout_index], train_labels[holdout_index]) if holdout_index else None)
     return LongtailData(train=train, eval_batches=batches_of(test_images, test_labels), holdout_batches=holdout,
-                        class_counts=train.class_counts, class_names=names)
+                        class_counts=train.class_counts, class_names=names, aux_classes=aux_classes)
+
+
+def shard_aux_classes(data: DataConfig, aux_labels: Sequence[str]) -> dict[str, int]:
+    """``{name: number of classes}`` of the extra labels ``aux_labels`` from the manifest of the
+    first training source; ValueError naming what is missing."""
+    if not aux_labels:
+        return {}
+    _, manifest = resolve_source(data.train_shards[0], split=data.train_split)
+    if manifest is None:
+        raise ValueError(f"multitask.labels needs the extra labels' classes from a manifest, but "
+                         f"{data.train_shards[0]} has none; give a shard directory written by `cvdist shards`")
+    missing = [name for name in aux_labels if name not in manifest.extra_labels]
+    if missing:
+        raise ValueError(f"multitask.labels.{missing[0]}: {data.train_shards[0]} has no extra label {missing[0]!r} "
+                         f"(its manifest lists: {', '.join(manifest.extra_labels) or 'none'})")
+    return {name: len(manifest.extra_labels[name]) for name in aux_labels}
 
 
 def build_shard_longtail_data(data: DataConfig, *, num_classes: int, in_channels: int, holdout_shards: str,
                               holdout_split: str, need_holdout: bool, rank: int, world_size: int,
-                              micro_batch_size: int, seed: int, num_epochs: int) -> LongtailData:
-    """:func:`cvdist.data.from_config.build_labelled_data` on shards, plus the held-out split."""
+                              micro_batch_size: int, seed: int, num_epochs: int,
+                              aux_labels: Sequence[str] = ()) -> LongtailData:
+    """:func:`cvdist.data.from_config.build_labelled_data` on shards (with the extra labels
+    ``aux_labels`` decoded into the batches), plus the held-out split."""
+    aux_classes = shard_aux_classes(data, aux_labels)
     labelled = build_labelled_data(data, in_channels=in_channels, num_classes=num_classes, rank=rank,
                                    world_size=world_size, micro_batch_size=micro_batch_size, seed=seed,
-                                   num_epochs=num_epochs)
+                                   num_epochs=num_epochs, extra_label_keys=tuple(aux_labels))
     counts = labelled.class_counts
     if counts is None:
         raise ValueError("long-tail losses and metrics need the training class counts, known for one "
@@ -167,7 +229,7 @@ def build_shard_longtail_data(data: DataConfig, *, num_classes: int, in_channels
         holdout = lambda: iterate_eval_shards(source, rank=rank, world_size=world_size,  # noqa: E731
                                               batch_size=data.eval_batch_size, decoder=decoder)
     return LongtailData(train=labelled.train, eval_batches=labelled.eval_batches, holdout_batches=holdout,
-                        class_counts=counts, class_names=labelled.class_names)
+                        class_counts=counts, class_names=labelled.class_names, aux_classes=aux_classes)
 
 
 class EpochHook:
@@ -197,18 +259,18 @@ class EpochHook:
         return getattr(self.source, name)
 
 
-def mix_batch(images: torch.Tensor, labels: torch.Tensor, *, mixup_alpha: float,
+def mix_batch(images: torch.Tensor, *, mixup_alpha: float,
               cutmix_alpha: float) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Mixup (Zhang et al. 2018) or CutMix (Yun et al. 2019) of a batch with a permutation of
-    itself: ``(images, labels of the partners, lam)``; the loss is ``lam * L(y) + (1 - lam) *
-    L(y_partner)``. With both alphas > 0, one of the two per batch, at random. Draws from the
+    itself: ``(images, partner index of each sample, lam)``; the loss is ``lam * L(y) + (1 - lam)
+    * L(y[partner])``. With both alphas > 0, one of the two per batch, at random. Draws from the
     torch RNG, which the engine seeds per rank and restores on resume."""
     use_cutmix = cutmix_alpha > 0 and (mixup_alpha == 0 or bool(torch.rand(()) < 0.5))
     alpha = cutmix_alpha if use_cutmix else mixup_alpha
     lam = float(torch.distributions.Beta(alpha, alpha).sample())
     partner = torch.randperm(images.shape[0]).to(images.device)
     if not use_cutmix:
-        return lam * images + (1 - lam) * images[partner], labels[partner], lam
+        return lam * images + (1 - lam) * images[partner], partner, lam
     height, width = images.shape[-2:]
     ratio = math.sqrt(1 - lam)
     cut_h, cut_w = int(height * ratio), int(width * ratio)
@@ -218,7 +280,7 @@ def mix_batch(images: torch.Tensor, labels: torch.Tensor, *, mixup_alpha: float,
     mixed = images.clone()
     mixed[..., y0:y1, x0:x1] = images[partner][..., y0:y1, x0:x1]
     # the box was clipped at the border: lam is the share of the image that is really the original
-    return mixed, labels[partner], 1.0 - (y1 - y0) * (x1 - x0) / (height * width)
+    return mixed, partner, 1.0 - (y1 - y0) * (x1 - x0) / (height * width)
 
 
 class StepCounter:
@@ -290,22 +352,36 @@ class WeightEma:
 
 
 class LongtailTrainStep:
-    """The recipe's ``compute_loss``: the long-tail loss, optionally on mixed batches, keeping the
-    EMA (if any) one optimiser step behind the model (the evaluation catches it up)."""
+    """The recipe's ``compute_loss``: the long-tail loss, optionally on mixed batches, plus the
+    auxiliary heads' cross-entropy weighted by ``aux_weights`` (label name -> weight; the model is
+    then a :class:`cvdist.models.multitask.AuxHeadsModel`), keeping the EMA (if any) one optimiser
+    step behind the model (the evaluation catches it up). With auxiliary heads, each loss is
+    logged unweighted: ``train/loss_main``, ``train/loss_<label>``."""
 
     def __init__(self, *, loss: nn.Module, counter: StepCounter, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
-                 ema: Optional[WeightEma] = None):
+                 ema: Optional[WeightEma] = None, aux_weights: Optional[dict[str, float]] = None):
         self.loss, self.counter, self.ema = loss, counter, ema
         self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
+        self.aux_weights = dict(aux_weights or {})
 
-    def __call__(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, Any]]:
         steps_done = self.counter.next_micro_batch()
         if self.ema is not None:
             self.ema.catch_up(model, steps_done)
         images, labels = batch["image"], batch["label"]
+        partner, lam = None, 1.0
         if self.mixup_alpha > 0 or self.cutmix_alpha > 0:
-            images, partner_labels, lam = mix_batch(images, labels, mixup_alpha=self.mixup_alpha,
-                                                    cutmix_alpha=self.cutmix_alpha)
-            logits = model(images)
-            return lam * self.loss(logits, labels) + (1 - lam) * self.loss(logits, partner_labels), {}
-        return self.loss(model(images), labels), {}
+            images, partner, lam = mix_batch(images, mixup_alpha=self.mixup_alpha, cutmix_alpha=self.cutmix_alpha)
+
+        def mixed(loss_fn: Callable, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            if partner is None:
+                return loss_fn(logits, targets)
+            return lam * loss_fn(logits, targets) + (1 - lam) * loss_fn(logits, targets[partner])
+
+        if not self.aux_weights:
+            return mixed(self.loss, model(images), labels), {}
+        logits, aux_logits = model(images, with_aux=True)
+        main = mixed(self.loss, logits, labels)
+        aux = {name: mixed(F.cross_entropy, aux_logits[name], batch[name]) for name in self.aux_weights}
+        total = main + sum(self.aux_weights[name] * value for name, value in aux.items())
+        return total, {"train/loss_main": main.detach(), **{f"train/loss_{k}": v.detach() for k, v in aux.items()}}

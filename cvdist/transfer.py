@@ -9,6 +9,10 @@ The *head* is the module that maps features to classes: ``fc`` of torchvision Re
 ``nn.Linear`` of cvdist's small CNNs. Everything else is the *trunk*. The trunk's weights must
 match the model exactly (names and shapes); the head is re-initialised for the new number of
 classes unless ``keep_head`` asks for the source's head.
+
+Auxiliary heads of multi-task models (``aux_heads.*`` keys, :mod:`cvdist.models.multitask`)
+are never transferred: a source's are dropped (e.g. cRT or fine-tuning from a multi-task run),
+and a multi-task model's start fresh, as the head does; both are logged.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import Callable
 
 import torch
 from torch import nn
+
+from cvdist.models.multitask import is_aux_key
 
 WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".safetensors")
 _SHOWN_KEYS = 12  # per category in error messages; the rest is counted
@@ -64,8 +70,9 @@ def _plain_state_dict(loaded: object, path: Path) -> dict[str, torch.Tensor]:
 
 def find_head_name(model: nn.Module, *, head_name: str = "") -> str:
     """The module name of ``model``'s classifier head: ``head_name`` if given (checked), else the
-    last ``nn.Linear`` (``fc`` for torchvision ResNets, ``"4"`` for cvdist's tiny CNN)."""
-    modules = dict(model.named_modules())
+    last ``nn.Linear`` (``fc`` for torchvision ResNets, ``"4"`` for cvdist's tiny CNN) outside
+    the auxiliary heads of a multi-task model."""
+    modules = {name: module for name, module in model.named_modules() if not is_aux_key(name)}
     if head_name:
         if head_name not in modules:
             linear = [name for name, m in modules.items() if isinstance(m, nn.Linear)]
@@ -109,23 +116,34 @@ def check_compatible(model_state: dict[str, torch.Tensor], source_state: dict[st
     raise ValueError(f"transfer source {source} does not match the model{scope}: " + "; ".join(parts) + hint)
 
 
-def load_backbone(model: nn.Module, *, source: str | Path, head_name: str = "", keep_head: bool = False) -> str:
+def load_backbone(model: nn.Module, *, source: str | Path, head_name: str = "", keep_head: bool = False,
+                  log: Callable[[str], None] = print) -> str:
     """Load ``source``'s weights into ``model``: the trunk always, the head only with ``keep_head``
-    (else the model keeps its freshly initialised head for the new classes). Returns the head's
-    module name. Raises ``FileNotFoundError`` / ``ValueError`` naming what does not match."""
+    (else the model keeps its freshly initialised head for the new classes); auxiliary heads
+    never (see the module docstring). Returns the head's module name. Raises
+    ``FileNotFoundError`` / ``ValueError`` naming what does not match."""
     head_name = find_head_name(model, head_name=head_name)
     source_state = load_source_state_dict(source)
-    model_state = model.state_dict()
+    dropped = sorted({key.split(".")[1] for key in source_state if is_aux_key(key)})
+    if dropped:
+        log(f"[cvdist] transfer: ignoring the source's auxiliary heads ({', '.join(dropped)}; aux_heads.* keys), "
+            "which multi-task training added")
+    source_state = {k: v for k, v in source_state.items() if not is_aux_key(k)}
+    model_state = {k: v for k, v in model.state_dict().items() if not is_aux_key(k)}
     check_compatible(model_state, source_state, head_name=head_name, include_head=keep_head, source=str(source))
     chosen = {k: v for k, v in source_state.items() if keep_head or not _is_head_key(k, head_name)}
     missing, unexpected = model.load_state_dict(chosen, strict=False)
-    assert not unexpected and all(_is_head_key(k, head_name) for k in missing), "checked above"
+    assert not unexpected and all(_is_head_key(k, head_name) or is_aux_key(k) for k in missing), "checked above"
+    if any(is_aux_key(k) for k in missing):
+        log("[cvdist] transfer: the auxiliary heads (aux_heads.*) start freshly initialised")
     return head_name
 
 
 def split_parameters(model: nn.Module, *, head_name: str) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """``(trunk, head)`` parameters of ``model``."""
+    """``(trunk, head)`` parameters of ``model``; auxiliary heads count as head (new layers
+    train at the head's learning rate)."""
     head_ids = {id(p) for p in model.get_submodule(head_name).parameters()}
+    head_ids |= {id(p) for name, p in model.named_parameters() if is_aux_key(name)}
     trunk = [p for p in model.parameters() if id(p) not in head_ids]
     head = [p for p in model.parameters() if id(p) in head_ids]
     return trunk, head
@@ -173,7 +191,7 @@ def prepare_transfer(model: nn.Module, *, from_path: str, head_name: str = "", k
     build the optimiser groups. Returns ``(head_name, parameter_groups)``."""
     head_name = find_head_name(model, head_name=head_name)
     if from_path and load:
-        load_backbone(model, source=from_path, head_name=head_name, keep_head=keep_head)
+        load_backbone(model, source=from_path, head_name=head_name, keep_head=keep_head, log=log)
         log(f"[cvdist] loaded {'model' if keep_head else 'trunk'} weights from {from_path} "
             f"({'kept' if keep_head else 'new'} head '{head_name}')")
     if freeze:

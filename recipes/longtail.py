@@ -8,6 +8,8 @@ decoupled classifier re-training (cRT) and tau-normalisation; long-tail metrics 
         data.sampling=class_balanced loss.name=ce longtail.tau_norm=true   # stage 2 on the stage-1 run
     python recipes/longtail.py transfer.from_path=resnet18.pth model.name=resnet18 model.small_stem=false \
         model.in_channels=3 transfer.trunk_lr_scale=0.1 ...                 # fine-tune torchvision weights
+    python recipes/longtail.py multitask.labels.coarse=0.5 "data.multi_scale=[0.75,1.0,1.25]"
+        # an auxiliary coarse-label head on the trunk (train/loss_coarse, eval/coarse_top1), multi-scale batches
 
 Writes, besides the usual run record: ``longtail_eval.jsonl`` (per-class accuracy and confusion
 matrix of every evaluation) and ``per_class_accuracy.png`` (classes by training frequency), plus
@@ -30,13 +32,14 @@ from cvdist.longtail_training import (EpochHook, LongtailTrainStep, StepCounter,
                                       build_builtin_longtail_data, build_shard_longtail_data)
 from cvdist.losses.longtail import build_longtail_loss
 from cvdist.models import build_model
-from cvdist.transfer import prepare_transfer
+from cvdist.models.multitask import add_aux_heads
+from cvdist.transfer import find_head_name, prepare_transfer
 
 
 def build_data(config: LongtailRunConfig, session):
     common = dict(num_classes=config.model.num_classes, in_channels=config.model.in_channels, rank=session.env.rank,
                   world_size=session.env.world_size, micro_batch_size=session.micro_batch_size,
-                  seed=config.train.seed, num_epochs=config.train.epochs)
+                  seed=config.train.seed, num_epochs=config.train.epochs, aux_labels=tuple(config.multitask.labels))
     lt = config.longtail
     if config.data.train_shards:
         return build_shard_longtail_data(config.data, holdout_shards=lt.holdout_shards, holdout_split=lt.holdout_split,
@@ -53,9 +56,12 @@ def build_loss(config: LongtailRunConfig, class_counts: list[int]):
         raise ConfigError(f"loss.name={config.loss.name!r}: {error}") from None
 
 
-def build_fresh_model(config: LongtailRunConfig):
-    return build_model(name=config.model.name, num_classes=config.model.num_classes,
-                       in_channels=config.model.in_channels, small_stem=config.model.small_stem)
+def build_fresh_model(config: LongtailRunConfig, aux_classes: dict[str, int]):
+    """The classifier, with an auxiliary head per multi-task label (``aux_classes``: name -> classes)."""
+    model = build_model(name=config.model.name, num_classes=config.model.num_classes,
+                        in_channels=config.model.in_channels, small_stem=config.model.small_stem)
+    head_name = find_head_name(model, head_name=config.transfer.head_name) if aux_classes else ""
+    return add_aux_heads(model, head_name=head_name, aux_classes=aux_classes)
 
 
 def after_training(config: LongtailRunConfig, session, data, evaluator, *, head_name: str, thresholds) -> dict:
@@ -67,7 +73,7 @@ def after_training(config: LongtailRunConfig, session, data, evaluator, *, head_
         session.wandb.log_image("plots/per_class_accuracy", run_dir / "per_class_accuracy.png")
     if not config.longtail.tau_norm:
         return {}
-    model = build_fresh_model(config)
+    model = build_fresh_model(config, data.aux_classes)
     model.load_state_dict(consolidated_state_dict(run_dir))  # the final weights under any strategy
     tau, scores, metrics = tau_norm_and_evaluate(
         model.to(env.device), head_name=head_name, holdout_batches=data.holdout_batches(),
@@ -88,7 +94,7 @@ def main(argv: Sequence[str]) -> int:
     session = start_session(config)
     env, lt, reg = session.env, config.longtail, config.regularization
     data = build_data(config, session)
-    model = build_fresh_model(config)
+    model = build_fresh_model(config, data.aux_classes)
     crt = lt.stage == "crt"
     head_name, groups = prepare_transfer(
         model, from_path=config.transfer.from_path, head_name=config.transfer.head_name,
@@ -104,11 +110,11 @@ def main(argv: Sequence[str]) -> int:
         eval_batches=data.eval_batches, class_counts=data.class_counts, thresholds=thresholds,
         posthoc_tau=lt.posthoc_tau, to_device=session.backend.to_device, device=env.device,
         step_of=lambda: counter.steps_done, run_dir=session.run_dir, is_main=env.is_main,
-        resumed_step=resumed_step, ema=ema)
+        resumed_step=resumed_step, ema=ema, aux_keys=tuple(data.aux_classes))
     session.print(f"[cvdist] training class counts {data.class_counts}; shot thresholds many > {thresholds.many:g}, "
                   f"few < {thresholds.few:g}")
     step = LongtailTrainStep(loss=loss, counter=counter, mixup_alpha=reg.mixup_alpha, cutmix_alpha=reg.cutmix_alpha,
-                             ema=ema)
+                             ema=ema, aux_weights=dict(config.multitask.labels))
     result = fit(session, TrainTask(model=model, compute_loss=step, train_batches=EpochHook(data.train, loss.set_epoch),
                                     evaluate=evaluator, parameter_groups=groups, extra_state=ema))
     if not result.stopped_early:

@@ -5,25 +5,41 @@ it is cut into global micro-steps of ``world_size * batch_size`` samples, rank `
 ``r``-th slice of each, and the incomplete last global micro-step is dropped, so every rank
 yields exactly ``batches_in_epoch()`` batches. One process with batch ``2B`` therefore sees, in
 each batch, exactly the union of what two processes with batch ``B`` see.
+
+Extra labels (e.g. a coarse label for multi-task training) are per-sample tensors indexed like
+``labels`` and come out as ``batch[name]``. Multi-scale training (``multi_scale``, a
+:class:`cvdist.data.transforms.MultiScaleBatch`) resizes each batch to the size drawn for
+``(seed, epoch, batch index)``, the batch index being the global micro-step, so every rank, one
+process with the whole batch, and a resumed run all use the same size for the same step.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator, Mapping, Optional
 
 import torch
 
+from cvdist.data.transforms import resize_batch
+
 
 class TensorBatches:
-    """Batches ``{"image": float [B, C, H, W] normalised, "label": int64 [B]}`` for one rank."""
+    """Batches ``{"image": float [B, C, H, W] normalised, "label": int64 [B], <extra labels>}``
+    for one rank."""
 
     def __init__(self, *, images: torch.Tensor, labels: torch.Tensor, rank: int, world_size: int,
                  batch_size: int, seed: int, shuffle: bool = True, horizontal_flip: bool = False,
-                 mean: float = 0.5, std: float = 0.5):
+                 mean: float = 0.5, std: float = 0.5, extra_labels: Optional[Mapping[str, torch.Tensor]] = None,
+                 multi_scale: Any = None):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} must lie in [0, world_size={world_size})")
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.extra_labels = dict(extra_labels or {})
+        for name, values in self.extra_labels.items():
+            if name in ("image", "label") or len(values) != len(labels):
+                raise ValueError(f"extra label {name!r}: {len(values)} values for {len(labels)} samples "
+                                 "(or a reserved name)")
+        self.multi_scale = multi_scale
         self.images, self.labels = images, labels
         self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
         self.seed, self.shuffle, self.horizontal_flip = seed, shuffle, horizontal_flip
@@ -66,4 +82,9 @@ class TensorBatches:
             if self.horizontal_flip:
                 flip = flips[start:start + self.batch_size]
                 images[flip] = images[flip].flip(-1)
-            yield {"image": images.sub_(self.mean).div_(self.std), "label": self.labels[chosen]}
+            images = images.sub_(self.mean).div_(self.std)
+            if self.multi_scale is not None:
+                images = resize_batch(images, self.multi_scale.size_for(epoch, index))
+            batch = {"image": images, "label": self.labels[chosen]}
+            batch.update({name: values[chosen] for name, values in self.extra_labels.items()})
+            yield batch
