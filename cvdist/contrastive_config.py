@@ -1,0 +1,95 @@
+"""Config of the contrastive pretraining recipe (``recipes/pretrain_contrastive.py``):
+``RunConfig`` plus an ``ssl`` section (method, loss, heads, two-view augmentation, kNN monitor,
+linear probe)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cvdist.config import ConfigError, RunConfig
+
+SSL_METHODS = ("simclr", "moco_v3", "triplet")
+
+
+@dataclass
+class SSLConfig:
+    """The self-supervised method and its evaluation."""
+
+    method: str = "simclr"
+    """``simclr`` (NT-Xent, negatives from all ranks), ``moco_v3`` (predictor + momentum encoder,
+    InfoNCE against all ranks' momentum keys) or ``triplet`` (margin loss, hardest negative of all ranks)."""
+    temperature: float = 0.2
+    """simclr, moco_v3: softmax temperature of the cosine similarities."""
+    triplet_margin: float = 0.2
+    """triplet: margin between positive and negative distances (unit-norm embeddings)."""
+    projection_dim: int = 128
+    """Output size of the projection MLP (the space the loss compares)."""
+    projection_hidden_dim: int = 512
+    """Hidden width of the projection MLP."""
+    projection_layers: int = 2
+    """Linear layers of the projection MLP (BN + ReLU between them)."""
+    prediction_hidden_dim: int = 512
+    """moco_v3: hidden width of the predictor."""
+    momentum: float = 0.99
+    """moco_v3: base momentum of the momentum encoder, raised to 1 along a half cosine over the run."""
+    view_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])
+    """Random resized crop: area fraction range of each view."""
+    view_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333333])
+    """Random resized crop: aspect ratio range."""
+    view_flip: bool = True
+    """Horizontal flip of each view with probability 1/2."""
+    view_brightness: float = 0.4
+    """Brightness jitter strength in [0, 1) (0 = off)."""
+    view_contrast: float = 0.4
+    """Contrast jitter strength in [0, 1) (0 = off)."""
+    knn_k: int = 200
+    """kNN monitor: neighbours that vote (``eval/knn_top1`` at each evaluation)."""
+    knn_temperature: float = 0.07
+    """kNN monitor: votes weighted by exp(cosine / knn_temperature)."""
+    knn_bank_size: int = 10000
+    """Built-in data: labelled training images in the kNN bank (the first N; 0 = all). Shards: the
+    whole ``data.train_split`` of the first training source is the bank."""
+    probe_epochs: int = 0
+    """> 0: also train a linear probe on the bank's frozen features for this many epochs at each
+    evaluation (``eval/linear_probe_top1``)."""
+
+
+@dataclass
+class ContrastiveRunConfig(RunConfig):
+    """The contrastive recipe's config: RunConfig plus ``ssl``."""
+
+    recipe: str = "pretrain_contrastive"
+    ssl: SSLConfig = field(default_factory=SSLConfig)
+
+
+def _check_range(key: str, values: list[float], *, upper: float) -> None:
+    if len(values) != 2 or not 0 < values[0] <= values[1] <= upper:
+        raise ConfigError(f"ssl.{key}={values} must be [min, max] with 0 < min <= max <= {upper}")
+
+
+def validate_contrastive(config: ContrastiveRunConfig) -> None:
+    """Check the ``ssl`` section; raise ConfigError naming the key on the first problem. Run it
+    before :func:`cvdist.engine.start_session`, which checks the common sections."""
+    ssl = config.ssl
+    if ssl.method not in SSL_METHODS:
+        raise ConfigError(f"ssl.method={ssl.method!r} is not allowed; choose one of {', '.join(map(repr, SSL_METHODS))}")
+    positive = {"temperature": ssl.temperature, "triplet_margin": ssl.triplet_margin,
+                "projection_dim": ssl.projection_dim, "projection_hidden_dim": ssl.projection_hidden_dim,
+                "projection_layers": ssl.projection_layers, "prediction_hidden_dim": ssl.prediction_hidden_dim,
+                "knn_k": ssl.knn_k, "knn_temperature": ssl.knn_temperature}
+    for key, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"ssl.{key}={value} must be > 0")
+    for key in ("knn_bank_size", "probe_epochs"):
+        if getattr(ssl, key) < 0:
+            raise ConfigError(f"ssl.{key}={getattr(ssl, key)} must be >= 0")
+    if not 0 <= ssl.momentum < 1:
+        raise ConfigError(f"ssl.momentum={ssl.momentum} must lie in [0, 1) (e.g. 0.99)")
+    _check_range("view_scale", ssl.view_scale, upper=1.0)
+    _check_range("view_ratio", ssl.view_ratio, upper=float("inf"))
+    for key in ("view_brightness", "view_contrast"):
+        if not 0 <= getattr(ssl, key) < 1:
+            raise ConfigError(f"ssl.{key}={getattr(ssl, key)} must lie in [0, 1) (0 = off)")
+    if config.data.augment != "none":
+        raise ConfigError(f"data.augment={config.data.augment!r}: the recipe draws its two views itself "
+                          "(ssl.view_*); set data.augment=none")

@@ -1,0 +1,94 @@
+"""Parts of the contrastive pretraining recipe: the model, the training step (two views, the
+loss, the momentum update) and the kNN / linear-probe evaluation.
+
+The model is :class:`cvdist.models.heads.SSLModel`: the classifier of ``model.name`` with its
+head slot holding the projector (and, for MoCo v3, predictor and momentum encoder), so its keys
+are the classifier's trunk keys plus ``<head>.*``, and ``recipes/longtail.py
+transfer.from_path=<run>`` loads the trunk. Everything a resumed run needs lives in the model
+(momentum encoder) or in the step's ``state_dict`` (how many batches it augmented, saved as the
+engine's ``extra_state``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from cvdist.config import DataConfig
+from cvdist.contrastive_config import ContrastiveRunConfig, SSLConfig
+from cvdist.data.batch_views import ViewAugmentation, two_views
+from cvdist.losses.contrastive import moco_v3_loss, nt_xent_loss, triplet_margin_loss
+from cvdist.models import build_model
+from cvdist.models.backbones import remove_head
+from cvdist.models.heads import (PredictionHead, ProjectionMLP, SSLHeads, SSLModel, momentum_at,
+                                 update_momentum_encoder)
+
+
+def build_contrastive_model(config: ContrastiveRunConfig) -> SSLModel:
+    """The trunk of ``model.name`` with the heads ``ssl.method`` needs."""
+    ssl, model_cfg = config.ssl, config.model
+    trunk = build_model(name=model_cfg.name, num_classes=model_cfg.num_classes, in_channels=model_cfg.in_channels,
+                        small_stem=model_cfg.small_stem)
+    head_name, feature_dim = remove_head(trunk)
+    moco = ssl.method == "moco_v3"
+    projector = ProjectionMLP(feature_dim, hidden_dim=ssl.projection_hidden_dim, out_dim=ssl.projection_dim,
+                              num_layers=ssl.projection_layers, last_bn=moco)
+    predictor = PredictionHead(ssl.projection_dim, hidden_dim=ssl.prediction_hidden_dim) if moco else None
+    return SSLModel(trunk, head_name=head_name, heads=SSLHeads(trunk, projector=projector, predictor=predictor,
+                                                               momentum=moco))
+
+
+def view_augmentation(ssl: SSLConfig) -> ViewAugmentation:
+    """The ``ssl.view_*`` settings."""
+    return ViewAugmentation(scale=tuple(ssl.view_scale), ratio=tuple(ssl.view_ratio), flip=ssl.view_flip,
+                            brightness=ssl.view_brightness, contrast=ssl.view_contrast)
+
+
+class ContrastiveStep:
+    """The recipe's ``compute_loss`` (two views of the batch, the method's loss; labels unused),
+    ``on_step_end`` (MoCo v3's momentum update) and ``extra_state`` (the count of augmented
+    batches, which seeds the views: a resumed run draws the same ones)."""
+
+    def __init__(self, *, model: SSLModel, ssl: SSLConfig, data: DataConfig, seed: int, rank: int,
+                 world_size: int, total_steps: int):
+        self.model, self.ssl, self.augmentation = model, ssl, view_augmentation(ssl)
+        self.mean, self.std, self.seed = list(data.mean), list(data.std), seed
+        self.rank, self.world_size, self.total_steps = rank, world_size, total_steps
+        self.num_batches = 0
+
+    def __call__(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, Any]]:
+        view_a, view_b = two_views(batch["image"], self.augmentation, seed=self.seed, rank=self.rank,
+                                   index=self.num_batches, mean=self.mean, std=self.std)
+        self.num_batches += 1
+        out = model(view_a, view_b)
+        common = dict(rank=self.rank, world_size=self.world_size)
+        if self.ssl.method == "simclr":
+            loss = nt_xent_loss(out["z_a"], out["z_b"], temperature=self.ssl.temperature, **common)
+        elif self.ssl.method == "moco_v3":
+            loss = moco_v3_loss(out["p_a"], out["p_b"], out["k_a"], out["k_b"], temperature=self.ssl.temperature,
+                                **common)
+        else:
+            loss = triplet_margin_loss(out["z_a"], out["z_b"], margin=self.ssl.triplet_margin, **common)
+        return loss, {}
+
+    def on_step_end(self, step: int) -> None:
+        """MoCo v3: EMA of the online trunk and projector into the momentum encoder."""
+        if self.ssl.method == "moco_v3":
+            update_momentum_encoder(self.model, momentum=momentum_at(step, total_steps=self.total_steps,
+                                                                     base=self.ssl.momentum))
+
+    def state_dict(self) -> dict:
+        return {"num_batches": self.num_batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.num_batches = int(state["num_batches"])
+
+
+def total_optimizer_steps(config: ContrastiveRunConfig, train_batches: Any) -> int:
+    """The run's optimiser steps, as the engine counts them (for the momentum schedule)."""
+    if config.train.max_steps:
+        return config.train.max_steps
+    micro = sum(train_batches.batches_in_epoch(epoch) for epoch in range(config.train.epochs))
+    return max(micro // config.optim.accum_steps, 1)

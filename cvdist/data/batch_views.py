@@ -1,0 +1,109 @@
+"""Two augmented views of a decoded batch, drawn on the batch's device (for contrastive SSL).
+
+Each view of each image is a random resized crop (area fraction in ``scale``, aspect ratio in
+``ratio``, log-uniform) resampled to the input size with bilinear interpolation, a horizontal
+flip with probability 1/2, and optionally brightness / contrast jitter. Crop and flip are one
+``affine_grid`` + ``grid_sample`` over the whole batch, so the views cost one pass on the device.
+
+The random draws come from a CPU ``torch.Generator`` seeded with ``(seed, rank, index)``, where
+``index`` counts the batches this rank has augmented: a resumed run that restores the count draws
+the same views as the run it continues, on any device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class ViewAugmentation:
+    """Settings of :func:`two_views`."""
+
+    scale: tuple[float, float] = (0.2, 1.0)
+    """Crop area as a fraction of the image (RandomResizedCrop's ``scale``)."""
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    """Crop aspect ratio range (log-uniform)."""
+    flip: bool = True
+    """Horizontal flip with probability 1/2."""
+    brightness: float = 0.0
+    """Multiply pixel values by a factor in ``[1 - b, 1 + b]`` (0 = off)."""
+    contrast: float = 0.0
+    """Blend with the image mean by a factor in ``[1 - c, 1 + c]`` (0 = off)."""
+
+    def __post_init__(self):
+        lo, hi = self.scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"view scale={self.scale} must satisfy 0 < min <= max <= 1")
+        if not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"view ratio={self.ratio} must satisfy 0 < min <= max")
+        if not (0 <= self.brightness < 1 and 0 <= self.contrast < 1):
+            raise ValueError(f"brightness={self.brightness} and contrast={self.contrast} must lie in [0, 1)")
+
+
+def view_generator(*, seed: int, rank: int, index: int) -> torch.Generator:
+    """The CPU generator for batch ``index`` of ``rank`` (distinct streams per rank and batch)."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + rank) * 1_000_003 + index) % (2 ** 63))
+
+
+def _crop_boxes(count: int, aug: ViewAugmentation, generator: torch.Generator) -> torch.Tensor:
+    """``(count, 4)`` crops as (centre x, centre y, width, height), fractions of the image side."""
+    uniform = torch.rand(count, 4, generator=generator, dtype=torch.float64)
+    area = aug.scale[0] + (aug.scale[1] - aug.scale[0]) * uniform[:, 0]
+    log_lo, log_hi = math.log(aug.ratio[0]), math.log(aug.ratio[1])
+    ratio = torch.exp(log_lo + (log_hi - log_lo) * uniform[:, 1])
+    width = torch.sqrt(area * ratio).clamp(max=1.0)
+    height = torch.sqrt(area / ratio).clamp(max=1.0)
+    # centre such that the crop lies inside the image
+    centre_x = width / 2 + (1 - width) * uniform[:, 2]
+    centre_y = height / 2 + (1 - height) * uniform[:, 3]
+    return torch.stack([centre_x, centre_y, width, height], dim=1)
+
+
+def _jitter(images: torch.Tensor, aug: ViewAugmentation, generator: torch.Generator, *,
+            mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    count = images.shape[0]
+    factors = torch.rand(count, 2, generator=generator) * 2 - 1  # drawn even when off: same stream either way
+    if not (aug.brightness or aug.contrast):
+        return images
+    pixels = images * std + mean
+    factors = factors.to(images.device)
+    if aug.brightness:
+        pixels = pixels * (1 + aug.brightness * factors[:, :1]).view(count, 1, 1, 1)
+    if aug.contrast:
+        grey = pixels.mean(dim=(1, 2, 3), keepdim=True)
+        pixels = grey + (pixels - grey) * (1 + aug.contrast * factors[:, 1:]).view(count, 1, 1, 1)
+    return (pixels.clamp(0, 1) - mean) / std
+
+
+def augment_view(images: torch.Tensor, aug: ViewAugmentation, generator: torch.Generator, *,
+                 mean: list[float], std: list[float]) -> torch.Tensor:
+    """One augmented view of a normalised batch ``(B, C, H, W)`` (same shape, same device)."""
+    count = images.shape[0]
+    boxes = _crop_boxes(count, aug, generator)
+    flips = torch.rand(count, generator=generator) < 0.5 if aug.flip else torch.zeros(count, dtype=torch.bool)
+    theta = torch.zeros(count, 2, 3, dtype=torch.float64)
+    # affine_grid maps output coordinates in [-1, 1] to input coordinates: scale by the crop size,
+    # shift to the crop centre; a flip negates the x scale.
+    theta[:, 0, 0] = boxes[:, 2] * torch.where(flips, -1.0, 1.0).double()
+    theta[:, 0, 2] = boxes[:, 0] * 2 - 1
+    theta[:, 1, 1] = boxes[:, 3]
+    theta[:, 1, 2] = boxes[:, 1] * 2 - 1
+    theta = theta.to(device=images.device, dtype=images.dtype)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    views = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    channel = (1, -1, 1, 1)
+    mean_t = torch.tensor(mean, device=images.device, dtype=images.dtype).view(channel)
+    std_t = torch.tensor(std, device=images.device, dtype=images.dtype).view(channel)
+    return _jitter(views, aug, generator, mean=mean_t, std=std_t)
+
+
+def two_views(images: torch.Tensor, aug: ViewAugmentation, *, seed: int, rank: int, index: int,
+              mean: list[float], std: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two independently augmented views of ``images`` for batch ``index`` of ``rank``."""
+    generator = view_generator(seed=seed, rank=rank, index=index)
+    first = augment_view(images, aug, generator, mean=mean, std=std)
+    return first, augment_view(images, aug, generator, mean=mean, std=std)
