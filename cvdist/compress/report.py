@@ -38,6 +38,39 @@ REPORT_FILE = "report.md"
 
 
 @dataclass
+class ReportConfig:
+    """How the report measures latency (a config section of the distill and compress recipes)."""
+
+    latency_batch_size: int = 64
+    """Images per timed batch."""
+    latency_batches: int = 20
+    """Timed batches; the median is reported."""
+    warmup_batches: int = 3
+    """Untimed batches before the timed ones."""
+    num_threads: int = 1
+    """``torch.set_num_threads`` while timing (1 = comparable across machines and free of
+    contention with other processes; a deployment may use more)."""
+    balanced: str = "auto"
+    """Balanced accuracy and many / medium / few columns: ``auto`` (when the training classes are
+    long-tailed, see :func:`is_long_tailed`), ``always`` or ``never``."""
+
+
+LONG_TAIL_RATIO = 2.0
+"""Training data whose largest class has at least this many times the samples of its smallest
+(non-empty) class counts as long-tailed."""
+
+
+def is_long_tailed(class_counts, *, setting: str = "auto") -> bool:
+    """Whether the report shows balanced accuracy for data with training ``class_counts``."""
+    if setting not in ("auto", "always", "never"):
+        raise ValueError(f"report.balanced={setting!r} is not one of 'auto', 'always', 'never'")
+    if setting != "auto":
+        return setting == "always"
+    present = [n for n in (class_counts or []) if n > 0]
+    return bool(present) and max(present) >= LONG_TAIL_RATIO * min(present)
+
+
+@dataclass
 class ReportRow:
     """One model of the report."""
 
@@ -122,10 +155,9 @@ def cpu_latency_ms(model: nn.Module, images: torch.Tensor, *, num_batches: int =
 
 
 def measure_row(label: str, model: nn.Module, *, metrics: dict[str, Any], latency_images: torch.Tensor,
-                latency_batches: int, warmup: int, num_threads: int, with_balanced: bool,
-                extra: Optional[dict] = None) -> ReportRow:
+                settings: ReportConfig, with_balanced: bool, extra: Optional[dict] = None) -> ReportRow:
     """A :class:`ReportRow` for ``model`` (on the CPU, in eval mode) given its test ``metrics``
-    (``top1``, ``balanced_acc``, ``many`` / ``medium`` / ``few``)."""
+    (``top1``, ``balanced_acc``, ``many`` / ``medium`` / ``few``); latency on ``latency_images``."""
     model = model.cpu().eval()
     params, nonzero = count_parameters(model)
     row_extra = dict(extra or {})
@@ -133,8 +165,8 @@ def measure_row(label: str, model: nn.Module, *, metrics: dict[str, Any], latenc
         row_extra.update({k: metrics[k] for k in ("many", "medium", "few") if k in metrics})
     return ReportRow(model=label, top1=float(metrics["top1"]), params=params, nonzero_params=nonzero,
                      size_mb=size_on_disk_mb(model),
-                     latency_ms=cpu_latency_ms(model, latency_images, num_batches=latency_batches, warmup=warmup,
-                                               num_threads=num_threads),
+                     latency_ms=cpu_latency_ms(model, latency_images, num_batches=settings.latency_batches,
+                                               warmup=settings.warmup_batches, num_threads=settings.num_threads),
                      balanced_acc=float(metrics["balanced_acc"]) if with_balanced else None, extra=row_extra)
 
 

@@ -104,9 +104,10 @@ class DistillationLoss(nn.Module):
         self.feature_weight, self.feature_loss = feature_weight, feature_loss
         self.label_loss = label_loss if label_loss is not None else nn.CrossEntropyLoss()
 
-    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *,
+    def forward(self, student_logits: torch.Tensor, teacher_logits: Optional[torch.Tensor], labels: torch.Tensor, *,
                 student_hint: Optional[torch.Tensor] = None,
                 teacher_hint: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``teacher_logits`` may be None when ``alpha`` is 0 (no soft term)."""
         parts: dict[str, torch.Tensor] = {}
         total = student_logits.new_zeros((), dtype=torch.float32)
         if self.alpha > 0:

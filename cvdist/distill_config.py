@@ -1,0 +1,143 @@
+"""The distillation recipe's config (``recipes/distill.py``): RunConfig plus ``teacher``, ``kd``,
+``loss`` (the label loss, any long-tail loss) and ``longtail`` (long-tailed built-in data and
+its metrics), and its validation.
+
+``model`` is the student. The teacher comes from ``teacher.path``: a cvdist run or checkpoint
+directory (its architecture is read from the run) or a weights file (then ``teacher.name``,
+``teacher.num_classes`` and ``teacher.in_channels`` say the architecture).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from cvdist.compress.report import ReportConfig
+from cvdist.config import ConfigError, LossConfig, RunConfig, _check_loss_options, get_by_path
+from cvdist.losses.distill import FEATURE_LOSSES
+from cvdist.losses.longtail import LOSS_NAMES
+
+
+@dataclass
+class TeacherConfig:
+    """Where the teacher comes from; it is never trained."""
+
+    path: str = ""
+    """A cvdist run or checkpoint directory (DDP or ZeRO), or a ``.pth`` / ``.pt`` / ``.safetensors``
+    state_dict (e.g. torchvision weights)."""
+    name: str = ""
+    """Architecture (``cvdist.models.MODEL_NAMES``); empty = the run's. Needed for a weights file."""
+    num_classes: int = 0
+    """Classes of the teacher's head; 0 = the run's (a weights file: the student's ``model.num_classes``)."""
+    in_channels: int = 0
+    """Image channels; 0 = the run's (a weights file: the student's ``model.in_channels``)."""
+    small_stem: bool = True
+    """ResNets given as a weights file: the small-image stem (a run's own setting wins)."""
+
+
+@dataclass
+class KdConfig:
+    """Knowledge distillation (``cvdist.losses.distill``)."""
+
+    temperature: float = 4.0
+    """Softmax temperature T of the soft labels (the soft term is scaled by T^2)."""
+    alpha: float = 0.9
+    """Weight of the soft-label term; the label loss gets ``1 - alpha`` (0 = the student trained alone)."""
+    feature_weight: float = 0.0
+    """Weight of the feature (hint) term; 0 = logit KD only."""
+    teacher_hint: str = ""
+    """Module name of the teacher's hint layer (its output is matched), e.g. ``4`` of small_cnn or ``layer3``."""
+    student_hint: str = ""
+    """Module name of the student's hint layer; an adapter maps its output to the teacher hint's shape."""
+    feature_loss: str = "mse"
+    """``mse`` or ``cosine`` (1 - cosine similarity of the flattened features)."""
+
+
+@dataclass
+class DistillLongtailConfig:
+    """Long-tailed built-in data and the many / medium / few split of the metrics."""
+
+    imbalance_factor: float = 1.0
+    """Built-in data only: cut the training split to an exponential profile with this ratio of
+    the largest to the smallest class (1 = keep all; as ``longtail.imbalance_factor`` of the
+    long-tail recipe). Shards are used as written."""
+    shot_many: float = 100.0
+    """Many-shot: more training samples than this (scaled for small sets)."""
+    shot_few: float = 20.0
+    """Few-shot: fewer training samples than this (scaled likewise)."""
+
+
+@dataclass
+class DistillRunConfig(RunConfig):
+    """RunConfig (``model`` = the student) plus ``teacher``, ``kd``, ``loss``, ``longtail``, ``report``."""
+
+    recipe: str = "distill"
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    kd: KdConfig = field(default_factory=KdConfig)
+    loss: LossConfig = field(default_factory=lambda: LossConfig(name="ce"))
+    """The label loss (weighted ``1 - kd.alpha``): ``ce`` or any long-tail loss of the long-tail recipe."""
+    longtail: DistillLongtailConfig = field(default_factory=DistillLongtailConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    """Latency measurement and balanced-accuracy columns of the final report."""
+
+
+def validate_distill(config: DistillRunConfig) -> None:
+    """Check the distillation sections; ConfigError naming the key and the fix. The hint layer
+    names are checked against the built models by :func:`check_hint_layer`."""
+    teacher, kd = config.teacher, config.kd
+    if not teacher.path:
+        raise ConfigError("teacher.path is empty; give the teacher's cvdist run or checkpoint directory or a "
+                          "weights file, e.g. teacher.path=runs/teacher")
+    if not Path(teacher.path).exists():
+        raise ConfigError(f"teacher.path={teacher.path!r} does not exist; give a cvdist run or checkpoint "
+                          "directory or a .pth / .pt / .safetensors weights file")
+    if config.loss.name not in LOSS_NAMES:
+        raise ConfigError(f"loss.name={config.loss.name!r} is not allowed; choose one of "
+                          f"{', '.join(repr(n) for n in LOSS_NAMES)}")
+    _check_loss_options(config.loss)
+    if kd.temperature <= 0:
+        raise ConfigError(f"kd.temperature={kd.temperature} must be > 0 (Hinton et al. use 1-20; 4 is common)")
+    if not 0 <= kd.alpha <= 1:
+        raise ConfigError(f"kd.alpha={kd.alpha} must lie in [0, 1] (1 = soft labels only, 0 = no logit KD)")
+    if kd.feature_weight < 0:
+        raise ConfigError(f"kd.feature_weight={kd.feature_weight} must be >= 0 (0 = no feature KD)")
+    if kd.feature_loss not in FEATURE_LOSSES:
+        raise ConfigError(f"kd.feature_loss={kd.feature_loss!r} is not allowed; choose one of "
+                          f"{', '.join(repr(n) for n in FEATURE_LOSSES)}")
+    hints = bool(kd.teacher_hint), bool(kd.student_hint)
+    if kd.feature_weight > 0 and not all(hints):
+        raise ConfigError("kd.feature_weight > 0 needs both hint layers: set kd.teacher_hint and kd.student_hint "
+                          "to module names (a wrong name lists the available ones)")
+    if any(hints) and kd.feature_weight == 0:
+        raise ConfigError("kd.teacher_hint / kd.student_hint are set but kd.feature_weight=0, so they would be "
+                          "ignored; set kd.feature_weight > 0 (e.g. 1.0) or remove the hints")
+    if config.longtail.imbalance_factor < 1:
+        raise ConfigError(f"longtail.imbalance_factor={config.longtail.imbalance_factor} must be >= 1 (1 = all data)")
+    if not 0 <= config.longtail.shot_few <= config.longtail.shot_many:
+        raise ConfigError("longtail.shot_few and longtail.shot_many need 0 <= shot_few <= shot_many")
+    check_report(config.report)
+    for key in ("teacher.num_classes", "teacher.in_channels"):
+        if get_by_path(config, key) < 0:
+            raise ConfigError(f"{key}={get_by_path(config, key)} must be >= 0 (0 = from the run or the student)")
+
+
+def check_report(report: ReportConfig) -> None:
+    """ConfigError for ``report.*`` settings out of range."""
+    for key in ("latency_batch_size", "latency_batches", "num_threads"):
+        if getattr(report, key) < 1:
+            raise ConfigError(f"report.{key}={getattr(report, key)} must be >= 1")
+    if report.warmup_batches < 0:
+        raise ConfigError(f"report.warmup_batches={report.warmup_batches} must be >= 0")
+    if report.balanced not in ("auto", "always", "never"):
+        raise ConfigError(f"report.balanced={report.balanced!r} is not allowed; choose 'auto', 'always' or 'never'")
+
+
+def check_hint_layer(model: nn.Module, name: str, *, key: str) -> nn.Module:
+    """The submodule ``name`` of ``model``; ConfigError for ``key`` listing the available names."""
+    modules = dict(model.named_modules())
+    if name not in modules or not name:
+        available = [n for n in modules if n]
+        raise ConfigError(f"{key}={name!r} is not a module of the model; available: {', '.join(available)}")
+    return modules[name]
