@@ -75,7 +75,9 @@ class QuantizeConfig:
     qat_lr: float = 0.001
     """Learning rate of QAT."""
     after_pruning: bool = False
-    """Quantize the pruned model (pruned + int8) instead of the original one."""
+    """Quantize the pruned model (pruned + int8) instead of the original one. The pruning is
+    permanent by then, so QAT's training fills pruned weights in again (the report's non-zero
+    column shows it); the post-training variants keep the zeros."""
 
 
 @dataclass

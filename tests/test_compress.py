@@ -186,3 +186,76 @@ def test_report_has_every_row_and_column(tmp_path):
     lines = markdown.splitlines()
     assert lines[0] == "| " + " | ".join(columns) + " |"
     assert "| teacher | 90.00 % | 85.00 % | 100 | 100 | 1.000 | 2.000 | 95.00 % | 70.00 % | - |" in lines
+
+
+def _compress_config(*overrides: str):
+    from cvdist.compress_run import CompressRunConfig
+    from cvdist.config import load_config
+
+    return load_config(overrides=list(overrides), schema=CompressRunConfig)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ([], "models is empty"),
+    (["models.a=x", "compress=b"], "compress='b' is not one of the models' labels: a"),
+    (["models.a=x", "prune.method=random"], "prune.method='random' is not allowed"),
+    (["models.a=x", "prune.sparsity=1.0"], r"prune.sparsity=1.0 must lie in \[0, 1\)"),
+    (["models.a=x", "prune.steps=0"], "prune.steps=0 must be >= 1"),
+    (["models.a=x", "prune.method=none", "quantize.after_pruning=true"], "quantize.after_pruning"),
+    (["models.a=x", "report.num_threads=0"], "report.num_threads"),
+])
+def test_compress_config_errors_name_the_key(overrides, message):
+    from cvdist.compress_run import validate_compress
+    from cvdist.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        validate_compress(_compress_config(*overrides))
+
+
+def test_compress_command_parses_models_in_order():
+    import argparse
+
+    from cvdist.compress.cli import add_compress_command, config_from_args
+    from cvdist.config import ConfigError
+
+    parser = argparse.ArgumentParser()
+    add_compress_command(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["compress", "--model", "b=runs/b", "--model", "a=runs/a", "prune.sparsity=0.3"])
+    config = config_from_args(args)
+    assert list(config.models.items()) == [("b", "runs/b"), ("a", "runs/a")] and config.prune.sparsity == 0.3
+    with pytest.raises(ConfigError, match="LABEL=SOURCE"):
+        config_from_args(parser.parse_args(["compress", "--model", "runs/a"]))
+
+
+@pytest.mark.slow
+def test_compress_recipe_on_a_weights_file(tmp_path):
+    from conftest import REPO, run_recipe
+
+    torch.manual_seed(0)
+    weights = tmp_path / "small.pt"
+    torch.save(build_model(name="small_cnn", num_classes=10, in_channels=1).state_dict(), weights)
+    common = ["data.dataset=synthetic", "data.num_train_samples=128", "data.num_eval_samples=64",
+              "data.global_batch_size=32", "tracking.wandb_mode=disabled", f"output_dir={tmp_path / 'runs'}"]
+    script = REPO / "recipes" / "compress.py"
+    from cvdist.compress_run import run_compress
+
+    with pytest.raises(FileNotFoundError, match="models.x='/no/such.pt' does not exist"):
+        run_compress(_compress_config(*common, "models.x=/no/such.pt"))
+    with pytest.raises(ValueError, match="models.x.name"):
+        run_compress(_compress_config(*common, f"models.x={weights}"))
+    run_recipe([*common, f"models.small={weights}", "model.name=small_cnn", "model.num_classes=10",
+                "model.in_channels=1", "prune.method=ln_structured", "prune.sparsity=0.5", "prune.steps=2",
+                "prune.finetune_steps=1", "quantize.qat_steps=1", "quantize.after_pruning=true",
+                "quantize.calibration_batches=1", "report.latency_batches=2"], script=script)
+    out = tmp_path / "runs" / "compress"
+    summary = json.loads((out / "summary.json").read_text())
+    assert [row[0] for row in summary["report"]["rows"]] == [
+        "small", "small/pruned", "small/pruned+int8_dynamic", "small/pruned+int8_static", "small/pruned+int8_qat"]
+    assert abs(summary["sparsity"]["prunable_sparsity"] - 0.5) <= 0.01
+    assert [row["layer"] for row in summary["sparsity"]["layers"]] == ["0.0", "1.0", "3.0", "4.0", "6.0"]
+    pruned = build_model(name="small_cnn", num_classes=10, in_channels=1)
+    pruned.load_state_dict(torch.load(out / "models" / "small-pruned.pt", weights_only=True), strict=True)
+    skeleton = quant.quantized_skeleton(pruned)
+    skeleton.load_state_dict(torch.load(out / "models" / "small-pruned-int8_static.pt", weights_only=True))
+    assert quant.run_quantized(skeleton, torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert (out / "report.md").read_text().count("| small") == 5
