@@ -288,3 +288,17 @@ def test_cvdist_main_exits_2_on_user_error(tmp_path, capsys):
 
     assert cli.main(["compare", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.startswith(f"cvdist: error: {tmp_path} is not a run directory")
+
+
+def test_keys_of_one_recipe_only_are_left_out_unless_they_differ():
+    from cvdist.tracking.compare import RunData, differing_keys
+
+    def run(name, config):
+        return RunData(name=name, config=config, rows=[], source=name)
+
+    runs = [run("a", {"recipe": "longtail", "loss.name": "ce", "longtail.stage": "joint"}),
+            run("b", {"recipe": "longtail", "loss.name": "ldam", "longtail.stage": "joint"}),
+            run("c", {"recipe": "distill", "loss.name": "ce", "kd.alpha": 0.9})]
+    assert differing_keys(runs, ignore_keys=()) == ["loss.name", "recipe"]
+    runs.append(run("d", {"recipe": "distill", "loss.name": "ce", "kd.alpha": 0.5}))
+    assert differing_keys(runs, ignore_keys=()) == ["kd.alpha", "loss.name", "recipe"]

@@ -203,12 +203,16 @@ class ComparisonTable:
 
 
 def differing_keys(runs: Sequence[RunData], *, ignore_keys: Iterable[str] = IGNORED_KEYS) -> list[str]:
-    """Config keys whose value is not the same in every run (a missing key counts as a value)."""
+    """Config keys whose value is not the same in every run that has the key.
+
+    A key only some runs have (another recipe's section, e.g. ``kd.*`` of a distillation run
+    next to long-tail runs) is shown only when those runs disagree on it: the ``recipe`` column
+    already tells the recipes apart, and one column per option of every recipe would bury the
+    keys that matter."""
     ignored = set(ignore_keys)
     keys = sorted(set().union(*(run.config for run in runs)) - ignored)
-    missing = object()
     return [key for key in keys
-            if len({_hashable(run.config.get(key, missing)) for run in runs}) > 1]
+            if len({_hashable(run.config[key]) for run in runs if key in run.config}) > 1]
 
 
 def _hashable(value: Any) -> Any:
