@@ -101,6 +101,8 @@ def main(argv: Sequence[str]) -> int:
         keep_head=config.transfer.keep_head, freeze=config.transfer.freeze_trunk or crt,
         trunk_lr_scale=config.transfer.trunk_lr_scale, lr=config.optim.lr,
         load=session.resume_from is None, log=session.print)  # a resumed run has its own weights
+    if config.transfer.from_path:
+        session.add_input(config.transfer.from_path)  # lineage: inputs.json and the W&B input artifact
     loss = build_loss(config, data.class_counts).to(env.device)
     resumed_step = session.resume_meta.step if session.resume_meta else None
     counter = StepCounter(start_step=resumed_step or 0, accum_steps=config.optim.accum_steps)
