@@ -165,7 +165,7 @@ class _Measurer:
 
     def row(self, label: str, model: nn.Module, extra: Optional[dict] = None) -> ReportRow:
         cpu = torch.device("cpu")
-        with quant._eager_mode_quantization(), torch.no_grad():  # int8 models run with the x86 engine
+        with quant.eager_mode_quantization(), torch.no_grad():  # int8 models run with the x86 engine
             metrics = evaluate_variants([("", model.eval(), False)], self.data.eval_batches(),
                                         class_counts=self.data.class_counts, thresholds=self.thresholds,
                                         posthoc_tau=0.0, to_device=fp32_mover(cpu), device=cpu)[""]

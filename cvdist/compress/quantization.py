@@ -39,7 +39,9 @@ _FUSABLE = ((nn.Conv2d, nn.BatchNorm2d, nn.ReLU), (nn.Conv2d, nn.BatchNorm2d), (
 
 
 @contextlib.contextmanager
-def _eager_mode_quantization() -> Iterator[None]:
+def eager_mode_quantization() -> Iterator[None]:
+    """Run quantized models and torch.ao.quantization calls inside this block: the ``x86``
+    quantized engine, and eager mode's deprecation notices silenced."""
     # The deprecation notice is printed on every call (see the module docstring for the choice);
     # the observers' reduce_range notice concerns the x86 default qconfig itself.
     with warnings.catch_warnings():
@@ -57,7 +59,7 @@ def _eager_mode_quantization() -> Iterator[None]:
 def quantize_dynamic_linear(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with every ``nn.Linear`` dynamically quantized to int8 (weights int8,
     activations quantized per batch at run time); other layers stay float."""
-    with _eager_mode_quantization():
+    with eager_mode_quantization():
         return tq.quantize_dynamic(copy.deepcopy(model).cpu().eval(), {nn.Linear}, dtype=torch.qint8)
 
 
@@ -95,7 +97,7 @@ def prepare_static(model: nn.Module, *, qat: bool = False) -> nn.Module:
     modules for training) in place, ready to calibrate (or train) and :func:`convert`."""
     model = copy.deepcopy(model).cpu()
     model.train(qat)
-    with _eager_mode_quantization():
+    with eager_mode_quantization():
         if isinstance(model, torchvision.models.ResNet):
             model = _quantizable_resnet(model).train(qat)
             model.fuse_model(is_qat=qat)
@@ -127,7 +129,7 @@ def calibrate(prepared: nn.Module, batches: Iterable[dict], *, num_batches: int)
 
 def convert(prepared: nn.Module) -> nn.Module:
     """The int8 model of a calibrated (or QAT-trained) :func:`prepare_static` model."""
-    with _eager_mode_quantization():
+    with eager_mode_quantization():
         return tq.convert(prepared.cpu().eval())
 
 
@@ -143,14 +145,14 @@ def quantize_aware_training(model: nn.Module, train: Callable[[nn.Module], None]
     """QAT: fuse and insert fake-quant modules, let ``train(model)`` fine-tune it (float training
     that sees int8 rounding), convert to int8."""
     prepared = prepare_static(model, qat=True)
-    with _eager_mode_quantization():
+    with eager_mode_quantization():
         train(prepared)
     return convert(prepared)
 
 
 def run_quantized(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Forward ``images`` through a quantized model on the CPU with the engine it was built for."""
-    with _eager_mode_quantization(), torch.no_grad():
+    with eager_mode_quantization(), torch.no_grad():
         return model(images.float().cpu())
 
 
