@@ -45,12 +45,22 @@ class AutoencoderConfig:
 @dataclass
 class MultitaskConfig:
     """Losses on the one trunk and their weights: ``reconstruction`` (the ``ae`` decoder),
-    ``rotation`` (4-way rotation prediction, linear head) and ``contrastive`` (not available yet).
-    A weight of 0 switches a loss off; the total loss is the weighted sum."""
+    ``rotation`` (4-way rotation prediction, linear head) and ``contrastive`` (NT-Xent between two
+    augmented views, negatives from all ranks, MLP projector). A weight of 0 switches a loss off;
+    the total loss is the weighted sum."""
 
     weights: dict[str, float] = field(default_factory=lambda: {"reconstruction": 1.0})
-    """Loss name -> weight, e.g. ``{reconstruction: 1.0, rotation: 0.5}``; override one with
-    ``multitask.weights.rotation=0.5``."""
+    """Loss name -> weight, e.g. ``{reconstruction: 1.0, rotation: 0.5, contrastive: 0.5}``;
+    override one with ``multitask.weights.rotation=0.5``."""
+    temperature: float = 0.2
+    """contrastive: NT-Xent temperature."""
+    projection_dim: int = 128
+    """contrastive: output size of the projector MLP."""
+    projection_hidden_dim: int = 512
+    """contrastive: hidden size of the projector MLP (2 layers, BN + ReLU between)."""
+    view_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])
+    """contrastive: crop area range (fraction of the image) of the two views' random resized
+    crops (plus a horizontal flip each)."""
 
 
 @dataclass
@@ -79,9 +89,18 @@ def _check_multitask(config: AutoencoderRunConfig) -> None:
     if not tasks:
         raise ConfigError("multitask.weights switches every loss off; give at least one a weight > 0, "
                           "e.g. multitask.weights.reconstruction=1.0")
+    mt = config.multitask
     if "contrastive" in tasks:
-        raise ConfigError("multitask.weights.contrastive is not available in this recipe yet (it needs the "
-                          "contrastive loss and two-view batches); use recipes/pretrain_contrastive.py or set it to 0")
+        for key in ("temperature", "projection_dim", "projection_hidden_dim"):
+            if getattr(mt, key) <= 0:
+                raise ConfigError(f"multitask.{key}={getattr(mt, key)} must be > 0")
+        if len(mt.view_scale) != 2 or not 0 < mt.view_scale[0] <= mt.view_scale[1] <= 1:
+            raise ConfigError(f"multitask.view_scale={mt.view_scale} must be [min, max] with 0 < min <= max <= 1, "
+                              "e.g. [0.2, 1.0]")
+    if "reconstruction" not in tasks:
+        raise ConfigError("multitask.weights.reconstruction must be > 0: this recipe always trains the autoencoder "
+                          "(its evaluation and grids are reconstructions); for a contrastive-only run use "
+                          "recipes/pretrain_contrastive.py")
     if config.ae.kind == "mae" and set(tasks) != {"reconstruction"}:
         raise ConfigError(f"ae.kind=mae trains the masked-patch reconstruction only, but multitask.weights "
                           f"asks for {sorted(tasks)}; use ae.kind=conv for multi-task pretraining")

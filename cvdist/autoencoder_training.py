@@ -5,14 +5,15 @@ Models keep the classifier's key layout so that the trained trunk transfers with
 ``cvdist.transfer`` (``recipes/longtail.py transfer.from_path=<run>``):
 
 * ``conv``: ``cvdist.models.build_model(model.name)`` with its head (the last ``nn.Linear``)
-  replaced by :class:`cvdist.models.decoders.PretrainHeads` (decoder, rotation head) in the same
-  slot; the trunk's keys are the classifier's, the pretraining heads live under the head's name,
-  which transfer drops.
+  replaced, in the same slot, by :class:`cvdist.models.decoders.PretrainHeads` (decoder,
+  rotation head, projector); the trunk's keys are the classifier's, the pretraining heads live
+  under the head's name, which transfer drops.
 * ``mae``: :class:`cvdist.models.vit.MaskedAutoencoder`, whose decoder is the ViT's ``head``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -21,12 +22,15 @@ from torch import nn
 
 from cvdist import comm
 from cvdist.autoencoder_config import AutoencoderRunConfig, active_tasks
+from cvdist.data.batch_views import ViewAugmentation, two_views
+from cvdist.losses.contrastive import nt_xent_loss
 from cvdist.losses.reconstruction import (NUM_ROTATIONS, masked_mse, per_sample_mse, reconstruction_mse,
                                           rotation_batch, rotation_loss)
 from cvdist.models import build_model
+from cvdist.models.backbones import remove_head
 from cvdist.models.decoders import ConvDecoder, PretrainHeads
+from cvdist.models.heads import ProjectionMLP
 from cvdist.models.vit import MaskedAutoencoder, build_mae, mae_reconstruction, patch_targets
-from cvdist.transfer import find_head_name
 
 
 def build_pretrain_model(config: AutoencoderRunConfig) -> nn.Module:
@@ -37,39 +41,79 @@ def build_pretrain_model(config: AutoencoderRunConfig) -> nn.Module:
                          decoder_dim=ae.decoder_dim, decoder_depth=ae.decoder_depth, decoder_heads=ae.decoder_heads)
     model = build_model(name=model_cfg.name, num_classes=model_cfg.num_classes, in_channels=model_cfg.in_channels,
                         small_stem=model_cfg.small_stem)
-    head_name = find_head_name(model)
-    feature_dim = model.get_submodule(head_name).in_features
+    head_name, feature_dim = remove_head(model)
     tasks = active_tasks(config)
     heads = PretrainHeads(
-        decoder=(ConvDecoder(feature_dim=feature_dim, out_channels=model_cfg.in_channels,
-                             image_size=config.data.image_size, channels=tuple(ae.decoder_channels))
-                 if "reconstruction" in tasks else None),
-        rotation=nn.Linear(feature_dim, NUM_ROTATIONS) if "rotation" in tasks else None)
+        decoder=ConvDecoder(feature_dim=feature_dim, out_channels=model_cfg.in_channels,
+                            image_size=config.data.image_size, channels=tuple(ae.decoder_channels)),
+        rotation=nn.Linear(feature_dim, NUM_ROTATIONS) if "rotation" in tasks else None,
+        projection=(ProjectionMLP(feature_dim, hidden_dim=config.multitask.projection_hidden_dim,
+                                  out_dim=config.multitask.projection_dim) if "contrastive" in tasks else None))
     parent_name, _, child = head_name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, heads)
     return model
 
 
-class MultitaskStep:
-    """``compute_loss`` of the conv autoencoder and multi-task pretraining: each image is rotated
-    by its own random k * 90 degrees when rotation prediction is on (k = 0 for a quarter of them),
-    the decoder reconstructs the image the trunk saw, the rotation head predicts k. Returns the
-    weighted sum and each loss as ``train/loss_<name>``."""
+@dataclass
+class ContrastiveViews:
+    """How the multi-task step makes and compares two views: ``cvdist.data.batch_views`` crops
+    (seeded by (seed, rank, batch index)) and NT-Xent with negatives from all ranks."""
 
-    def __init__(self, *, weights: dict[str, float]):
-        self.weights = weights
+    augmentation: ViewAugmentation
+    temperature: float
+    seed: int
+    rank: int
+    world_size: int
+    mean: list[float]
+    std: list[float]
+    next_index: int = 0
+    """Batches this rank has augmented (a resumed run starts at steps done x accumulation steps)."""
+
+    def views(self, images: torch.Tensor) -> torch.Tensor:
+        """Both views of ``images``, stacked: (2B, C, H, W)."""
+        first, second = two_views(images, self.augmentation, seed=self.seed, rank=self.rank, index=self.next_index,
+                                  mean=self.mean, std=self.std)
+        self.next_index += 1
+        return torch.cat([first, second])
+
+    def loss(self, projections: torch.Tensor) -> torch.Tensor:
+        z_a, z_b = projections.float().chunk(2)
+        return nt_xent_loss(z_a, z_b, temperature=self.temperature, rank=self.rank, world_size=self.world_size)
+
+
+class MultitaskStep:
+    """``compute_loss`` of the conv autoencoder and multi-task pretraining, one forward pass:
+
+    * contrastive on: the batch becomes its two augmented views (2B images);
+    * rotation on: each image is rotated by its own random k * 90 degrees (both views of an image
+      by the same k), k = 0 for a quarter of them;
+    * the decoder reconstructs the image the trunk saw, the rotation head predicts k, the
+      projections of the two views are compared by NT-Xent.
+
+    Returns the weighted sum and each loss as ``train/loss_<name>``."""
+
+    def __init__(self, *, weights: dict[str, float], contrastive: Optional[ContrastiveViews] = None):
+        if ("contrastive" in weights) != (contrastive is not None):
+            raise ValueError("the contrastive loss needs its ContrastiveViews settings (and only it does)")
+        self.weights, self.contrastive = weights, contrastive
 
     def __call__(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         images = batch["image"]
+        rows = images.shape[0]
+        if self.contrastive is not None:
+            images = self.contrastive.views(images)
         rotations = None
         if "rotation" in self.weights:
-            images, rotations = rotation_batch(images)
+            drawn = torch.randint(NUM_ROTATIONS, (rows,))
+            images, rotations = rotation_batch(images, rotations=drawn.repeat(images.shape[0] // rows))
         outputs = model(images)
         losses = {}
         if "reconstruction" in self.weights:
             losses["reconstruction"] = reconstruction_mse(outputs["reconstruction"], images)
         if rotations is not None:
             losses["rotation"] = rotation_loss(outputs["rotation"], rotations)
+        if self.contrastive is not None:
+            losses["contrastive"] = self.contrastive.loss(outputs["projection"])
         total = sum(self.weights[name] * loss for name, loss in losses.items())
         return total, {f"train/loss_{name}": loss.detach() for name, loss in losses.items()}
 
@@ -88,11 +132,19 @@ class MaeStep:
         return loss, {"train/loss_reconstruction": loss.detach()}
 
 
-def build_train_step(config: AutoencoderRunConfig, model: nn.Module) -> Callable:
-    """The recipe's ``compute_loss`` for ``config.ae.kind``."""
+def build_train_step(config: AutoencoderRunConfig, model: nn.Module, *, rank: int, world_size: int,
+                     resumed_step: int = 0) -> Callable:
+    """The recipe's ``compute_loss`` for ``config.ae.kind`` and ``config.multitask``."""
     if isinstance(model, MaskedAutoencoder):
         return MaeStep(patch_size=model.patch_size, norm_pix=config.ae.norm_pix_loss)
-    return MultitaskStep(weights=active_tasks(config))
+    weights, mt = active_tasks(config), config.multitask
+    contrastive = None
+    if "contrastive" in weights:
+        contrastive = ContrastiveViews(
+            augmentation=ViewAugmentation(scale=(mt.view_scale[0], mt.view_scale[1])), temperature=mt.temperature,
+            seed=config.train.seed, rank=rank, world_size=world_size, mean=config.data.mean, std=config.data.std,
+            next_index=resumed_step * config.optim.accum_steps)
+    return MultitaskStep(weights=weights, contrastive=contrastive)
 
 
 def save_reconstruction_grid(inputs: torch.Tensor, reconstructions: torch.Tensor, *, path: Path,

@@ -38,8 +38,10 @@ def main(argv: Sequence[str]) -> int:
         run_dir=session.run_dir, is_main=env.is_main, num_grid_images=config.ae.num_grid_images,
         mean=config.data.mean, std=config.data.std, norm_pix=config.ae.norm_pix_loss, seed=config.train.seed,
         log_image=lambda key, path, step: session.wandb.log_image(key, path, step=step))
-    result = fit(session, TrainTask(model=model, compute_loss=build_train_step(config, model), train_batches=data.train,
-                                    evaluate=evaluator, on_step_end=evaluator.on_step_end))
+    step = build_train_step(config, model, rank=env.rank, world_size=env.world_size,
+                            resumed_step=session.resume_meta.step if session.resume_meta else 0)
+    result = fit(session, TrainTask(model=model, compute_loss=step, train_batches=data.train, evaluate=evaluator,
+                                    on_step_end=evaluator.on_step_end))
     final = result.summary["final"]
     session.print(f"[cvdist] done: step {result.step}, eval reconstruction loss "
                   f"{final.get('eval/loss_reconstruction', float('nan')):.4f}, record in {session.run_dir}")

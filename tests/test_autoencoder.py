@@ -10,7 +10,7 @@ from PIL import Image
 
 from cvdist.autoencoder_config import AutoencoderRunConfig, validate_autoencoder
 from cvdist.autoencoder_training import (MaeStep, MultitaskStep, ReconstructionEvaluator, build_pretrain_model,
-                                         save_reconstruction_grid)
+                                         build_train_step, save_reconstruction_grid)
 from cvdist.config import ConfigError, load_config
 from cvdist.eval.classification import sharded_eval_batches
 from cvdist.losses.reconstruction import masked_mse, rotation_batch
@@ -137,16 +137,32 @@ def test_rotation_targets_hand_checked():
         rotation_batch(torch.randn(1, 1, 2, 3))
 
 
-def test_multitask_step_returns_the_weighted_sum_and_each_loss():
-    config = ae_config("model.name=tiny_cnn", "multitask.weights.rotation=0.5")
+@pytest.mark.parametrize("weights", [{"reconstruction": 1.0, "rotation": 0.5},
+                                     {"reconstruction": 1.0, "rotation": 0.5, "contrastive": 0.25}])
+def test_multitask_step_returns_the_weighted_sum_and_each_loss(weights):
+    config = ae_config("model.name=tiny_cnn", *(f"multitask.weights.{k}={v}" for k, v in weights.items()))
     model = build_pretrain_model(config)
-    step = MultitaskStep(weights={"reconstruction": 1.0, "rotation": 0.5})
+    step = build_train_step(config, model, rank=0, world_size=1)
+    assert isinstance(step, MultitaskStep) and step.weights == weights
     loss, extra = step(model, {"image": torch.randn(8, 1, 28, 28)})
-    assert set(extra) == {"train/loss_reconstruction", "train/loss_rotation"}
-    expected = extra["train/loss_reconstruction"] + 0.5 * extra["train/loss_rotation"]
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert set(extra) == {f"train/loss_{name}" for name in weights}
+    expected = sum(w * extra[f"train/loss_{name}"] for name, w in weights.items())
+    assert loss.item() == pytest.approx(float(expected), rel=1e-6)
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())  # every head trains (DDP needs it)
+
+
+def test_contrastive_views_are_seeded_by_batch_index_and_resume_where_they_stopped():
+    config = ae_config("model.name=tiny_cnn", "multitask.weights.contrastive=0.5")
+    model = build_pretrain_model(config)
+    images = torch.randn(4, 1, 28, 28)
+    fresh = build_train_step(config, model, rank=0, world_size=1)
+    first, second = fresh.contrastive.views(images), fresh.contrastive.views(images)
+    assert first.shape == (8, 1, 28, 28) and not torch.equal(first, second)
+    resumed = build_train_step(config, model, rank=0, world_size=1, resumed_step=1)
+    assert torch.equal(resumed.contrastive.views(images), second)
+    other_rank = build_train_step(config, model, rank=1, world_size=2)
+    assert not torch.equal(other_rank.contrastive.views(images), first)
 
 
 def test_mae_step_is_the_masked_loss_of_the_forward_pass():
@@ -195,7 +211,9 @@ def test_evaluator_metrics_and_grid_in_one_process(tmp_path):
     (["multitask.weights.jigsaw=1.0"], "unknown loss"),
     (["multitask.weights.rotation=-1"], "must be >= 0"),
     (["multitask.weights.reconstruction=0"], "switches every loss off"),
-    (["multitask.weights.contrastive=0.5"], "contrastive is not available"),
+    (["multitask.weights.reconstruction=0", "multitask.weights.rotation=1"], "reconstruction must be > 0"),
+    (["multitask.weights.contrastive=0.5", "multitask.temperature=0"], "multitask.temperature=0.0 must be > 0"),
+    (["multitask.weights.contrastive=0.5", "multitask.view_scale=[0.5,0.2]"], "multitask.view_scale"),
     (["ae.kind=mae", "multitask.weights.rotation=0.5"], "use ae.kind=conv for multi-task"),
     (["ae.kind=mae", "ae.mask_ratio=1.0"], "ae.mask_ratio=1.0 must lie in"),
     (["ae.kind=mae", "ae.vit=vit_huge"], "ae.vit='vit_huge' is not allowed"),

@@ -46,8 +46,9 @@ def test_multitask_ddp_run_learns_logs_each_loss_writes_grids_and_transfers(tmp_
     rows = read_rows(run_dir)
     train_rows = [r for r in rows if "train/loss" in r]
     assert len(train_rows) == 24
-    for row in train_rows:  # each loss on its own, and the total is their weighted sum (0.5 for rotation)
-        assert row["train/loss"] == pytest.approx(row["train/loss_reconstruction"] + 0.5 * row["train/loss_rotation"])
+    for row in train_rows:  # each loss on its own, and the total is their weighted sum (yaml: 1, 0.5, 0.5)
+        assert row["train/loss"] == pytest.approx(row["train/loss_reconstruction"] + 0.5 * row["train/loss_rotation"]
+                                                   + 0.5 * row["train/loss_contrastive"])
     evals = [r for r in rows if "eval/loss_reconstruction" in r]
     assert [r["step"] for r in evals] == [12, 24] and all(0 <= r["eval/rotation_top1"] <= 1 for r in evals)
     assert evals[-1]["eval/loss_reconstruction"] < 0.7 * train_rows[0]["train/loss_reconstruction"]
