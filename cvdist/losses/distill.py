@@ -10,7 +10,8 @@ log-probabilities ``log p = log_softmax(s / T)``,
 ``T^2`` keeps the soft term's gradient scale independent of ``T`` (the gradients of the tempered
 softmax shrink as 1/T^2). The soft term is the cross-entropy, not the KL divergence: the two
 differ by the teacher's entropy, a constant for the student, so the gradients are the same, and
-at ``T = 1, alpha = 1`` the loss is exactly the cross-entropy to the teacher's soft labels.
+at ``T = 1, alpha = 1`` the loss is exactly the cross-entropy to the teacher's soft labels. (So the
+logged soft term does not fall towards 0: its floor is ``T^2`` times the teacher's mean entropy.)
 ``L_label`` is any classification loss ``(logits, labels) -> scalar``, e.g. a long-tail loss
 from :func:`cvdist.losses.longtail.build_longtail_loss` (balanced softmax, LDAM, ...).
 
