@@ -37,6 +37,14 @@ class AutoencoderConfig:
     norm_pix_loss: bool = False
     """mae: predict each patch normalised to mean 0 / std 1 (the MAE paper's better-transferring
     target; the grids map predictions back to pixels with the input patch's statistics)."""
+    knn_k: int = 200
+    """kNN monitor: neighbours that vote (``eval/knn_top1``: weighted cosine kNN of the trunk's
+    pooled features, the test split against labelled training images); 0 = no kNN monitor."""
+    knn_temperature: float = 0.07
+    """kNN monitor: votes weighted by exp(cosine / knn_temperature)."""
+    knn_bank_size: int = 10000
+    """kNN monitor, built-in data: labelled training images in the bank (the first N; 0 = all).
+    Shards: the whole ``data.train_split`` of the first training source."""
     num_grid_images: int = 8
     """Images in the reconstruction grid written at each evaluation (``recon_step<N>.png``, inputs
     on top, reconstructions below, also logged to W&B); 0 = no grids."""
@@ -112,6 +120,9 @@ def _check_ae(config: AutoencoderRunConfig) -> None:
         raise ConfigError(f"ae.kind={ae.kind!r} is not allowed; choose one of {', '.join(map(repr, AE_KINDS))}")
     if ae.num_grid_images < 0:
         raise ConfigError(f"ae.num_grid_images={ae.num_grid_images} must be >= 0 (0 = no reconstruction grids)")
+    if ae.knn_k < 0 or ae.knn_bank_size < 0 or ae.knn_temperature <= 0:
+        raise ConfigError(f"ae.knn_k={ae.knn_k} and ae.knn_bank_size={ae.knn_bank_size} must be >= 0 (knn_k=0 "
+                          f"switches the kNN monitor off) and ae.knn_temperature={ae.knn_temperature} > 0")
     if ae.kind == "conv":
         factor = 2 ** (len(ae.decoder_channels) - 1)
         if not ae.decoder_channels or any(c <= 0 for c in ae.decoder_channels):

@@ -23,6 +23,8 @@ from torch import nn
 from cvdist import comm
 from cvdist.autoencoder_config import AutoencoderRunConfig, active_tasks
 from cvdist.data.batch_views import ViewAugmentation, two_views
+from cvdist.eval.knn import KnnEvaluator
+from cvdist.eval.splits import build_bank_batches
 from cvdist.losses.contrastive import nt_xent_loss
 from cvdist.losses.reconstruction import (NUM_ROTATIONS, masked_mse, per_sample_mse, reconstruction_mse,
                                           rotation_batch, rotation_loss)
@@ -161,21 +163,44 @@ def save_reconstruction_grid(inputs: torch.Tensor, reconstructions: torch.Tensor
     return path
 
 
+def build_knn_monitor(config: AutoencoderRunConfig, *, eval_batches: Callable[[], Iterator[dict]], to_device: Callable,
+                      rank: int, world_size: int) -> Optional[KnnEvaluator]:
+    """The kNN monitor ``config.ae`` asks for (None with ``ae.knn_k=0``)."""
+    ae = config.ae
+    if not ae.knn_k:
+        return None
+    bank = build_bank_batches(config.data, in_channels=config.model.in_channels, num_classes=config.model.num_classes,
+                              bank_size=ae.knn_bank_size, rank=rank, world_size=world_size, seed=config.train.seed)
+    return KnnEvaluator(bank_batches=bank, eval_batches=eval_batches, to_device=to_device,
+                        num_classes=config.model.num_classes, k=ae.knn_k, temperature=ae.knn_temperature)
+
+
+def trunk_features(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``images -> (B, D)`` pooled trunk features of a pretraining model (through its DDP /
+    DeepSpeed wrapper; the MAE encoder sees every patch)."""
+    if isinstance(getattr(model, "module", model), MaskedAutoencoder):
+        return lambda images: model(images, features_only=True)["features"]
+    return lambda images: model(images)["features"]
+
+
 class ReconstructionEvaluator:
     """The recipe's ``evaluate``: mean reconstruction loss over every rank's valid evaluation
     samples (``loss_reconstruction``; for the MAE on masks drawn from a fixed seed, so evaluations
     compare), rotation accuracy with k = index mod 4 (``rotation_top1``, multi-task), and on rank 0
     a grid of the first evaluation images and their reconstructions, ``recon_step<N>.png`` in the
-    run directory, passed to ``log_image(key, path, step)``.
+    run directory, passed to ``log_image(key, path, step)``; with ``knn``, its ``knn_top1`` on the
+    trunk's pooled features (:func:`trunk_features`).
 
     Every rank runs the same forward passes (no extra pass for the grid), as ZeRO-3 requires."""
 
     def __init__(self, *, eval_batches: Callable[[], Iterator[dict]], to_device: Callable, device: torch.device,
                  run_dir: Path, is_main: bool, num_grid_images: int, mean: list[float], std: list[float],
-                 norm_pix: bool = False, log_image: Optional[Callable[..., None]] = None, seed: int = 0):
+                 norm_pix: bool = False, log_image: Optional[Callable[..., None]] = None, seed: int = 0,
+                 knn: Optional[KnnEvaluator] = None):
         self.eval_batches, self.to_device, self.device = eval_batches, to_device, device
         self.run_dir, self.is_main, self.num_grid_images = run_dir, is_main, num_grid_images
         self.mean, self.std, self.norm_pix, self.log_image, self.seed = mean, std, norm_pix, log_image, seed
+        self.knn = knn
         self.step = 0
 
     def on_step_end(self, step: int) -> None:
@@ -217,6 +242,8 @@ class ReconstructionEvaluator:
         metrics = {"loss_reconstruction": total["loss_reconstruction"] / count}
         if "rotation_correct" in total:
             metrics["rotation_top1"] = total["rotation_correct"] / count
+        if self.knn is not None:
+            metrics.update(self.knn(trunk_features(model)))
         if self.is_main and grid is not None and self.num_grid_images > 0 and len(grid[0]):
             path = save_reconstruction_grid(*grid, path=self.run_dir / f"recon_step{self.step}.png",
                                             mean=self.mean, std=self.std)

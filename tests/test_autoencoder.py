@@ -10,9 +10,11 @@ from PIL import Image
 
 from cvdist.autoencoder_config import AutoencoderRunConfig, validate_autoencoder
 from cvdist.autoencoder_training import (MaeStep, MultitaskStep, ReconstructionEvaluator, build_pretrain_model,
-                                         build_train_step, save_reconstruction_grid)
+                                         build_train_step, save_reconstruction_grid, trunk_features)
 from cvdist.config import ConfigError, load_config
+from cvdist.data.builtin import make_synthetic
 from cvdist.eval.classification import sharded_eval_batches
+from cvdist.eval.knn import KnnEvaluator
 from cvdist.losses.reconstruction import masked_mse, rotation_batch
 from cvdist.models import build_model
 from cvdist.models.decoders import ConvDecoder
@@ -185,20 +187,26 @@ def test_reconstruction_grid_png(tmp_path):
         assert image.getpixel((2 + 14, 2 + 14))[0] == 128 and image.getpixel((2 + 14, 32 + 14))[0] == 255
 
 
-def test_evaluator_metrics_and_grid_in_one_process(tmp_path):
+def test_evaluator_metrics_knn_and_grid_in_one_process(tmp_path):
     model = build_mae(name="vit_micro", in_channels=1, mask_ratio=0.75, decoder_dim=16, decoder_depth=1,
                       decoder_heads=2).eval()
-    images, labels = torch.randint(0, 255, (10, 1, 28, 28), dtype=torch.uint8), torch.zeros(10, dtype=torch.long)
+    images, labels = make_synthetic(num_samples=40, num_classes=2, seed=0)
+    batches = lambda: sharded_eval_batches(images=images, labels=labels, rank=0, world_size=1, batch_size=16)  # noqa: E731
     logged = []
+    # the bank is the evaluation split itself: each image is its own nearest neighbour (k=1)
+    knn = KnnEvaluator(bank_batches=batches, eval_batches=batches, to_device=lambda x: x, num_classes=2, k=1,
+                       temperature=0.07)
     evaluator = ReconstructionEvaluator(
-        eval_batches=lambda: sharded_eval_batches(images=images, labels=labels, rank=0, world_size=1, batch_size=4),
-        to_device=lambda x: x, device=torch.device("cpu"), run_dir=tmp_path, is_main=True, num_grid_images=3,
-        mean=[0.5], std=[0.5], log_image=lambda key, path, step: logged.append((key, path.name, step)))
+        eval_batches=batches, to_device=lambda x: x, device=torch.device("cpu"), run_dir=tmp_path, is_main=True,
+        num_grid_images=3, mean=[0.5], std=[0.5], knn=knn,
+        log_image=lambda key, path, step: logged.append((key, path.name, step)))
     evaluator.on_step_end(7)
     with torch.no_grad():
         first, second = evaluator(model), evaluator(model)
+        features = trunk_features(model)(images[:2].float())
     assert first == second  # fixed masks: evaluations compare
-    assert first["loss_reconstruction"] > 0
+    assert first["loss_reconstruction"] > 0 and first["knn_top1"] == 1.0
+    assert features.shape == (2, 32)
     assert logged[0] == ("eval/reconstructions", "recon_step7.png", 7)
     with Image.open(tmp_path / "recon_step7.png") as image:
         assert image.size == (3 * 30 + 2, 2 * 30 + 2)
@@ -220,6 +228,7 @@ def test_evaluator_metrics_and_grid_in_one_process(tmp_path):
     (["ae.kind=mae", "data.image_size=30"], "not a multiple of"),
     (["ae.kind=mae", "ae.decoder_dim=30", "ae.decoder_heads=4"], "divisible by ae.decoder_heads"),
     (["ae.decoder_channels=[64,32,16,8]"], "must be divisible by 8"),
+    (["ae.knn_k=-1"], "knn_k=0 switches the kNN monitor off"),
 ])
 def test_config_errors_name_the_field(overrides, message):
     with pytest.raises(ConfigError, match=message):

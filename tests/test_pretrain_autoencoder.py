@@ -23,7 +23,7 @@ slow = pytest.mark.slow
 COMMON = [
     "data.num_train_samples=512", "data.num_eval_samples=64", "data.global_batch_size=32",
     "schedule.warmup_steps=2", "tracking.log_every_steps=1", "train.max_steps=24", "train.eval_every_steps=12",
-    "ae.num_grid_images=4",
+    "ae.num_grid_images=4", "ae.knn_bank_size=512",
 ]
 
 
@@ -50,7 +50,8 @@ def test_multitask_ddp_run_learns_logs_each_loss_writes_grids_and_transfers(tmp_
         assert row["train/loss"] == pytest.approx(row["train/loss_reconstruction"] + 0.5 * row["train/loss_rotation"]
                                                    + 0.5 * row["train/loss_contrastive"])
     evals = [r for r in rows if "eval/loss_reconstruction" in r]
-    assert [r["step"] for r in evals] == [12, 24] and all(0 <= r["eval/rotation_top1"] <= 1 for r in evals)
+    assert [r["step"] for r in evals] == [12, 24]
+    assert all(0 <= r["eval/rotation_top1"] <= 1 and 0 <= r["eval/knn_top1"] <= 1 for r in evals)
     assert evals[-1]["eval/loss_reconstruction"] < 0.7 * train_rows[0]["train/loss_reconstruction"]
     check_grids(run_dir, [12, 24])
     logged = [p.name for p in (run_dir / "wandb").rglob("reconstructions_*.png")]
@@ -76,6 +77,7 @@ def test_mae_zero2_run_learns_and_its_encoder_loads_into_the_vit(tmp_path):
     first = rows[0]["train/loss_reconstruction"]
     evals = [r["eval/loss_reconstruction"] for r in rows if "eval/loss_reconstruction" in r]
     assert len(evals) == 2 and evals[-1] < evals[0] < first
+    assert 0 <= rows[-1]["eval/knn_top1"] <= 1
     check_grids(run_dir, [12, 24])
     vit = build_vit(name="vit_micro", num_classes=10, in_channels=1)
     assert load_backbone(vit, source=run_dir) == "head"  # consolidated ZeRO weights, decoder left out

@@ -193,7 +193,8 @@ class MaskedAutoencoder(VisionTransformer):
     """A ViT encoder that sees only the visible patches, and :class:`MaeDecoder` as its ``head``.
 
     ``forward(images, generator=None) -> {"pred": (B, N, p*p*C), "mask": (B, N)}``; the loss
-    (``cvdist.losses.reconstruction.masked_mse`` against :func:`patch_targets`) is the caller's."""
+    (``cvdist.losses.reconstruction.masked_mse`` against :func:`patch_targets`) is the caller's.
+    ``forward(images, features_only=True) -> {"features": (B, dim)}`` (no masking), e.g. for kNN."""
 
     def __init__(self, *, patch_size: int, in_channels: int, dim: int, depth: int, num_heads: int,
                  mlp_ratio: float = 4.0, mask_ratio: float = 0.75, decoder_dim: int = 64, decoder_depth: int = 2,
@@ -208,7 +209,10 @@ class MaskedAutoencoder(VisionTransformer):
                          num_heads=num_heads, mlp_ratio=mlp_ratio, head=decoder)
         self.mask_ratio = mask_ratio
 
-    def forward(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor, generator: Optional[torch.Generator] = None, *,
+                features_only: bool = False) -> dict[str, torch.Tensor]:
+        if features_only:  # the encoder on every patch: what a classifier built from it sees
+            return {"features": self.forward_features(images)}
         num_patches = num_patches_of(image_size=images.shape[-1], patch_size=self.patch_size)
         keep_index, mask = random_masking(images.shape[0], num_patches, mask_ratio=self.mask_ratio,
                                           device=images.device, generator=generator)
