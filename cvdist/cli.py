@@ -8,11 +8,14 @@ import sys
 import traceback
 from typing import Callable, Sequence
 
+from cvdist.compress.cli import add_compress_command
 from cvdist.config import ConfigError
 from cvdist.data.shards_cli import add_shards_commands
 from cvdist.data.stream import DataError
-from cvdist.tracking.compare_cli import add_compare_command
+from cvdist.demo import add_demo_command
 from cvdist.engine.dist import LaunchError
+from cvdist.eval.eval_cli import add_eval_command
+from cvdist.tracking.compare_cli import add_compare_command
 from cvdist.tracking.records import RunExistsError
 
 # Errors that mean "the user asked for something wrong" (cvdist raises ValueError for those, by
@@ -48,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="output file: *.safetensors, *.pt or *.pth")
     export.set_defaults(handler=_export)
     add_shards_commands(commands)
+    add_eval_command(commands)
+    add_compress_command(commands)
     add_compare_command(commands)
+    add_demo_command(commands)
     return parser
 
 
