@@ -82,3 +82,22 @@ def test_mae_zero2_run_learns_and_its_encoder_loads_into_the_vit(tmp_path):
     vit = build_vit(name="vit_micro", num_classes=10, in_channels=1)
     assert load_backbone(vit, source=run_dir) == "head"  # consolidated ZeRO weights, decoder left out
     assert vit(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+@slow
+def test_multitask_run_resumed_from_a_checkpoint_continues_exactly(tmp_path):
+    # constant LR, so a 4-step run resumed to 8 steps follows the same schedule as a straight 8-step run;
+    # the views' seeds, rotations (global RNG, restored) and data order must all continue where they stopped
+    tiny = ["data.dataset=synthetic", "model.name=tiny_cnn", "data.num_train_samples=128", "data.num_eval_samples=32",
+            "data.global_batch_size=16", "schedule.name=constant", "tracking.log_every_steps=1", "ae.knn_k=0",
+            "ae.num_grid_images=0", "tracking.wandb_mode=disabled", "--config", "recipes/pretrain_multitask.yaml",
+            "multitask.projection_hidden_dim=32", "multitask.projection_dim=16", "optim.lr=0.01"]
+    run_recipe([*tiny, "train.max_steps=8", f"output_dir={tmp_path / 'straight'}"], script=SCRIPT)
+    resumed_dir = tmp_path / "resumed"
+    run_recipe([*tiny, "train.max_steps=4", f"output_dir={resumed_dir}"], script=SCRIPT)
+    run_recipe([*tiny, "train.max_steps=8", "checkpoint.resume=auto", f"output_dir={resumed_dir}"], script=SCRIPT)
+    keys = ("train/loss_reconstruction", "train/loss_rotation", "train/loss_contrastive")
+    straight = [r[k] for r in read_rows(tmp_path / "straight" / "pretrain_multitask") if "train/loss" in r for k in keys]
+    resumed = [r[k] for r in read_rows(resumed_dir / "pretrain_multitask") if "train/loss" in r for k in keys]
+    assert len(straight) == len(resumed) == 8 * len(keys)
+    assert resumed == pytest.approx(straight, rel=1e-5)
