@@ -36,17 +36,19 @@ class Budget:
 
     limit: Optional[int]
     """Fashion-MNIST images per split written to shards (None: all 60 000 / 10 000)."""
-    pretrain_epochs: int
+    pretrain_steps: int
+    """Contrastive pretraining steps of 256 images (two views each)."""
     longtail_epochs: int
     distill_epochs: int
     max_steps: int = 0
-    """> 0: stop every run after this many steps (the quick form)."""
+    """> 0: stop the fine-tuning and distillation runs after this many steps (the quick form)."""
     eval_samples: int = 0
     """> 0: evaluate on this many test images only."""
 
 
-FULL = Budget(limit=None, pretrain_epochs=2, longtail_epochs=8, distill_epochs=6)
-QUICK = Budget(limit=2000, pretrain_epochs=1, longtail_epochs=1, distill_epochs=1, max_steps=12, eval_samples=500)
+# FULL: Fashion-MNIST-LT has ~15 000 training images at IF 100; 4 epochs per run.
+FULL = Budget(limit=None, pretrain_steps=150, longtail_epochs=4, distill_epochs=4)
+QUICK = Budget(limit=2000, pretrain_steps=12, longtail_epochs=1, distill_epochs=1, max_steps=12, eval_samples=500)
 
 
 @dataclass
@@ -70,10 +72,11 @@ def build_steps(*, budget: Budget, nproc: int, data_dir: Path, runs_dir: Path, r
     cvdist = [sys.executable, "-m", "cvdist.cli"]
     limit = ["--limit", str(budget.limit)] if budget.limit else []
     common = [f"output_dir={runs_dir}", "checkpoint.resume=auto", "tracking.group=demo"]
-    if budget.max_steps:
-        common.append(f"train.max_steps={budget.max_steps}")
     if budget.eval_samples:
         common.append(f"data.num_eval_samples={budget.eval_samples}")
+    pretrain = [*common, f"train.max_steps={budget.pretrain_steps}", "train.eval_every_steps=0"]
+    if budget.max_steps:
+        common.append(f"train.max_steps={budget.max_steps}")
     lt_data = [f"data.train_shards=[{longtail}]", "longtail.shot_many=100", "longtail.shot_few=20"]
     lt_train = [*common, *lt_data, f"train.epochs={budget.longtail_epochs}", "train.eval_every_steps=0"]
     pretrained = runs_dir / "pretrain-simclr"
@@ -83,8 +86,8 @@ def build_steps(*, budget: Budget, nproc: int, data_dir: Path, runs_dir: Path, r
         Step("write the long-tailed subset (IF 100)", [*cvdist, "shards", "longtail", "--source", str(shards),
                                                        "--imbalance-factor", "100", "--seed", "0", "--out",
                                                        str(longtail)]),
-        Step("contrastive pretraining", [*_torchrun(nproc, "pretrain_contrastive"), *common, "name=pretrain-simclr",
-                                         f"data.train_shards=[{shards}]", f"train.epochs={budget.pretrain_epochs}"],
+        Step("contrastive pretraining", [*_torchrun(nproc, "pretrain_contrastive"), *pretrain, "name=pretrain-simclr",
+                                         f"data.train_shards=[{shards}]"],
              run="pretrain-simclr"),
         Step("long-tail: cross-entropy from scratch", [*_torchrun(nproc, "longtail"), *lt_train, "name=lt-ce",
                                                        "loss.name=ce", "longtail.posthoc_tau=1.0"], run="lt-ce"),
@@ -98,7 +101,8 @@ def build_steps(*, budget: Budget, nproc: int, data_dir: Path, runs_dir: Path, r
               f"transfer.from_path={pretrained}"], run="lt-pretrained-balanced-softmax"),
         Step("distillation into a smaller student",
              [*_torchrun(nproc, "distill"), *common, *lt_data, "name=distill-student",
-              f"teacher.path={runs_dir / 'lt-pretrained-balanced-softmax'}", f"train.epochs={budget.distill_epochs}"],
+              f"teacher.path={runs_dir / 'lt-pretrained-balanced-softmax'}", f"train.epochs={budget.distill_epochs}",
+              "loss.name=balanced_softmax"],
              run="distill-student"),
     ]
     compared = [str(runs_dir / s.run) for s in steps if s.run and s.run != "pretrain-simclr"]
