@@ -12,7 +12,7 @@ Chain (each step a subprocess of a recipe, one process, ``OMP_NUM_THREADS=--thre
    (label loss only; the same recipe, data order and budget as 3);
 3. student + KD: the same student, Hinton KD from the teacher (T = 4, alpha = 0.9);
 4. ``recipes/compress.py`` over all three, pruning (global L1, ``--sparsity``) and INT8-quantizing
-   the KD student: one table, every row evaluated on the full Fashion-MNIST test split.
+   the teacher and the KD student: one table, every row evaluated on the full Fashion-MNIST test split.
 
 The students see the same ``--train-samples`` images for ``--epochs`` epochs from the same seed,
 so the KD gain is the difference of two runs that differ only in the loss.
@@ -47,19 +47,8 @@ def run(script: str, args: list[str], *, threads: int, log: Path) -> float:
     return time.perf_counter() - start
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train-samples", type=int, default=20000, help="training images (0 = all 60 000)")
-    parser.add_argument("--teacher-epochs", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=2, help="student epochs (both students)")
-    parser.add_argument("--sparsity", type=float, default=0.5)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default="", help="directory for the runs (default: a temporary one)")
-    args = parser.parse_args()
-    root = Path(args.out or tempfile.mkdtemp(prefix="distill_fmnist-"))
-    runs = root / "runs"
-    common = [f"output_dir={runs}", "tracking.wandb_mode=disabled", f"data.num_train_samples={args.train_samples}"]
-    times = {}
+def train_all(args: argparse.Namespace, runs: Path, common: list[str], root: Path, times: dict) -> None:
+    """Steps 1-3: the teacher, the student alone, the student with KD."""
     times["teacher"] = run("supervised.py", [*common, "name=teacher", "model.name=small_cnn",
                                              f"train.epochs={args.teacher_epochs}"], threads=args.threads,
                            log=root / "teacher.log")
@@ -68,12 +57,33 @@ def main() -> int:
                            log=root / "student.log")
     times["student_kd"] = run("distill.py", [*student, "name=student_kd"], threads=args.threads,
                               log=root / "student_kd.log")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train-samples", type=int, default=20000, help="training images (0 = all 60 000)")
+    parser.add_argument("--teacher-epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=2, help="student epochs (both students)")
+    parser.add_argument("--sparsity", type=float, default=0.5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default="", help="directory for the runs (default: a temporary one)")
+    parser.add_argument("--reuse", action="store_true", help="keep the trained runs in --out; only compress again")
+    args = parser.parse_args()
+    root = Path(args.out or tempfile.mkdtemp(prefix="distill_fmnist-"))
+    runs = root / "runs"
+    common = [f"output_dir={runs}", "tracking.wandb_mode=disabled", f"data.num_train_samples={args.train_samples}"]
+    times: dict[str, float] = {}
+    if not args.reuse:
+        train_all(args, runs, common, root, times)
+    report_name = f"report-{int(time.time())}"
     times["compress"] = run("compress.py", [
-        f"output_dir={runs}", "tracking.wandb_mode=disabled", "name=report", f"models.teacher={runs / 'teacher'}",
-        f"models.student={runs / 'student'}", f"models.student_kd={runs / 'student_kd'}",
-        f"prune.sparsity={args.sparsity}"], threads=args.threads, log=root / "compress.log")
-    report = (runs / "report" / "report.md").read_text()
-    rows = {row[0]: row for row in json.loads((runs / "report" / "summary.json").read_text())["report"]["rows"]}
+        f"output_dir={runs}", "tracking.wandb_mode=disabled", f"name={report_name}",
+        f"models.teacher={runs / 'teacher'}", f"models.student={runs / 'student'}",
+        f"models.student_kd={runs / 'student_kd'}",
+        f"prune.sparsity={args.sparsity}", "compress=[teacher,student_kd]"], threads=args.threads,
+        log=root / "compress.log")
+    report = (runs / report_name / "report.md").read_text()
+    rows = {row[0]: row for row in json.loads((runs / report_name / "summary.json").read_text())["report"]["rows"]}
     gain = rows["student_kd"][1] - rows["student"][1]
     text = (f"# Distillation and compression on Fashion-MNIST\n\n"
             f"teacher small_cnn {args.teacher_epochs} epoch(s), students tiny_cnn {args.epochs} epoch(s), "

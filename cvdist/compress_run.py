@@ -8,7 +8,8 @@ nothing to distribute. Fine-tuning between pruning steps and quantization-aware 
 few plain SGD steps on the training split (:func:`fine_tune`), not an engine run.
 
 Output directory ``output_dir/name``: ``config.yaml`` (resolved), ``report.md``,
-``summary.json`` (``report``, ``sparsity`` per layer, ``sources``), and ``models/<label>.pt``:
+``summary.json`` (``report``, ``sparsity`` per compressed model and layer, ``sources``), and
+``models/<label>-<variant>.pt``:
 each compressed model's state_dict (pruned: plain weights for the original architecture;
 int8: loads into :func:`cvdist.compress.quantization.quantized_skeleton`).
 """
@@ -44,7 +45,7 @@ from cvdist.tracking.wandb_run import WandbRun, resolve_wandb_mode
 
 @dataclass
 class PruneConfig:
-    """Pruning of the model named by ``compress`` (``cvdist.compress.pruning``)."""
+    """Pruning of the models named by ``compress`` (``cvdist.compress.pruning``)."""
 
     method: str = "global_l1"
     """``none``, ``l1_unstructured`` (per layer), ``global_l1`` or ``ln_structured`` (conv channels)."""
@@ -62,7 +63,7 @@ class PruneConfig:
 
 @dataclass
 class QuantizeConfig:
-    """INT8 variants of the model named by ``compress`` (``cvdist.compress.quantization``)."""
+    """INT8 variants of the models named by ``compress`` (``cvdist.compress.quantization``)."""
 
     dynamic: bool = True
     """Post-training dynamic quantization of the linear layers."""
@@ -91,8 +92,9 @@ class CompressRunConfig:
     models: dict[str, str] = field(default_factory=dict)
     """Label -> trained model (cvdist run / checkpoint directory or weights file), in report order,
     e.g. ``{teacher: runs/teacher, student: runs/student, student_kd: runs/kd}``."""
-    compress: str = ""
-    """Label of the model to prune and quantize (empty = the last of ``models``)."""
+    compress: list[str] = field(default_factory=list)
+    """Labels of the models to prune and quantize, e.g. ``[teacher, student_kd]`` (empty = the last
+    of ``models``)."""
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name="", num_classes=0, in_channels=0))
     """Architecture of weights-file sources (run directories say their own; a value given here must agree)."""
     data: DataConfig = field(default_factory=DataConfig)
@@ -107,17 +109,18 @@ class CompressRunConfig:
     """Seed of data order and fine-tuning."""
 
 
-def validate_compress(config: CompressRunConfig) -> str:
-    """Check the config; returns the label to compress. ConfigError naming the key and the fix."""
+def validate_compress(config: CompressRunConfig) -> list[str]:
+    """Check the config; returns the labels to compress. ConfigError naming the key and the fix."""
     if not config.models:
         raise ConfigError("models is empty; give at least one trained model, e.g. models.student=runs/student "
                           "(cvdist compress: --model student=runs/student)")
     for label in config.models:
         if not label.replace("-", "_").isidentifier():
             raise ConfigError(f"models: label {label!r} must be a plain name (letters, digits, _ or -)")
-    label = config.compress or list(config.models)[-1]
-    if label not in config.models:
-        raise ConfigError(f"compress={label!r} is not one of the models' labels: {', '.join(config.models)}")
+    labels = list(config.compress) or [list(config.models)[-1]]
+    for label in labels:
+        if label not in config.models:
+            raise ConfigError(f"compress: {label!r} is not one of the models' labels: {', '.join(config.models)}")
     if config.prune.method not in ("none", *PRUNE_METHODS):
         raise ConfigError(f"prune.method={config.prune.method!r} is not allowed; choose one of 'none', "
                           + ", ".join(repr(m) for m in PRUNE_METHODS))
@@ -134,7 +137,7 @@ def validate_compress(config: CompressRunConfig) -> str:
     if config.imbalance_factor < 1:
         raise ConfigError(f"imbalance_factor={config.imbalance_factor} must be >= 1 (1 = all data)")
     check_report(config.report)
-    return label
+    return labels
 
 
 def fine_tune(model: nn.Module, batches: Iterator[dict], *, steps: int, lr: float) -> None:
@@ -212,7 +215,7 @@ def _compressed_variants(config: CompressRunConfig, label: str, model: nn.Module
 
 def run_compress(config: CompressRunConfig) -> dict:
     """The whole compression run (see the module docstring); returns the written summary."""
-    label = validate_compress(config)
+    labels = validate_compress(config)
     run_dir = Path(config.output_dir) / config.name
     check_run_dir_is_free(run_dir, resume="none")
     torch.manual_seed(config.seed)
@@ -221,7 +224,7 @@ def run_compress(config: CompressRunConfig) -> dict:
     models, specs = {}, {}
     for name, source in config.models.items():
         models[name], specs[name] = load_trained_model(source, given=given, field_prefix=f"models.{name}")
-    spec = specs[label]
+    label, spec = labels[0], specs[labels[0]]
     mismatched = [n for n, s in specs.items() if (s.num_classes, s.in_channels) != (spec.num_classes, spec.in_channels)]
     if mismatched:
         raise ConfigError(f"models.{mismatched[0]} has {specs[mismatched[0]].num_classes} classes / "
@@ -236,14 +239,17 @@ def run_compress(config: CompressRunConfig) -> dict:
     (run_dir / "models").mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", config_module.to_yaml(config))
     rows = [measure.row(name, model) for name, model in models.items()]
-    more, sparsity = _compressed_variants(config, label, models[label], data.train, measure, run_dir / "models")
-    rows += more
+    sparsity = {}
+    for label in labels:
+        more, sparsity[label] = _compressed_variants(config, label, models[label], data.train, measure,
+                                                     run_dir / "models")
+        rows += more
     settings = config.report
     note = (f"Test split: {len(data.class_counts)} classes; CPU latency per batch of {len(measure.images)} images: "
             f"median of {settings.latency_batches} after {settings.warmup_batches} warm-up, {settings.num_threads} "
             f"thread(s), torch {torch.__version__}, quantized engine {quant.QUANT_ENGINE}.")
     summary = write_report(rows, run_dir, note=note, summary_extra={
-        "sparsity": sparsity, "sources": dict(config.models), "compressed": label})
+        "sparsity": sparsity, "sources": dict(config.models), "compressed": labels})
     _log_to_wandb(config, run_dir, rows)
     print(f"[cvdist] report: {run_dir / 'report.md'}", flush=True)
     return summary

@@ -197,7 +197,7 @@ def _compress_config(*overrides: str):
 
 @pytest.mark.parametrize("overrides, message", [
     ([], "models is empty"),
-    (["models.a=x", "compress=b"], "compress='b' is not one of the models' labels: a"),
+    (["models.a=x", "compress=[a,b]"], "compress: 'b' is not one of the models' labels: a"),
     (["models.a=x", "prune.method=random"], "prune.method='random' is not allowed"),
     (["models.a=x", "prune.sparsity=1.0"], r"prune.sparsity=1.0 must lie in \[0, 1\)"),
     (["models.a=x", "prune.steps=0"], "prune.steps=0 must be >= 1"),
@@ -251,8 +251,8 @@ def test_compress_recipe_on_a_weights_file(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert [row[0] for row in summary["report"]["rows"]] == [
         "small", "small/pruned", "small/pruned+int8_dynamic", "small/pruned+int8_static", "small/pruned+int8_qat"]
-    assert abs(summary["sparsity"]["prunable_sparsity"] - 0.5) <= 0.01
-    assert [row["layer"] for row in summary["sparsity"]["layers"]] == ["0.0", "1.0", "3.0", "4.0", "6.0"]
+    assert abs(summary["sparsity"]["small"]["prunable_sparsity"] - 0.5) <= 0.01
+    assert [row["layer"] for row in summary["sparsity"]["small"]["layers"]] == ["0.0", "1.0", "3.0", "4.0", "6.0"]
     pruned = build_model(name="small_cnn", num_classes=10, in_channels=1)
     pruned.load_state_dict(torch.load(out / "models" / "small-pruned.pt", weights_only=True), strict=True)
     skeleton = quant.quantized_skeleton(pruned)

@@ -16,7 +16,7 @@ EPILOG = """examples:
       prune.method=ln_structured prune.sparsity=0.3 prune.steps=3 prune.finetune_steps=50
   cvdist compress --model resnet=weights.pth model.name=resnet18 model.num_classes=10 model.in_channels=3 \\
       data.train_shards=[shards/cifar10] data.image_size=32 data.mean=[0.5,0.5,0.5] data.std=[0.5,0.5,0.5]
-settings (key=value): name, output_dir, compress (label to prune / quantize), prune.*, quantize.*,
+settings (key=value): name, output_dir, compress=[LABEL,...] (models to prune / quantize), prune.*, quantize.*,
 report.*, data.*, model.* (architecture of weights files), tracking.*; see recipes/compress.yaml.
 """
 
@@ -30,7 +30,7 @@ def add_compress_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", default=[], metavar="LABEL=SOURCE", dest="models",
                         help="a trained model: cvdist run / checkpoint directory or weights file (repeatable; "
-                             "the last one is compressed unless compress=LABEL)")
+                             "the last one is compressed unless compress=[LABEL,...])")
     parser.add_argument("--config", action="append", default=[], metavar="FILE.yaml",
                         help="YAML file(s) with settings, applied before the key=value overrides")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings, e.g. prune.sparsity=0.7")
