@@ -128,6 +128,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="", help="run directory root (default: a temporary directory)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2000 training images, 1000 test images")
+    parser.add_argument("--results", default=str(RESULTS), help="Markdown file to write (default %(default)s)")
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="cvdist-bench-longtail-"))
     extra = ["data.num_train_samples=2000", "data.num_eval_samples=1000"] if args.quick else []
@@ -144,9 +145,10 @@ def main() -> int:
     text = "\n\n".join([*sections, budget]) + "\n"
     print(text)
     if not args.quick:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(text)
-        print(f"[bench] written to {RESULTS.relative_to(REPO)}; runs in {out}")
+        results = Path(args.results)
+        results.parent.mkdir(parents=True, exist_ok=True)
+        results.write_text(text)
+        print(f"[bench] written to {results}; runs in {out}")
     return 0
 
 

@@ -45,7 +45,8 @@ def test_wrapper_keeps_the_base_keys_and_outputs(name, head):
     torch.manual_seed(0)
     base, model = wrapped(name, coarse=4, parity=2)
     keys = set(model.state_dict())
-    assert keys - set(base.state_dict()) == {f"aux_heads.{n}.{p}" for n in ("coarse", "parity") for p in ("weight", "bias")}
+    added = {f"aux_heads.{n}.{p}" for n in ("coarse", "parity") for p in ("weight", "bias")}
+    assert keys - set(base.state_dict()) == added
     assert set(base.state_dict()) <= keys and find_head_name(model) == head
     model.eval()
     for size in (20, 28, 36):  # multi-scale sizes: adaptive pooling makes the head size-independent
@@ -203,7 +204,8 @@ def multitask_run(tmp_path_factory):
 def test_two_process_multitask_multiscale_run(multitask_run):
     run = multitask_run / "mt"
     final = json.loads((run / "summary.json").read_text())["final"]
-    assert {"train/loss_main", "train/loss_coarse", "eval/coarse_top1", "eval/top1_ema", "eval/top1_taunorm"} <= set(final)
+    expected = {"train/loss_main", "train/loss_coarse", "eval/coarse_top1", "eval/top1_ema", "eval/top1_taunorm"}
+    assert expected <= set(final)
     assert 0 <= final["eval/coarse_top1"] <= 1
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows if "train/loss_coarse" in row] == [1, 2]
