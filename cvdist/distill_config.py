@@ -53,6 +53,10 @@ class KdConfig:
     """Module name of the student's hint layer; an adapter maps its output to the teacher hint's shape."""
     feature_loss: str = "mse"
     """``mse`` or ``cosine`` (1 - cosine similarity of the flattened features)."""
+    logit_adjust_tau: float = 0.0
+    """Long-tail aware soft term: both logits + tau * log(training prior) before the softmax
+    (balanced softmax for distillation, ``cvdist.losses.distill``); 0 = plain Hinton KD, 1 = the
+    usual choice with a long-tail label loss such as balanced_softmax."""
 
 
 @dataclass
@@ -101,6 +105,8 @@ def validate_distill(config: DistillRunConfig) -> None:
         raise ConfigError(f"kd.temperature={kd.temperature} must be > 0 (Hinton et al. use 1-20; 4 is common)")
     if not 0 <= kd.alpha <= 1:
         raise ConfigError(f"kd.alpha={kd.alpha} must lie in [0, 1] (1 = soft labels only, 0 = no logit KD)")
+    if kd.logit_adjust_tau < 0:
+        raise ConfigError(f"kd.logit_adjust_tau={kd.logit_adjust_tau} must be >= 0 (0 = off, 1 = balanced softmax)")
     if kd.feature_weight < 0:
         raise ConfigError(f"kd.feature_weight={kd.feature_weight} must be >= 0 (0 = no feature KD)")
     if kd.feature_loss not in FEATURE_LOSSES:

@@ -5,7 +5,8 @@ on WebDataset shards or the built-in data, under any strategy (one process, DDP,
     torchrun --nproc_per_node 2 recipes/distill.py teacher.path=runs/teacher dist.strategy=zero2
     python recipes/distill.py teacher.path=runs/teacher kd.feature_weight=1 kd.teacher_hint=4 kd.student_hint=1
     python recipes/distill.py teacher.path=runs/teacher name=student kd.alpha=0  # the student alone, same budget
-    python recipes/distill.py teacher.path=runs/lt-teacher longtail.imbalance_factor=100 loss.name=balanced_softmax
+    python recipes/distill.py teacher.path=runs/lt-teacher longtail.imbalance_factor=100 \
+        loss.name=balanced_softmax kd.logit_adjust_tau=1                     # long-tail aware KD
 
 The teacher (``teacher.path``: a cvdist run / checkpoint directory, ZeRO included, or a weights
 file) is **replicated**: every process holds a full, frozen fp32 copy (eval mode, no gradients),
@@ -38,7 +39,7 @@ from cvdist.engine import TrainTask, fit, start_session
 from cvdist.eval.longtail import scaled_shot_thresholds
 from cvdist.longtail_eval import LongtailEvaluator
 from cvdist.longtail_training import EpochHook, StepCounter
-from cvdist.losses.distill import DistillationLoss
+from cvdist.losses.distill import DistillationLoss, kd_logit_offset
 from cvdist.losses.longtail import build_longtail_loss
 
 
@@ -63,7 +64,8 @@ def main(argv: Sequence[str]) -> int:
     except ValueError as error:
         raise ConfigError(f"loss.name={config.loss.name!r}: {error}") from None
     loss = DistillationLoss(temperature=kd.temperature, alpha=kd.alpha, label_loss=label_loss,
-                            feature_weight=kd.feature_weight, feature_loss=kd.feature_loss)
+                            feature_weight=kd.feature_weight, feature_loss=kd.feature_loss,
+                            kd_offset=kd_logit_offset(data.class_counts, tau=kd.logit_adjust_tau)).to(env.device)
     resumed_step = session.resume_meta.step if session.resume_meta else None
     counter = StepCounter(start_step=resumed_step or 0, accum_steps=config.optim.accum_steps)
     thresholds = scaled_shot_thresholds(data.class_counts, many=config.longtail.shot_many, few=config.longtail.shot_few)

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from cvdist.losses.distill import (DistillationLoss, HintAdapter, feature_distance, soft_label_cross_entropy)
+from cvdist.losses.distill import (DistillationLoss, HintAdapter, feature_distance, kd_logit_offset,
+                                   soft_label_cross_entropy)
 from cvdist.losses.longtail import build_longtail_loss
 
 
@@ -108,3 +109,18 @@ def test_bad_settings_are_refused(kwargs, message):
 def test_mismatched_class_counts_are_refused():
     with pytest.raises(ValueError, match="same number of classes"):
         soft_label_cross_entropy(torch.randn(2, 3), torch.randn(2, 4), temperature=1.0)
+
+
+def test_long_tail_aware_soft_term_shifts_both_logits_by_the_log_prior():
+    counts = [80, 15, 5]
+    offset = kd_logit_offset(counts, tau=1.0)
+    torch.testing.assert_close(offset, torch.tensor([math.log(0.8), math.log(0.15), math.log(0.05)]))
+    student, teacher, labels = torch.randn(4, 3), torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    loss = DistillationLoss(temperature=2.0, alpha=1.0, kd_offset=offset)
+    total, _ = loss(student, teacher, labels)
+    expected = soft_label_cross_entropy(student + offset, teacher + offset, temperature=2.0)
+    torch.testing.assert_close(total, expected)
+    assert not torch.allclose(total, soft_label_cross_entropy(student, teacher, temperature=2.0))
+    assert torch.equal(kd_logit_offset(counts, tau=0.0), torch.zeros(3))
+    with pytest.raises(ValueError, match="class 1 has no training samples"):
+        kd_logit_offset([5, 0, 3], tau=1.0)

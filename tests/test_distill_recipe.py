@@ -87,6 +87,7 @@ def test_student_alone_skips_the_teacher(tmp_path):
     (["kd.teacher_hint=4", "kd.student_hint=1"], "kd.feature_weight=0"),
     (["kd.alpha=1.5"], "kd.alpha"),
     (["kd.temperature=0"], "kd.temperature"),
+    (["kd.logit_adjust_tau=-1"], "kd.logit_adjust_tau"),
     (["kd.feature_loss=l1", "kd.feature_weight=1", "kd.teacher_hint=4", "kd.student_hint=1"], "kd.feature_loss"),
     (["loss.name=nope"], "loss.name"),
     (["loss.gamma=3.0"], "loss.gamma is not used"),
@@ -128,7 +129,7 @@ def test_distillation_under_ddp_and_zero2_then_one_compression_report(tmp_path):
                 "dist.strategy=ddp"], nproc=2, script=DISTILL)
     # ZeRO-2: logit KD, long-tail aware (long-tailed built-in data, balanced-softmax label loss)
     run_recipe([*common, "name=kd_zero2", teacher, "dist.strategy=zero2", "longtail.imbalance_factor=4",
-                "loss.name=balanced_softmax"], nproc=2, script=DISTILL)
+                "loss.name=balanced_softmax", "kd.logit_adjust_tau=1"], nproc=2, script=DISTILL)
     for name, strategy in (("kd_ddp", "ddp"), ("kd_zero2", "zero2")):
         summary = json.loads((runs / name / "summary.json").read_text())
         assert summary["strategy"] == strategy and summary["world_size"] == 2 and summary["step"] == 6

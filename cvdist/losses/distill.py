@@ -20,6 +20,14 @@ mapped by a trainable adapter (:class:`HintAdapter`, a 1x1 convolution or a line
 teacher hint's shape, is matched to the teacher's hint by mean squared error or by the cosine
 distance ``1 - cos`` of the flattened features; weighted by ``feature_weight``.
 
+Long-tail aware soft term (``kd_offset``): with a vector ``a`` (``tau * log prior`` of the
+training classes, :func:`kd_logit_offset`), the soft term compares ``softmax((t + a) / T)`` and
+``log_softmax((s + a) / T)``: balanced softmax (Ren et al. 2020) applied to distillation. A
+teacher trained with balanced softmax / logit adjustment has balanced raw logits; adding the
+prior turns them into the training-distribution posterior the student is trained against through
+the same offset, so the student's raw logits, used at test time, stay balanced. With a
+long-tail label loss (balanced softmax, LDAM, ...) the whole objective is then long-tail aware.
+
 All terms are computed in float32 (bf16 / fp16 logits lose the small differences the soft
 labels carry).
 """
@@ -35,16 +43,36 @@ from torch.nn import functional as F
 FEATURE_LOSSES = ("mse", "cosine")
 
 
+def kd_logit_offset(class_counts, *, tau: float) -> torch.Tensor:
+    """``tau * log(n_c / N)`` (float32) for the long-tail aware soft term; ValueError for a class
+    without training samples (its offset would be -inf) when ``tau > 0``."""
+    counts = torch.tensor([float(n) for n in class_counts], dtype=torch.float64)
+    if tau < 0:
+        raise ValueError(f"tau={tau} must be >= 0")
+    if tau > 0 and bool((counts <= 0).any()):
+        empty = int((counts <= 0).nonzero()[0])
+        raise ValueError(f"class {empty} has no training samples, so its log prior is -inf; use tau=0 or data "
+                         "with samples of every class")
+    if tau == 0:
+        return torch.zeros(len(counts))
+    return (tau * torch.log(counts / counts.sum())).float()
+
+
 def soft_label_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
-                             temperature: float) -> torch.Tensor:
-    """``T^2 * mean_i sum_c -softmax(t/T)_ic * log_softmax(s/T)_ic`` (the Hinton soft term)."""
+                             temperature: float, offset: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``T^2 * mean_i sum_c -softmax(t/T)_ic * log_softmax(s/T)_ic`` (the Hinton soft term), both
+    logits shifted by ``offset`` first when given (see the module docstring)."""
     if temperature <= 0:
         raise ValueError(f"temperature={temperature} must be > 0")
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                          f"{tuple(teacher_logits.shape)} differ; both models need the same number of classes")
-    soft = F.softmax(teacher_logits.float() / temperature, dim=1)
-    log_p = F.log_softmax(student_logits.float() / temperature, dim=1)
+    student_logits, teacher_logits = student_logits.float(), teacher_logits.float()
+    if offset is not None:
+        offset = offset.to(student_logits.device)
+        student_logits, teacher_logits = student_logits + offset, teacher_logits + offset
+    soft = F.softmax(teacher_logits / temperature, dim=1)
+    log_p = F.log_softmax(student_logits / temperature, dim=1)
     return -(soft * log_p).sum(dim=1).mean() * temperature ** 2
 
 
@@ -88,10 +116,11 @@ class HintAdapter(nn.Module):
 
 class DistillationLoss(nn.Module):
     """``alpha * T^2 * CE(soft teacher labels) + (1 - alpha) * label_loss + feature_weight *
-    feature distance``. ``forward`` returns the total and the unweighted parts (for logging)."""
+    feature distance``. ``forward`` returns the total and the unweighted parts (for logging).
+    ``kd_offset``: the long-tail aware soft term's logit offset (:func:`kd_logit_offset`)."""
 
     def __init__(self, *, temperature: float, alpha: float, label_loss: Optional[nn.Module] = None,
-                 feature_weight: float = 0.0, feature_loss: str = "mse"):
+                 feature_weight: float = 0.0, feature_loss: str = "mse", kd_offset: Optional[torch.Tensor] = None):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature={temperature} must be > 0")
@@ -104,6 +133,7 @@ class DistillationLoss(nn.Module):
         self.temperature, self.alpha = temperature, alpha
         self.feature_weight, self.feature_loss = feature_weight, feature_loss
         self.label_loss = label_loss if label_loss is not None else nn.CrossEntropyLoss()
+        self.register_buffer("kd_offset", kd_offset, persistent=False)
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: Optional[torch.Tensor], labels: torch.Tensor, *,
                 student_hint: Optional[torch.Tensor] = None,
@@ -112,7 +142,8 @@ class DistillationLoss(nn.Module):
         parts: dict[str, torch.Tensor] = {}
         total = student_logits.new_zeros((), dtype=torch.float32)
         if self.alpha > 0:
-            parts["kd"] = soft_label_cross_entropy(student_logits, teacher_logits, temperature=self.temperature)
+            parts["kd"] = soft_label_cross_entropy(student_logits, teacher_logits, temperature=self.temperature,
+                                                   offset=self.kd_offset)
             total = total + self.alpha * parts["kd"]
         if self.alpha < 1:
             parts["label"] = self.label_loss(student_logits.float(), labels)
