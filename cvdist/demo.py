@@ -5,7 +5,8 @@
    labels unused;
 3. long-tail fine-tuning on the long-tailed shards: from scratch with plain cross-entropy, with
    balanced softmax and with LDAM-DRW, and from the pretrained backbone with balanced softmax;
-4. distillation of the best long-tail model into a smaller student;
+4. distillation of the long-tail model fine-tuned from pretraining into a 4x smaller student
+   (``mini_cnn``);
 5. ``cvdist compare`` over those runs: a table (terminal, Markdown, CSV) and PNG plots.
 
 Every training step runs the real recipe under ``torchrun`` with ``--nproc`` CPU (or GPU)
@@ -102,7 +103,7 @@ def build_steps(*, budget: Budget, nproc: int, data_dir: Path, runs_dir: Path, r
         Step("distillation into a smaller student",
              [*_torchrun(nproc, "distill"), *common, *lt_data, "name=distill-student",
               f"teacher.path={runs_dir / 'lt-pretrained-balanced-softmax'}", f"train.epochs={budget.distill_epochs}",
-              "loss.name=balanced_softmax"],
+              "model.name=mini_cnn", "loss.name=balanced_softmax"],
              run="distill-student"),
     ]
     compared = [str(runs_dir / s.run) for s in steps if s.run and s.run != "pretrain-simclr"]
