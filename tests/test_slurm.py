@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+import torch
 
 from cvdist.tracking.records import read_metrics
 from tests.conftest import BIN, REPO, TINY, clean_env
@@ -129,8 +130,11 @@ def test_preempted_job_saves_requeues_and_resumes_exactly(slurm_cluster, straigh
 
 
 # A few steps of every recipe's own sbatch script (slurm/<recipe>.sh), 2 nodes x 1 process. A
-# script without an entry here fails the test below, so no recipe script goes untested.
+# script without an entry here fails the test below, so no recipe script goes untested. "{tmp}" is
+# the test's directory (distill's teacher weights file is written there first).
 RECIPE_SCRIPT_ARGS = {
+    "distill": [*TINY, "train.max_steps=4", "teacher.path={tmp}/teacher.pt", "teacher.name=small_cnn"],
+    "pretrain_contrastive": [*TINY, "train.max_steps=4", "ssl.knn_bank_size=128", "ssl.knn_k=20"],
     "longtail": [*LONGTAIL_TINY, "train.max_steps=4"],
     "pretrain_autoencoder": ["--config", "recipes/pretrain_multitask.yaml", "data.num_train_samples=256",
                              "data.num_eval_samples=64", "data.global_batch_size=32", "train.max_steps=4",
@@ -140,7 +144,8 @@ RECIPE_SCRIPT_ARGS = {
 
 def test_every_recipe_script_names_a_recipe_and_asks_for_requeue():
     scripts = sorted(p for p in (REPO / "slurm").glob("*.sh") if not p.name.startswith("_"))
-    assert {p.stem for p in scripts} >= {"supervised", "longtail"}
+    assert {p.stem for p in scripts} >= {"supervised", "longtail", "pretrain_contrastive", "pretrain_autoencoder",
+                                         "distill"}
     for script in scripts:
         text = script.read_text()
         assert f"RECIPE={script.stem}\n" in text and (REPO / "recipes" / f"{script.stem}.py").is_file(), script
@@ -152,7 +157,12 @@ def test_every_recipe_script_names_a_recipe_and_asks_for_requeue():
 @pytest.mark.parametrize("recipe", sorted(RECIPE_SCRIPT_ARGS))
 def test_recipe_sbatch_script_runs_on_two_nodes(slurm_cluster, tmp_path, recipe):
     env = job_env(tmp_path, recipe)
-    job_id = slurm_cluster.sbatch(REPO / "slurm" / f"{recipe}.sh", RECIPE_SCRIPT_ARGS[recipe], env=env, cwd=REPO,
+    if recipe == "distill":
+        from cvdist.models import build_model
+
+        torch.save(build_model(name="small_cnn", num_classes=10, in_channels=1).state_dict(), tmp_path / "teacher.pt")
+    args = [arg.replace("{tmp}", str(tmp_path)) for arg in RECIPE_SCRIPT_ARGS[recipe]]
+    job_id = slurm_cluster.sbatch(REPO / "slurm" / f"{recipe}.sh", args, env=env, cwd=REPO,
                                   options=["--cpus-per-task=1", f"--output={tmp_path}/slurm-%j.out"])
     fields = slurm_cluster.wait(job_id, timeout=240)
     output = read(tmp_path / f"slurm-{job_id}.out")
