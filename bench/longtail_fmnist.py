@@ -62,7 +62,7 @@ def final_metrics(run_dir: Path) -> dict:
 
 
 def run_factor(imbalance: float, *, out: Path, epochs: int, crt_epochs: int, jobs: int, seed: int,
-               extra: list[str]) -> list[tuple[str, dict]]:
+               extra: list[str], reuse: bool) -> list[tuple[str, dict]]:
     """All methods at one imbalance factor; ``[(row label, {column: value})]`` in table order."""
     root = out / f"if{imbalance:g}"
     common = [f"output_dir={root}", "tracking.wandb_mode=disabled", f"longtail.imbalance_factor={imbalance}",
@@ -73,6 +73,9 @@ def run_factor(imbalance: float, *, out: Path, epochs: int, crt_epochs: int, job
 
     def train(name: str, overrides: list[str]) -> str:
         args = [*common, f"name={name}", *[o.format(drw=max(1, round(epochs * 2 / 3))) for o in overrides]]
+        if reuse and (root / name / "summary.json").is_file():
+            print(f"[bench] IF {imbalance:g}: {name}: reusing the finished run in {root / name}", flush=True)
+            return name
         run_recipe(args, threads=threads, log=root / f"{name}.log")
         print(f"[bench] IF {imbalance:g}: {name} done after {time.perf_counter() - started:.0f} s", flush=True)
         return name
@@ -108,7 +111,9 @@ def table(imbalance: float, rows: list[tuple[str, dict]], counts: list[int]) -> 
              "| method | top-1 (balanced test set) | balanced acc | many | medium | few |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for label, values in rows:
-        lines.append(f"| {label} | " + " | ".join(f"{100 * values[c]:.1f}" for c in COLUMNS) + " |")
+        # a shot group without classes (e.g. no class under 20 images at IF 10) has no accuracy
+        lines.append(f"| {label} | " + " | ".join("-" if values[c] != values[c] else f"{100 * values[c]:.1f}"
+                                                 for c in COLUMNS) + " |")
     return "\n".join(lines)
 
 
@@ -129,6 +134,8 @@ def main() -> int:
     parser.add_argument("--out", default="", help="run directory root (default: a temporary directory)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2000 training images, 1000 test images")
     parser.add_argument("--results", default=str(RESULTS), help="Markdown file to write (default %(default)s)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="skip runs already finished under --out (same settings assumed): resume a benchmark")
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="cvdist-bench-longtail-"))
     extra = ["data.num_train_samples=2000", "data.num_eval_samples=1000"] if args.quick else []
@@ -136,12 +143,14 @@ def main() -> int:
     sections = []
     for imbalance in args.imbalance:
         rows = run_factor(imbalance, out=out, epochs=args.epochs, crt_epochs=args.crt_epochs, jobs=args.jobs,
-                          seed=args.seed, extra=extra)
+                          seed=args.seed, extra=extra, reuse=args.reuse)
         sections.append(table(imbalance, rows, class_counts(out / f"if{imbalance:g}" / "ce.log")))
     budget = (f"Budget per method: small_cnn, {args.epochs} epochs, batch 128, SGD momentum 0.9, lr 0.1, cosine, "
               f"weight decay 5e-4, seed {args.seed}; cRT: {args.crt_epochs} epochs on the frozen CE trunk. "
-              f"{'Quick subset. ' if args.quick else ''}Wall time of the whole benchmark: "
-              f"{(time.perf_counter() - started) / 60:.1f} min ({args.jobs} runs at a time).")
+              f"{'Quick subset. ' if args.quick else ''}"
+              + ("Finished runs reused (--reuse)." if args.reuse else
+                 f"Wall time of the whole benchmark: {(time.perf_counter() - started) / 60:.1f} min "
+                 f"({args.jobs} runs at a time)."))
     text = "\n\n".join([*sections, budget]) + "\n"
     print(text)
     if not args.quick:
