@@ -1,5 +1,5 @@
-"""Parts of the contrastive pretraining recipe: the model, the training step (two views, the
-loss, the momentum update) and the kNN / linear-probe evaluation.
+"""Parts of the contrastive pretraining recipe: the model and the training step (two views, the
+loss, the momentum update); the kNN / linear-probe evaluation is :class:`cvdist.eval.knn.KnnEvaluator`.
 
 The model is :class:`cvdist.models.heads.SSLModel`: the classifier of ``model.name`` with its
 head slot holding the projector (and, for MoCo v3, predictor and momentum encoder), so its keys
