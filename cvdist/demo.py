@@ -47,8 +47,8 @@ class Budget:
     """> 0: evaluate on this many test images only."""
 
 
-# FULL: Fashion-MNIST-LT has ~15 000 training images at IF 100; 4 epochs per run.
-FULL = Budget(limit=None, pretrain_steps=150, longtail_epochs=4, distill_epochs=4)
+# FULL: Fashion-MNIST-LT has ~15 000 training images at IF 100; 3 epochs per run.
+FULL = Budget(limit=None, pretrain_steps=80, longtail_epochs=3, distill_epochs=3)
 QUICK = Budget(limit=2000, pretrain_steps=12, longtail_epochs=1, distill_epochs=1, max_steps=12, eval_samples=500)
 
 
