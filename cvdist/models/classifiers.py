@@ -7,6 +7,8 @@ from typing import Callable
 import torchvision
 from torch import nn
 
+from cvdist.models.vit import VIT_PRESETS, build_vit
+
 
 def _conv_block(in_channels: int, out_channels: int, *, norm: bool, stride: int = 1) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=not norm)]
@@ -61,7 +63,7 @@ def build_resnet(*, depth: int, num_classes: int, in_channels: int, small_stem: 
     return model
 
 
-MODEL_NAMES = ("tiny_cnn", "mini_cnn", "small_cnn", "resnet18", "resnet34", "resnet50")
+MODEL_NAMES = ("tiny_cnn", "mini_cnn", "small_cnn", "resnet18", "resnet34", "resnet50", *VIT_PRESETS)
 
 
 def build_model(*, name: str, num_classes: int, in_channels: int, small_stem: bool = True) -> nn.Module:
@@ -73,4 +75,6 @@ def build_model(*, name: str, num_classes: int, in_channels: int, small_stem: bo
     if name.startswith("resnet") and name in MODEL_NAMES:
         return build_resnet(depth=int(name[6:]), num_classes=num_classes, in_channels=in_channels,
                             small_stem=small_stem)
+    if name in VIT_PRESETS:  # e.g. the encoder of a masked-autoencoder run (recipes/pretrain_mae.yaml)
+        return build_vit(name=name, num_classes=num_classes, in_channels=in_channels)
     raise ValueError(f"model.name={name!r} is not one of {', '.join(MODEL_NAMES)}")
