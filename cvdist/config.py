@@ -26,7 +26,7 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     name: str = "tiny_cnn"
-    """Backbone: see ``cvdist.models.MODEL_NAMES``."""
+    """Backbone: see ``cvdist.models.MODEL_NAMES``, or ``timm:<name>`` for any timm model (``.[timm]``)."""
     num_classes: int = 10
     """Classes of the classification head."""
     in_channels: int = 1
@@ -272,9 +272,10 @@ def validate(config: RunConfig, *, world_size: int) -> None:
     """Check choices and combinations that types cannot express; raise ConfigError on the first."""
     for key, allowed in CHOICES.items():
         value = get_by_path(config, key)
-        if value not in allowed:
+        if value not in allowed and not (key == "model.name" and str(value).startswith("timm:")):
             shown = ", ".join(repr(a) for a in allowed)
-            raise ConfigError(f"{key}={value!r} is not allowed; choose one of {shown}")
+            raise ConfigError(f"{key}={value!r} is not allowed; choose one of {shown}"
+                              + (" or timm:<name>" if key == "model.name" else ""))
     positive = {
         "data.global_batch_size": config.data.global_batch_size,
         "optim.accum_steps": config.optim.accum_steps,

@@ -102,3 +102,12 @@ def test_bad_input_through_the_recipe_exits_nonzero_and_keeps_an_existing_run(tm
     assert "already holds a run" in result.stderr and "checkpoint.resume=auto" in result.stderr
     after = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_timm_model_names_pass_validation():
+    from cvdist.config import RunConfig, load_config, validate
+
+    config = load_config(yaml_paths=[], overrides=["model.name=timm:resnet10t"], schema=RunConfig)
+    validate(config, world_size=1)
+    with pytest.raises(ConfigError, match="or timm:<name>"):
+        validate(load_config(yaml_paths=[], overrides=["model.name=resnet7"], schema=RunConfig), world_size=1)

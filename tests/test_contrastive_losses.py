@@ -7,6 +7,8 @@ import math
 import os
 import socket
 
+import sys
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -165,14 +167,19 @@ def test_backbone_and_ssl_model_keep_the_classifier_key_layout(name):
         assert extra and all(k.startswith(head + ".") for k in extra)  # transfer drops these with the head
 
 
-def test_timm_backbone_without_timm_says_how_to_install():
-    try:
-        import timm  # noqa: F401
-    except ImportError:
-        with pytest.raises(ValueError, match="pip install timm"):
-            build_backbone("timm:resnet18", in_channels=1)
-    else:
-        trunk, dim = build_backbone("timm:resnet18", in_channels=1)
-        assert trunk(torch.randn(2, 1, 32, 32)).shape == (2, dim)
+def test_timm_models_by_name(monkeypatch):
+    from cvdist.models import build_model
+
+    classifier = build_model(name="timm:resnet10t", num_classes=7, in_channels=1)
+    assert classifier(torch.randn(2, 1, 32, 32)).shape == (2, 7)
+    trunk, dim = build_backbone("timm:resnet10t", in_channels=1)
+    assert trunk(torch.randn(2, 1, 32, 32)).shape == (2, dim)
+    # the trunk's keys are the classifier's minus its head: pretrained trunks transfer unchanged
+    assert set(trunk.state_dict()) == {k for k in classifier.state_dict() if not k.startswith("fc.")}
+    with pytest.raises(ValueError, match="timm has no such model"):
+        build_model(name="timm:no_such_net", num_classes=2, in_channels=1)
+    monkeypatch.setitem(sys.modules, "timm", None)  # as if not installed
+    with pytest.raises(ValueError, match="pip install timm"):
+        build_backbone("timm:resnet18", in_channels=1)
     with pytest.raises(ValueError, match="not one of"):
         build_backbone("resnet99", in_channels=1)

@@ -10,17 +10,15 @@
   no max-pool, for 28-64 px images); grey images use ``in_channels=1`` in the first conv (no
   channel copying).
 * ``timm:<name>`` (e.g. ``timm:resnet18``, ``timm:vit_tiny_patch16_224``): any timm model,
-  without a classifier (``num_classes=0``), ``in_chans=in_channels``, no weights downloaded.
-  Needs ``pip install timm``.
+  built by ``build_model`` (``in_chans=in_channels``, no weights downloaded) with its classifier
+  (the last ``nn.Linear``) replaced the same way. Needs ``pip install timm``.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from cvdist.models.classifiers import MODEL_NAMES, build_model
-
-TIMM_PREFIX = "timm:"
+from cvdist.models.classifiers import MODEL_NAMES, TIMM_PREFIX, build_model
 
 
 def last_linear_name(model: nn.Module) -> str:
@@ -41,23 +39,9 @@ def remove_head(model: nn.Module) -> tuple[str, int]:
     return head_name, head.in_features
 
 
-def _build_timm(name: str, *, in_channels: int) -> tuple[nn.Module, int]:
-    try:
-        import timm
-    except ImportError:
-        raise ValueError(f"model {TIMM_PREFIX}{name} needs the timm package: pip install timm") from None
-    try:
-        model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_channels)
-    except RuntimeError as error:  # timm: "Unknown model (...)"
-        raise ValueError(f"timm has no model {name!r} ({error}); list them with timm.list_models()") from None
-    return model, int(model.num_features)
-
-
 def build_backbone(name: str, *, in_channels: int, small_stem: bool = True) -> tuple[nn.Module, int]:
     """The trunk ``name`` (one of MODEL_NAMES or ``timm:<name>``) and its feature dimension."""
-    if name.startswith(TIMM_PREFIX):
-        return _build_timm(name[len(TIMM_PREFIX):], in_channels=in_channels)
-    if name not in MODEL_NAMES:
+    if name not in MODEL_NAMES and not name.startswith(TIMM_PREFIX):
         raise ValueError(f"backbone {name!r} is not one of {', '.join(MODEL_NAMES)} or timm:<name>")
     model = build_model(name=name, num_classes=1, in_channels=in_channels, small_stem=small_stem)
     _, feature_dim = remove_head(model)

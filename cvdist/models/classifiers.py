@@ -67,7 +67,8 @@ MODEL_NAMES = ("tiny_cnn", "mini_cnn", "small_cnn", "resnet18", "resnet34", "res
 
 
 def build_model(*, name: str, num_classes: int, in_channels: int, small_stem: bool = True) -> nn.Module:
-    """The classifier ``name`` (one of MODEL_NAMES) with a ``num_classes`` head."""
+    """The classifier ``name`` (one of MODEL_NAMES, or ``timm:<name>`` for any timm model) with a
+    ``num_classes`` head."""
     if name == "tiny_cnn":
         return build_tiny_cnn(num_classes=num_classes, in_channels=in_channels)
     if name in ("small_cnn", "mini_cnn"):
@@ -77,4 +78,25 @@ def build_model(*, name: str, num_classes: int, in_channels: int, small_stem: bo
                             small_stem=small_stem)
     if name in VIT_PRESETS:  # e.g. the encoder of a masked-autoencoder run (recipes/pretrain_mae.yaml)
         return build_vit(name=name, num_classes=num_classes, in_channels=in_channels)
-    raise ValueError(f"model.name={name!r} is not one of {', '.join(MODEL_NAMES)}")
+    if name.startswith(TIMM_PREFIX):
+        return build_timm_model(name[len(TIMM_PREFIX):], num_classes=num_classes, in_channels=in_channels)
+    raise ValueError(f"model.name={name!r} is not one of {', '.join(MODEL_NAMES)} or timm:<name>")
+
+
+TIMM_PREFIX = "timm:"
+
+
+def build_timm_model(name: str, *, num_classes: int, in_channels: int) -> nn.Module:
+    """timm's ``name`` with a ``num_classes`` head and ``in_channels`` input channels, randomly
+    initialised: nothing is downloaded at run time (pretrained weights come from a local file
+    through ``transfer.from_path``). Needs the ``timm`` package (``pip install -e '.[timm]'``)."""
+    try:
+        import timm
+    except ImportError:
+        raise ValueError(f"model.name={TIMM_PREFIX}{name} needs the timm package: pip install timm "
+                         "(or pip install -e '.[timm]')") from None
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+    except RuntimeError as error:  # timm: "Unknown model (...)"
+        raise ValueError(f"model.name={TIMM_PREFIX}{name}: timm has no such model ({error}); "
+                         "list them with python -c 'import timm; print(timm.list_models())'") from None
