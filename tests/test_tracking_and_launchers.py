@@ -54,16 +54,18 @@ def _assert_two_process_run(run_dir: Path, output: str) -> None:
         "rank-0.pt", "rank-1.pt"]
 
 
-@pytest.mark.parametrize("config_file, overrides, strategy", [
-    ("ddp.yaml", [], "ddp"),
-    ("ddp.yaml", ["dist.strategy=zero2"], "zero2"),
-    ("zero3.yaml", [], "zero3"),  # the strategy and DeepSpeed JSON come from the accelerate config
+@pytest.mark.parametrize("config_file, recipe, overrides, strategy", [
+    ("ddp.yaml", "supervised", [], "ddp"),
+    ("ddp.yaml", "supervised", ["dist.strategy=zero2"], "zero2"),
+    ("zero3.yaml", "supervised", [], "zero3"),  # the strategy and DeepSpeed JSON come from the accelerate config
+    ("zero2.yaml", "pretrain_contrastive", ["ssl.projection_hidden_dim=32", "ssl.projection_dim=16"], "zero2"),
 ])
-def test_accelerate_launch_configs_run_two_cpu_processes(tiny_args, config_file, overrides, strategy):
+def test_accelerate_launch_configs_run_two_cpu_processes(tiny_args, config_file, recipe, overrides, strategy):
     # The supported CPU form (see README): accelerate's --multi_gpu / DeepSpeed launchers, which
     # on a machine without GPUs start N processes that join one gloo group (MULTI_CPU needs MPI).
     command = [str(BIN / "accelerate"), "launch", "--config_file", f"launch/accelerate/{config_file}",
-               "--num_processes", "2", str(RECIPE), *tiny_args, "name=acc", "train.max_steps=3", *overrides]
+               "--num_processes", "2", str(REPO / "recipes" / f"{recipe}.py"), *tiny_args, "name=acc",
+               "train.max_steps=3", *overrides]
     result = subprocess.run(command, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-5000:]
     output = result.stdout + result.stderr
@@ -71,7 +73,7 @@ def test_accelerate_launch_configs_run_two_cpu_processes(tiny_args, config_file,
     run_dir = Path(tiny_args[-1].split("=", 1)[1]) / "acc"
     _assert_two_process_run(run_dir, output)
     if config_file.startswith("zero"):
-        assert "deepspeed_config: launch/deepspeed/zero3.json" in (run_dir / "config.yaml").read_text()
+        assert f"deepspeed_config: launch/deepspeed/{config_file[:-5]}.json" in (run_dir / "config.yaml").read_text()
 
 
 def test_srun_environment_one_task_per_process(tiny_args):
