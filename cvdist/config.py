@@ -537,7 +537,7 @@ def longtail_loss_options(loss: LossConfig) -> dict[str, Any]:
     return options
 
 
-def _check_loss_options(loss: LossConfig) -> None:
+def check_loss_options(loss: LossConfig) -> None:
     # A changed option that the chosen loss ignores is a mistake the user should hear about.
     accepted, defaults = set(loss_options(loss.name)), LossConfig()
     for item in dataclasses.fields(LossConfig):
@@ -611,7 +611,7 @@ def validate_longtail(config: LongtailRunConfig) -> None:
         value = get_by_path(config, key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(repr(a) for a in allowed)}")
-    _check_loss_options(config.loss)
+    check_loss_options(config.loss)
     _check_longtail_data(config)
     _check_transfer(config)
     _check_multitask(config)

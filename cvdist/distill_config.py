@@ -15,7 +15,7 @@ from pathlib import Path
 from torch import nn
 
 from cvdist.compress.report import ReportConfig
-from cvdist.config import ConfigError, LossConfig, RunConfig, _check_loss_options, get_by_path
+from cvdist.config import ConfigError, LossConfig, RunConfig, check_loss_options, get_by_path
 from cvdist.losses.distill import FEATURE_LOSSES
 from cvdist.losses.longtail import LOSS_NAMES
 
@@ -100,7 +100,7 @@ def validate_distill(config: DistillRunConfig) -> None:
     if config.loss.name not in LOSS_NAMES:
         raise ConfigError(f"loss.name={config.loss.name!r} is not allowed; choose one of "
                           f"{', '.join(repr(n) for n in LOSS_NAMES)}")
-    _check_loss_options(config.loss)
+    check_loss_options(config.loss)
     if kd.temperature <= 0:
         raise ConfigError(f"kd.temperature={kd.temperature} must be > 0 (Hinton et al. use 1-20; 4 is common)")
     if not 0 <= kd.alpha <= 1:

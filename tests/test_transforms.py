@@ -215,3 +215,15 @@ def test_transforms_work_in_dataloader_workers():
     for (a_single, a_views, _), (b_single, b_views, _) in zip(first, second, strict=True):
         assert torch.equal(a_single, b_single)
         assert all(torch.equal(a, b) for a, b in zip(a_views, b_views, strict=True))
+
+
+def test_builtin_data_honours_multi_scale():
+    from cvdist.config import DataConfig
+    from cvdist.data.from_config import build_labelled_data
+
+    config = DataConfig(dataset="synthetic", num_train_samples=256, num_eval_samples=64, multi_scale=[0.75, 1.0, 1.25])
+    data = build_labelled_data(config, in_channels=1, num_classes=10, rank=0, world_size=1, micro_batch_size=32,
+                               seed=0, num_epochs=1)
+    sizes = [batch["image"].shape[-1] for batch in data.train.iterate(epoch=0)]
+    assert set(sizes) == {20, 28, 36}
+    assert sizes == [batch["image"].shape[-1] for batch in data.train.iterate(epoch=0)]  # seeded

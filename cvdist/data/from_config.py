@@ -50,8 +50,7 @@ def _from_shards(data: DataConfig, *, in_channels: int, rank: int, world_size: i
     # The fast decoder where the preset allows (none / flip): same tensors, ~2.5x the throughput.
     train_decoder = build_decoder(preset=data.augment, train=True, extra_label_keys=extra_label_keys, **common)
     eval_decoder = build_decoder(preset="none", train=False, extra_label_keys=extra_label_keys, **common)
-    multi_scale = (MultiScaleBatch(scales=data.multi_scale, base_size=data.image_size, seed=seed)
-                   if data.multi_scale else None)
+    multi_scale = _multi_scale(data, seed)
     stream, manifests = build_train_stream(
         shards=data.train_shards, weights=data.train_weights, split=data.train_split, rank=rank,
         world_size=world_size, num_workers=data.num_workers, batch_size=micro_batch_size, seed=seed,
@@ -75,6 +74,11 @@ def _from_shards(data: DataConfig, *, in_channels: int, rank: int, world_size: i
                         class_names=list(first_manifest.class_names) if first_manifest else None)
 
 
+def _multi_scale(data: DataConfig, seed: int) -> Optional[MultiScaleBatch]:
+    """The per-batch image size schedule of ``data.multi_scale`` (None: one size)."""
+    return MultiScaleBatch(scales=data.multi_scale, base_size=data.image_size, seed=seed) if data.multi_scale else None
+
+
 def _builtin(data: DataConfig, *, in_channels: int, num_classes: int, rank: int, world_size: int,
              micro_batch_size: int, seed: int) -> LabelledData:
     if data.dataset == "synthetic":
@@ -90,7 +94,7 @@ def _builtin(data: DataConfig, *, in_channels: int, num_classes: int, rank: int,
         names = list(FASHION_MNIST_CLASSES)
     train = TensorBatches(images=train_images, labels=train_labels, rank=rank, world_size=world_size,
                           batch_size=micro_batch_size, seed=seed, horizontal_flip=data.augment != "none",
-                          mean=data.mean[0], std=data.std[0])
+                          mean=data.mean[0], std=data.std[0], multi_scale=_multi_scale(data, seed))
 
     def eval_batches() -> Iterator[dict]:
         return sharded_eval_batches(images=test_images, labels=test_labels, rank=rank, world_size=world_size,
