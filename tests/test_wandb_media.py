@@ -35,6 +35,19 @@ def test_inactive_run_ignores_media(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
+def offline_log(run_dir: Path, run_id: str, *, until: bytes, patience_s: float = 60) -> bytes:
+    """The offline run's transaction log. wandb's writer process may still be appending after
+    ``finish()`` returns on a loaded machine, so read until ``until`` is in it (or give up)."""
+    import time
+
+    deadline = time.monotonic() + patience_s
+    while True:
+        log = b"".join(p.read_bytes() for p in (run_dir / "wandb").glob(f"offline-run-*/run-{run_id}.wandb"))
+        if until in log or time.monotonic() > deadline:
+            return log
+        time.sleep(0.5)
+
+
 def test_checkpoint_artifact_and_offline_input(tmp_path: Path) -> None:
     from cvdist.tracking.wandb_run import RunInput
 
@@ -45,12 +58,12 @@ def test_checkpoint_artifact_and_offline_input(tmp_path: Path) -> None:
                         entity=None, group=None, job_type=None, tags=[], config={}, run_id="prod0001")
     producer.log_checkpoint(checkpoint, step=3)
     producer.finish()
-    log = next((tmp_path / "producer" / "wandb").glob("offline-run-*/run-prod0001.wandb")).read_bytes()
+    log = offline_log(tmp_path / "producer", "prod0001", until=b"step-00000003/model.pt")
     assert b"checkpoint-prod0001" in log and b"step-00000003/model.pt" in log and b"step-3" in log
 
     consumer = WandbRun(mode="offline", is_main=True, run_dir=tmp_path / "consumer", name="c", project="cvdist-test",
                         entity=None, group=None, job_type=None, tags=[], config={"a": 1}, run_id="cons0001")
     consumer.use_input(RunInput(checkpoint, wandb_run_id="prod0001", step=3))  # offline: config only, no error
     consumer.finish()
-    log = next((tmp_path / "consumer" / "wandb").glob("offline-run-*/run-cons0001.wandb")).read_bytes()
+    log = offline_log(tmp_path / "consumer", "cons0001", until=b"cvdist_inputs")
     assert b"cvdist_inputs" in log and b"prod0001" in log and str(checkpoint).encode() in log
