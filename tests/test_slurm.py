@@ -168,8 +168,12 @@ def test_recipe_sbatch_script_runs_on_two_nodes(slurm_cluster, tmp_path, recipe)
     output = read(tmp_path / f"slurm-{job_id}.out")
     assert fields["JobState"] == "COMPLETED" and fields["ExitCode"] == "0:0", f"{fields}\n{output[-4000:]}"
     assert f"recipe {recipe}" in output and "2 process(es) on cpu" in output, output[-4000:]
-    summary = json.loads((tmp_path / "runs" / recipe / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["stopped_early"] is False
+    run_dir = tmp_path / "runs" / recipe
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["stopped_early"] is False and summary["step"] == 4
+    assert sorted(p.name for p in (run_dir / "checkpoints" / "step-00000004").glob("rank-*.pt")) == [
+        "rank-0.pt", "rank-1.pt"]
+    assert read_metrics(run_dir)[-1]["step"] == 4  # metrics logged up to the last step
 
 
 def run_torchrun_script(args: list[str], *, timeout: float = 240, **env: str) -> subprocess.Popen:
