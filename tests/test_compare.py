@@ -302,3 +302,14 @@ def test_keys_of_one_recipe_only_are_left_out_unless_they_differ():
     assert differing_keys(runs, ignore_keys=()) == ["loss.name", "recipe"]
     runs.append(run("d", {"recipe": "distill", "loss.name": "ce", "kd.alpha": 0.5}))
     assert differing_keys(runs, ignore_keys=()) == ["kd.alpha", "loss.name", "recipe"]
+
+
+def test_long_legend_labels_fall_back_to_run_names():
+    from cvdist.tracking.compare import MAX_LABEL_CHARS, RunData, run_labels
+
+    long_path = "/some/where/" + "x" * MAX_LABEL_CHARS
+    runs = [RunData(name="a", config={"transfer.from_path": long_path}, rows=[], source="a"),
+            RunData(name="b", config={"transfer.from_path": ""}, rows=[], source="b")]
+    assert run_labels(runs, ignore_keys=()) == {"a": "a", "b": "b"}
+    runs[0].config["transfer.from_path"] = "p"
+    assert run_labels(runs, ignore_keys=()) == {"a": "a (transfer.from_path=p)", "b": "b (transfer.from_path=)"}

@@ -342,12 +342,20 @@ def format_csv(table: ComparisonTable) -> str:
     return buffer.getvalue()
 
 
+# Longer legend entries squeeze the plot to nothing; the table has the keys anyway.
+MAX_LABEL_CHARS = 60
+
+
 def run_labels(runs: Sequence[RunData], *, ignore_keys: Iterable[str] = IGNORED_KEYS) -> dict[str, str]:
-    """Legend text per run source: the name and its differing keys (seed included)."""
+    """Legend text per run source: the name and its differing keys (seed included), or the
+    name alone when that would be longer than ``MAX_LABEL_CHARS`` for any run."""
     keys = differing_keys(runs, ignore_keys=ignore_keys)
-    return {run.source: run.name + (" (" + ", ".join(f"{key}={format_value(run.config.get(key))}"
-                                                     for key in keys) + ")" if keys else "")
-            for run in runs}
+    labels = {run.source: run.name + (" (" + ", ".join(f"{key}={format_value(run.config.get(key))}"
+                                                       for key in keys) + ")" if keys else "")
+              for run in runs}
+    if any(len(label) > MAX_LABEL_CHARS for label in labels.values()):
+        return {run.source: run.name for run in runs}
+    return labels
 
 
 def _new_figure(width: float = 7.0, height: float = 4.5):
