@@ -82,9 +82,11 @@ def build_steps(*, budget: Budget, nproc: int, data_dir: Path, runs_dir: Path, r
     common = [f"output_dir={runs_dir}", "checkpoint.resume=auto", "tracking.group=demo"]
     if budget.eval_samples:
         common.append(f"data.num_eval_samples={budget.eval_samples}")
-    pretrain = [*common, f"train.max_steps={budget.pretrain_steps}", "train.eval_every_steps=0"]
+    # warm up over a tenth of each run (the recipes' YAMLs assume longer runs)
+    pretrain = [*common, f"train.max_steps={budget.pretrain_steps}", "train.eval_every_steps=0",
+                f"schedule.warmup_steps={max(1, budget.pretrain_steps // 10)}"]
     if budget.max_steps:
-        common.append(f"train.max_steps={budget.max_steps}")
+        common += [f"train.max_steps={budget.max_steps}", f"schedule.warmup_steps={max(1, budget.max_steps // 10)}"]
     lt_data = [f"data.train_shards=[{longtail}]", f"longtail.shot_many={budget.shot_many}",
                f"longtail.shot_few={budget.shot_few}"]
     lt_train = [*common, *lt_data, f"train.epochs={budget.longtail_epochs}",

@@ -131,6 +131,10 @@ class _Trainer:
         self.model = self.backend.prepare(task.model, optimizer, grad_clip_norm=optim_cfg.grad_clip_norm,
                                           micro_batch_size=session.micro_batch_size, accum_steps=optim_cfg.accum_steps)
         self.total_steps = _total_steps(session, task.train_batches)
+        warmup = self.config.schedule.warmup_steps
+        if warmup >= self.total_steps:
+            session.print(f"[cvdist] warning: schedule.warmup_steps={warmup} >= the run's {self.total_steps} steps: the "
+                          "learning rate never reaches optim.lr; lower schedule.warmup_steps (e.g. a tenth of the steps)")
         self.samples_per_step = session.micro_batch_size * optim_cfg.accum_steps * self.env.world_size
         self.step = 0
         self.position = _Position(task.train_batches, *self._restore())
