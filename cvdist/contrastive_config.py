@@ -43,7 +43,8 @@ class SSLConfig:
     view_contrast: float = 0.4
     """Contrast jitter strength in [0, 1) (0 = off)."""
     knn_k: int = 200
-    """kNN monitor: neighbours that vote (``eval/knn_top1`` at each evaluation)."""
+    """kNN monitor: neighbours that vote (``eval/knn_top1`` at each evaluation); 0 switches the
+    monitor (and the linear probe, which uses its bank) off, as ``ae.knn_k=0`` does."""
     knn_temperature: float = 0.07
     """kNN monitor: votes weighted by exp(cosine / knn_temperature)."""
     knn_bank_size: int = 10000
@@ -76,13 +77,16 @@ def validate_contrastive(config: ContrastiveRunConfig) -> None:
     positive = {"temperature": ssl.temperature, "triplet_margin": ssl.triplet_margin,
                 "projection_dim": ssl.projection_dim, "projection_hidden_dim": ssl.projection_hidden_dim,
                 "projection_layers": ssl.projection_layers, "prediction_hidden_dim": ssl.prediction_hidden_dim,
-                "knn_k": ssl.knn_k, "knn_temperature": ssl.knn_temperature}
+                "knn_temperature": ssl.knn_temperature}
     for key, value in positive.items():
         if not value > 0:
             raise ConfigError(f"ssl.{key}={value} must be > 0")
-    for key in ("knn_bank_size", "probe_epochs"):
+    for key in ("knn_k", "knn_bank_size", "probe_epochs"):
         if getattr(ssl, key) < 0:
             raise ConfigError(f"ssl.{key}={getattr(ssl, key)} must be >= 0")
+    if ssl.knn_k == 0 and ssl.probe_epochs:
+        raise ConfigError(f"ssl.probe_epochs={ssl.probe_epochs} needs the kNN monitor's labelled bank, but "
+                          "ssl.knn_k=0 switches it off; set ssl.knn_k > 0 (e.g. 200) or ssl.probe_epochs=0")
     if not 0 <= ssl.momentum < 1:
         raise ConfigError(f"ssl.momentum={ssl.momentum} must lie in [0, 1) (e.g. 0.99)")
     _check_range("view_scale", ssl.view_scale, upper=1.0)

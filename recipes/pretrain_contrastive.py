@@ -36,12 +36,15 @@ def main(argv: Sequence[str]) -> int:
     model = build_contrastive_model(config)
     step = ContrastiveStep(model=model, ssl=ssl, data=config.data, seed=config.train.seed, rank=env.rank,
                            world_size=env.world_size, total_steps=total_optimizer_steps(config, data.train))
-    evaluator = KnnEvaluator(
-        bank_batches=build_bank_batches(config.data, in_channels=config.model.in_channels,
-                                        num_classes=config.model.num_classes, bank_size=ssl.knn_bank_size,
-                                        rank=env.rank, world_size=env.world_size, seed=config.train.seed),
-        eval_batches=data.eval_batches, to_device=session.backend.to_device, num_classes=config.model.num_classes,
-        k=ssl.knn_k, temperature=ssl.knn_temperature, probe_epochs=ssl.probe_epochs, seed=config.train.seed)
+    evaluator = None  # ssl.knn_k=0: no monitor
+    if ssl.knn_k:
+        evaluator = KnnEvaluator(
+            bank_batches=build_bank_batches(config.data, in_channels=config.model.in_channels,
+                                            num_classes=config.model.num_classes, bank_size=ssl.knn_bank_size,
+                                            rank=env.rank, world_size=env.world_size, seed=config.train.seed),
+            eval_batches=data.eval_batches, to_device=session.backend.to_device,
+            num_classes=config.model.num_classes, k=ssl.knn_k, temperature=ssl.knn_temperature,
+            probe_epochs=ssl.probe_epochs, seed=config.train.seed)
     trainable = [p for p in model.parameters() if p.requires_grad]  # not the momentum encoder
     result = fit(session, TrainTask(model=model, compute_loss=step, train_batches=data.train, evaluate=evaluator,
                                     parameter_groups=[{"params": trainable}], extra_state=step,

@@ -101,6 +101,14 @@ def test_moco_v3_resumes_exactly_after_a_kill(tmp_path):
         assert torch.equal(value, resumed_weights[key]), key
 
 
+def test_knn_k_zero_switches_the_monitor_off(tmp_path):
+    run_recipe([*TINY, *QUIET, "ssl.knn_k=0", "train.max_steps=2", "train.eval_every_steps=1",
+                f"output_dir={tmp_path}"], script=SCRIPT)
+    rows = read_rows(tmp_path / "pretrain_contrastive")
+    assert [r["step"] for r in rows if "train/loss" in r] == [1, 2]
+    assert not any(key.startswith("eval/") for r in rows for key in r)
+
+
 @slow
 def test_zero2_triplet_run_logs_knn(tmp_path):
     run_recipe([*TINY, *QUIET, "ssl.method=triplet", "train.max_steps=4", "train.eval_every_steps=2",

@@ -119,9 +119,17 @@ def test_eval_command_on_a_weights_file(tmp_path, capsys):
     ("ssl.view_scale=[0.5,0.2]", "ssl.view_scale"),
     ("ssl.view_brightness=1.5", "ssl.view_brightness"),
     ("data.augment=flip", "data.augment"),
+    ("ssl.knn_k=-1", "ssl.knn_k"),
 ])
 def test_config_errors_name_the_key(override, message):
     config = load_config(yaml_paths=["recipes/pretrain_contrastive.yaml"], overrides=[override],
                          schema=ContrastiveRunConfig)
     with pytest.raises(ConfigError, match=message):
+        validate_contrastive(config)
+
+
+def test_probe_without_the_knn_bank_is_refused():
+    config = load_config(yaml_paths=["recipes/pretrain_contrastive.yaml"], overrides=["ssl.knn_k=0", "ssl.probe_epochs=3"],
+                         schema=ContrastiveRunConfig)
+    with pytest.raises(ConfigError, match="ssl.probe_epochs=3 needs the kNN monitor"):
         validate_contrastive(config)
