@@ -2,6 +2,7 @@
 strategy and launcher.
 
     python recipes/supervised.py train.max_steps=50
+    python recipes/supervised.py data.train_shards=[data/fashion-mnist] loss.label_smoothing=0
     torchrun --nproc_per_node 2 recipes/supervised.py data.train_shards=[data/fashion-mnist] dist.strategy=zero2
 """
 
@@ -15,6 +16,7 @@ from torch.nn import functional as F
 
 from cvdist.cli import run_recipe
 from cvdist.config import load_recipe_config
+from cvdist.supervised_config import SupervisedRunConfig, validate_supervised
 from cvdist.data.from_config import build_labelled_data
 from cvdist.engine import TrainTask, fit, start_session
 from cvdist.eval.classification import evaluate_classifier
@@ -22,7 +24,9 @@ from cvdist.models import build_model
 
 
 def main(argv: Sequence[str]) -> int:
-    config = load_recipe_config(argv, default_yaml=Path(__file__).with_suffix(".yaml"), recipe="supervised")
+    config = load_recipe_config(argv, default_yaml=Path(__file__).with_suffix(".yaml"), recipe="supervised",
+                                schema=SupervisedRunConfig)
+    validate_supervised(config)
     session = start_session(config)
     env = session.env
     data = build_labelled_data(config.data, in_channels=config.model.in_channels,
@@ -32,8 +36,10 @@ def main(argv: Sequence[str]) -> int:
     model = build_model(name=config.model.name, num_classes=config.model.num_classes,
                         in_channels=config.model.in_channels, small_stem=config.model.small_stem)
 
+    smoothing = config.loss.label_smoothing
+
     def compute_loss(model, batch):
-        return F.cross_entropy(model(batch["image"]).float(), batch["label"]), {}
+        return F.cross_entropy(model(batch["image"]).float(), batch["label"], label_smoothing=smoothing), {}
 
     def evaluate(model):
         return evaluate_classifier(model, data.eval_batches(), to_device=session.backend.to_device, device=env.device)

@@ -2,7 +2,7 @@
 
     trunk, feature_dim = build_backbone("resnet18", in_channels=1, small_stem=True)
 
-* ``tiny_cnn``, ``small_cnn``, ``resnet18/34/50``: the classifier of
+* ``tiny_cnn``, ``small_cnn``, ``small_resnet``, ``resnet18/34/50``: the classifier of
   :func:`cvdist.models.build_model` with its head (the last ``nn.Linear``; ``fc`` of ResNets)
   replaced by ``nn.Identity`` *in the same slot*, so the trunk's ``state_dict`` keys are exactly
   the classifier's minus the head's: pretrained trunks load into the classifier (and transfer

@@ -7,6 +7,7 @@ from typing import Callable
 import torchvision
 from torch import nn
 
+from cvdist.models.small_resnet import build_small_resnet
 from cvdist.models.vit import VIT_PRESETS, build_vit
 
 
@@ -63,7 +64,7 @@ def build_resnet(*, depth: int, num_classes: int, in_channels: int, small_stem: 
     return model
 
 
-MODEL_NAMES = ("tiny_cnn", "mini_cnn", "small_cnn", "resnet18", "resnet34", "resnet50", *VIT_PRESETS)
+MODEL_NAMES = ("tiny_cnn", "mini_cnn", "small_cnn", "small_resnet", "resnet18", "resnet34", "resnet50", *VIT_PRESETS)
 
 
 def build_model(*, name: str, num_classes: int, in_channels: int, small_stem: bool = True) -> nn.Module:
@@ -73,6 +74,8 @@ def build_model(*, name: str, num_classes: int, in_channels: int, small_stem: bo
         return build_tiny_cnn(num_classes=num_classes, in_channels=in_channels)
     if name in ("small_cnn", "mini_cnn"):
         return build_small_cnn(num_classes=num_classes, in_channels=in_channels, width=32 if name == "small_cnn" else 16)
+    if name == "small_resnet":  # CPU-sized residual net for 28-32 px images (cvdist.models.small_resnet)
+        return build_small_resnet(num_classes=num_classes, in_channels=in_channels)
     if name.startswith("resnet") and name in MODEL_NAMES:
         return build_resnet(depth=int(name[6:]), num_classes=num_classes, in_channels=in_channels,
                             small_stem=small_stem)
