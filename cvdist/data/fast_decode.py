@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from cvdist.data.stream import Decoder, unpack_sample
+from cvdist.data.stream import BatchNormalise, Decoder, split_normalisation, unpack_sample
 from cvdist.data.transforms import PRESET_DEFAULTS, build_transform
 
 FAST_PRESETS = ("none", "flip")
@@ -78,29 +78,42 @@ class FastDecoder:
         # horizontal first; flips with p == 0 are not in the Compose and draw nothing.
         self.flips = tuple((axis, float(np.float32(p))) for axis, p in probabilities if p > 0) if train else ()
         self.table = normalise_table(mean, std)
+        self.reference_pixels = split_normalisation(self.reference)[0]
+        self.normaliser = BatchNormalise(mean, std)
+        """Per-batch normalisation of :meth:`decode_pixels`' uint8 output (equal to ``__call__``'s)."""
         self._channel_index = np.arange(len(mean)).reshape(-1, 1, 1)
 
     def __call__(self, sample: dict) -> tuple[torch.Tensor, int, dict[str, int], str]:
+        return self._decode(sample, normalise=True)
+
+    def decode_pixels(self, sample: dict) -> tuple[torch.Tensor, int, dict[str, int], str]:
+        """As ``__call__`` but uint8, to be normalised per batch by :attr:`normaliser`."""
+        return self._decode(sample, normalise=False)
+
+    def _decode(self, sample: dict, normalise: bool) -> tuple[torch.Tensor, int, dict[str, int], str]:
         image_bytes, label, extras = unpack_sample(sample, self.extra_label_keys)
         key = str(sample["__key__"])
         with Image.open(io.BytesIO(image_bytes)) as image:
             image.load()
-            if image.size != (self.image_size, self.image_size):
-                return self.reference(image), label, extras, key  # needs Resize / CenterCrop: v2's path
+            if image.size != (self.image_size, self.image_size):  # needs Resize / CenterCrop: v2's path
+                return (self.reference if normalise else self.reference_pixels)(image), label, extras, key
             if image.mode != self.mode:
                 image = image.convert(self.mode)  # as PILToImage does
             pixels = np.asarray(image)
         pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)  # -> C x H x W
-        return self._to_tensor(pixels), label, extras, key
+        pixels = self._flipped(pixels)
+        if not normalise:
+            return torch.from_numpy(pixels.copy()), label, extras, key  # C-contiguous, writable
+        if pixels.shape[0] == 1:
+            return torch.from_numpy(self.table[0][pixels]), label, extras, key
+        return torch.from_numpy(self.table[self._channel_index, pixels]), label, extras, key
 
-    def _to_tensor(self, pixels: np.ndarray) -> torch.Tensor:
-        """Flips (drawn as v2 draws them) and normalisation of ``C x H x W`` uint8 pixels."""
+    def _flipped(self, pixels: np.ndarray) -> np.ndarray:
+        """``C x H x W`` pixels with the flips drawn as v2 draws them (a view, no copy)."""
         for axis, probability in self.flips:
             if torch.rand(1).item() < probability:
                 pixels = pixels[:, :, ::-1] if axis == 2 else pixels[:, ::-1]
-        if pixels.shape[0] == 1:
-            return torch.from_numpy(self.table[0][pixels])
-        return torch.from_numpy(self.table[self._channel_index, pixels])
+        return pixels
 
 
 def build_decoder(*, preset: str, image_size: int, mean: Sequence[float], std: Sequence[float], grey: bool,

@@ -172,18 +172,64 @@ def unpack_sample(sample: dict, extra_label_keys: Sequence[str]) -> tuple[bytes,
     return image_bytes, label, extras
 
 
+class BatchNormalise:
+    """uint8 ``B x C x H x W`` -> normalised float32, with the kernels of the per-image transform
+    (``to_dtype(float32, scale=True)`` then ``normalize``), so every value equals the per-image
+    path's bit for bit (both are element-wise float32 operations)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as F
+
+        return F.normalize(F.to_dtype(images, torch.float32, scale=True), self.mean, self.std, inplace=True)
+
+
+def split_normalisation(transform: Any) -> Optional[tuple[Any, BatchNormalise]]:
+    """``(uint8 part, BatchNormalise)`` of a ``build_transform`` Compose that ends with
+    ``ToDtype(float32, scale=True), Normalize, ToPureTensor``; None for any other transform."""
+    from torchvision.transforms import v2
+
+    ops = getattr(transform, "transforms", None)
+    if not isinstance(transform, v2.Compose) or not ops or len(ops) < 3:
+        return None
+    to_dtype, normalise, pure = ops[-3:]
+    if not (isinstance(to_dtype, v2.ToDtype) and to_dtype.dtype == torch.float32 and to_dtype.scale
+            and isinstance(normalise, v2.Normalize) and isinstance(pure, v2.ToPureTensor)):
+        return None
+    return v2.Compose([*ops[:-3], pure]), BatchNormalise(normalise.mean, normalise.std)
+
+
 @dataclass
 class Decoder:
-    """Bytes -> (image tensor(s), label, extra labels); picklable for DataLoader workers."""
+    """Bytes -> (image tensor(s), label, extra labels); picklable for DataLoader workers.
+
+    Where the transform ends with the float conversion and normalisation (every
+    ``build_transform`` preset), :meth:`decode_pixels` stops before them and :attr:`normaliser`
+    does them per batch: the pipeline's workers then send uint8 batches (a quarter of the bytes
+    of float32 ones between processes) and the main process normalises them, to identical values.
+    """
 
     transform: Callable[[Image.Image], Any]
     extra_label_keys: Sequence[str] = ()
 
+    def __post_init__(self):
+        split = split_normalisation(self.transform)
+        self.pixel_transform, self.normaliser = split if split else (None, None)
+
     def __call__(self, sample: dict) -> tuple[Any, int, dict[str, int], str]:
+        return self._decode(sample, self.transform)
+
+    def decode_pixels(self, sample: dict) -> tuple[Any, int, dict[str, int], str]:
+        """As ``__call__`` without the final normalisation (uint8); needs :attr:`normaliser`."""
+        return self._decode(sample, self.pixel_transform)
+
+    def _decode(self, sample: dict, transform: Callable) -> tuple[Any, int, dict[str, int], str]:
         image_bytes, label, extras = unpack_sample(sample, self.extra_label_keys)
         with Image.open(io.BytesIO(image_bytes)) as image:
             image.load()
-            return self.transform(image), label, extras, str(sample["__key__"])
+            return transform(image), label, extras, str(sample["__key__"])
 
 
 def collate_samples(items: list[tuple[Any, int, dict, str]]) -> dict[str, Any]:
@@ -233,6 +279,8 @@ class ShardDataset(IterableDataset):
         ]
         mixed = _mixed(streams, [s.weight for s in self.sources], random.Random(f"mix:{tag}"))
         stream = _shuffled(mixed, self.shuffle_buffer, random.Random(f"shuffle:{tag}"))
+        # uint8 samples where the decoder can normalise per batch (ShardStream.iterate does it)
+        decode = self.decoder.decode_pixels if getattr(self.decoder, "normaliser", None) else self.decoder
         consumed, reported, items = 0, 0, []
         remaining = setup.batches_per_slot - setup.already_yielded[worker]
         for sample in stream:
@@ -246,7 +294,7 @@ class ShardDataset(IterableDataset):
             # (the CPU generator directly: torch.manual_seed also queues CUDA seeding, ~1 ms a call)
             torch.default_generator.manual_seed(hash((self.seed, setup.epoch, slot, consumed)) % (2**63))
             try:
-                items.append(self.decoder(sample))
+                items.append(decode(sample))
             except Exception as error:  # any decode failure is a corrupt sample
                 errors.append(f"{sample.get('__key__')}: {type(error).__name__}: {error}")
             if len(items) == self.batch_size:
@@ -341,10 +389,13 @@ class ShardStream:
                             pin_memory=self.pin_memory, prefetch_factor=4 if self.num_workers else None)
         self._position = {"epoch": epoch, "batch": start_batch, "consumed": skip, "corrupt": corrupt_before}
         corrupt_by_worker = [0] * workers
+        normaliser = getattr(self.dataset.decoder, "normaliser", None)
         for batch, progress in loader:
             self._position["consumed"][progress.worker] = progress.consumed
             corrupt_by_worker[progress.worker] = progress.corrupt
             self._note_corrupt(progress.new_errors, corrupt_before + sum(corrupt_by_worker))
+            if normaliser is not None:
+                batch["image"] = normaliser(batch["image"])
             if self.multi_scale is not None and torch.is_tensor(batch["image"]):
                 from cvdist.data.transforms import resize_batch
 
