@@ -16,13 +16,16 @@ Rows, run alternately (a, b, c, d, e, f, a, b, ...) in one process for each work
 median over rounds is reported. Every row times DataLoader creation (worker start-up included)
 plus one full pass; every row uses the same transform object and reads the same image bytes.
 
-a. cvdist: ``ShardStream`` + ``Decoder`` (shuffle buffer 1000, per-sample seeding).
+a. cvdist: ``ShardStream`` + ``Decoder`` (shuffle buffer 1000, per-sample seeding). Its workers
+   send uint8 batches and the main process converts and normalises them (timed here: the row
+   delivers the float normalised batches a training step receives).
 b. stock webdataset: ``WebDataset(urls).shuffle(1000).decode("pill"/"pil").to_tuple(...)
    .map_tuple(transform, int).batched(B)`` in a ``DataLoader`` with the same worker count
    (``pill`` keeps grey images grey: plain ``pil`` converts them to RGB).
 c. torchvision ``ImageFolder`` over the same bytes written as files (shuffle=True; a loader that
    keeps the file's mode, as (a) and (b) do).
-d. ceiling: PIL decode + the same transform over in-memory bytes, nothing else (no tar parsing,
+d. ceiling: PIL decode + the same transform (to float normalised tensors, per image) over
+   in-memory bytes, nothing else (no tar parsing,
    shuffling, batching, collation or transfer to the main process). 0 workers: a loop in this
    process; W > 0: a fork ``Pool`` of W processes (started inside the timed region, like
    DataLoader workers), each taking 1/W of the images.

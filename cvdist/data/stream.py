@@ -104,8 +104,14 @@ def _slot_samples(shard_set: ShardSet, slot: SlotPlan, errors: list[str]) -> Ite
 
 def _resampled(samples: Iterator[dict], factors: Optional[list[float]], rng: random.Random,
                errors: list[str]) -> Iterator[dict]:
+    if factors is None:
+        return samples  # plain instance sampling: no generator layer per sample
+    return _repeated(samples, factors, rng)
+
+
+def _repeated(samples: Iterator[dict], factors: list[float], rng: random.Random) -> Iterator[dict]:
     for sample in samples:
-        if factors is None or sample is PASS_END:
+        if sample is PASS_END:
             yield sample
             continue
         try:
@@ -142,8 +148,11 @@ def _shuffled(samples: Iterator[dict], buffer_size: int, rng: random.Random) -> 
 
 def _mixed(streams: list[Iterator[dict]], weights: list[float], rng: random.Random) -> Iterator[dict]:
     if len(streams) == 1:
-        yield from streams[0]
-        return
+        return streams[0]
+    return _interleaved(streams, weights, rng)
+
+
+def _interleaved(streams: list[Iterator[dict]], weights: list[float], rng: random.Random) -> Iterator[dict]:
     live = list(range(len(streams)))
     while live:
         choice = rng.choices(live, weights=[weights[i] for i in live])[0]
@@ -307,6 +316,12 @@ class ShardDataset(IterableDataset):
                             f"(shards shorter than the manifest says, or unreadable){': ' + detail if detail else ''}")
 
 
+def _as_is(item: Any) -> Any:
+    """The DataLoader's per-item conversion: none (the batches are tensors already; the default
+    walks every key string of every batch)."""
+    return item
+
+
 class ShardStream:
     """Main-process side of the pipeline: the ``BatchSource`` the engine iterates.
 
@@ -385,7 +400,7 @@ class ShardStream:
         self.dataset.setup = _EpochSetup(epoch=epoch, plans=plans, batches_per_slot=batches_per_slot, skip=skip,
                                          already_yielded=consumed_per_worker(start_batch, workers),
                                          rotation=start_batch % workers, factors=factors)
-        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
+        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is,
                             pin_memory=self.pin_memory, prefetch_factor=4 if self.num_workers else None)
         self._position = {"epoch": epoch, "batch": start_batch, "consumed": skip, "corrupt": corrupt_before}
         corrupt_by_worker = [0] * workers

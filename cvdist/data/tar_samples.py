@@ -48,7 +48,9 @@ def _first_bad_checksum(buffer: bytes, offsets: list[int]) -> int:
     blocks = np.frombuffer(buffer, dtype=np.uint8)[np.asarray(offsets)[:, None] + _BLOCK_OFFSETS]
     computed = blocks.sum(axis=1, dtype=np.int64) - blocks[:, 148:156].sum(axis=1, dtype=np.int64) + 8 * 32
     for index, (offset, value) in enumerate(zip(offsets, computed.tolist())):
-        if _octal(buffer[offset + 148:offset + 156]) != value:
+        field = buffer[offset + 148:offset + 156]
+        if not (field[6] in (0, 32) and field[:6] == b"%06o" % value) and _octal(field) != value:
+            # (the first test is the form tarfile and GNU tar write: six digits, then NUL or space)
             return index
     return len(offsets)
 
@@ -61,64 +63,72 @@ def _pax_path(data: bytes) -> str | None:
     return None
 
 
-class _Reader:
-    """A read buffer over the stream: ``buffer[pos:]`` holds the bytes not parsed yet."""
-
-    def __init__(self, stream: BinaryIO):
-        self.stream, self.buffer, self.pos = stream, b"", 0
-
-    def available(self) -> int:
-        return len(self.buffer) - self.pos
-
-    def fill(self, wanted: int) -> bool:
-        """Make ``wanted`` bytes available from ``pos`` (False at the end of the stream).
-        Moves the unparsed tail to the start of a new buffer: offsets taken before change."""
-        parts, have = [self.buffer[self.pos:]], self.available()
-        while have < wanted:
-            part = self.stream.read(max(_CHUNK, wanted - have))
-            if not part:
-                break
-            parts.append(part)
-            have += len(part)
-        self.buffer, self.pos = b"".join(parts), 0
-        return have >= wanted
-
-
-def _flush(buffer: bytes, pending: list, headers: list[int]) -> Iterator[tuple[str, bytes | None]]:
-    """Check the checksums of ``headers``, yield the ``pending`` members whose headers (and
-    earlier ones) are sound, empty both lists; CorruptShard if a checksum is wrong."""
-    bad = _first_bad_checksum(buffer, headers) if headers else 0
-    for name, offset, size, kept, header_index in pending:
-        if header_index >= bad:
+def _refill(stream: BinaryIO, rest: bytes, wanted: int) -> bytes:
+    """``rest`` (the unparsed tail of the buffer) followed by what the stream gives, until at
+    least ``wanted`` bytes or the end of the stream."""
+    parts, have = [rest], len(rest)
+    while have < wanted:
+        part = stream.read(max(_CHUNK, wanted - have))
+        if not part:
             break
-        yield name, (buffer[offset:offset + size] if kept else None)
+        parts.append(part)
+        have += len(part)
+    return b"".join(parts)
+
+
+def _size(header: bytes) -> int:
+    """The member size field; the common form (11 octal digits, NUL or space) parsed directly."""
+    if header[135] in (0, 32):
+        try:
+            return int(header[124:135], 8)
+        except ValueError:
+            pass
+    return _octal(header[124:136])
+
+
+def _flush(buffer: bytes, pending: list, headers: list[int]) -> Iterator[list[tuple[str, bytes | None]]]:
+    """Check the checksums of ``headers``, yield (as one list) the ``pending`` members whose
+    headers (and earlier ones) are sound, empty both lists; CorruptShard if a checksum is wrong."""
+    bad = _first_bad_checksum(buffer, headers) if headers else 0
+    sound = [(name, buffer[offset:offset + size] if kept else None)
+             for name, offset, size, kept, header_index in pending if header_index < bad]
     damaged = bad < len(headers)
     pending.clear()
     headers.clear()
+    if sound:
+        yield sound
     if damaged:
         raise CorruptShard("bad tar header checksum")
 
 
 def iter_tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes | None]]:
     """Yield ``(name, data)`` for each regular file; ``data`` is None for members not kept.
+    (See :func:`_member_lists`.)"""
+    for members in _member_lists(stream):
+        yield from members
+
+
+def _member_lists(stream: BinaryIO) -> Iterator[list[tuple[str, bytes | None]]]:
+    """Lists of ``(name, data)``, one per block read, for each regular file (``data`` None for
+    members not kept).
 
     Reads the stream in 1 MiB blocks and slices members out of them (no per-member read or
     TarInfo object); the header checksums of a block are checked together before any of its
     members is yielded. On damage (a truncated header or member, a bad checksum, a malformed
     size) every member before it is yielded, then CorruptShard (ValueError for a malformed size
     under a correct checksum)."""
-    reader = _Reader(stream)
     pending: list[tuple[str, int, int, bool, int]] = []  # (name, data offset, size, kept, header index)
-    headers: list[int] = []  # offsets of the headers in reader.buffer not checked yet
+    headers: list[int] = []  # offsets of the headers in buffer not checked yet
     pending_name: str | None = None
+    buffer, pos = b"", 0  # buffer[pos:] is not parsed yet
     while True:
-        if reader.available() < _BLOCK:
-            yield from _flush(reader.buffer, pending, headers)
-            if not reader.fill(_BLOCK):
-                if reader.available():
+        if len(buffer) - pos < _BLOCK:
+            yield from _flush(buffer, pending, headers)
+            buffer, pos = _refill(stream, buffer[pos:], _BLOCK), 0
+            if len(buffer) < _BLOCK:
+                if buffer:
                     raise CorruptShard("truncated tar header")
                 return  # end of the stream without the closing zero blocks
-        buffer, pos = reader.buffer, reader.pos
         header = buffer[pos:pos + _BLOCK]
         if header == _ZERO_BLOCK:
             yield from _flush(buffer, pending, headers)
@@ -126,45 +136,38 @@ def iter_tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes | None]]:
         headers.append(pos)
         header_index = len(headers) - 1
         try:
-            size = _octal(header[124:136])
+            size = _size(header)
         except ValueError as error:
             yield from _flush(buffer, pending, headers)  # CorruptShard if the checksum is wrong
             raise error
         padded = (size + _BLOCK - 1) // _BLOCK * _BLOCK
-        if reader.available() < _BLOCK + padded:
+        if len(buffer) - pos < _BLOCK + padded:
             yield from _flush(buffer, pending, headers)  # this header is checked here too
-            if not reader.fill(_BLOCK + padded):
-                raise CorruptShard(f"truncated tar: wanted {padded} bytes, got {reader.available() - _BLOCK}")
-            buffer, pos, header_index = reader.buffer, 0, -1
-        reader.pos = pos + _BLOCK + padded
-        kind = header[156:157]
-        if kind in (b"L", b"x"):  # GNU long name / pax extended header for the next member
-            data = buffer[pos + _BLOCK:pos + _BLOCK + size]
-            pending_name = data.rstrip(b"\0").decode("utf-8") if kind == b"L" else _pax_path(data)
+            buffer, pos, header_index = _refill(stream, buffer[pos:], _BLOCK + padded), 0, -1
+            if len(buffer) < _BLOCK + padded:
+                raise CorruptShard(f"truncated tar: wanted {padded} bytes, got {len(buffer) - _BLOCK}")
+        start, pos = pos + _BLOCK, pos + _BLOCK + padded
+        kind = header[156]
+        if kind in (76, 120):  # b"L", b"x": GNU long name / pax extended header for the next member
+            data = buffer[start:start + size]
+            pending_name = data.rstrip(b"\0").decode("utf-8") if kind == 76 else _pax_path(data)
             continue
-        if kind in (b"0", b"\0", b"7"):  # regular files; directories, links, ... hold no sample data
+        if kind in (48, 0, 55):  # b"0", b"\0", b"7": regular files; directories, links, ...: no data
             name = pending_name or _ustar_name(header)
-            base = name.rsplit("/", 1)[-1]
-            extension = base.rsplit(".", 1)[-1].lower() if "." in base else ""
-            pending.append((name, pos + _BLOCK, size, extension in KEPT_EXTENSIONS, header_index))
-        if kind != b"g":  # a pax global header leaves a pending long name in place
+            dot = name.rfind(".")
+            kept = dot > name.rfind("/") and name[dot + 1:].lower() in KEPT_EXTENSIONS
+            pending.append((name, start, size, kept, header_index))
+        if kind != 103:  # b"g": a pax global header leaves a pending long name in place
             pending_name = None
 
 
 def _ustar_name(header: bytes) -> str:
     name = header[0:100].split(b"\0", 1)[0].decode("utf-8")
-    if header[257:262] == b"ustar":
+    if header[345] and header[257:262] == b"ustar":
         prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8")
         if prefix:
             name = f"{prefix}/{name}"
     return name
-
-
-def _split_key(name: str) -> tuple[str, str]:
-    # WebDataset's rule: the key is everything before the first dot of the file's base name.
-    directory, _, base = name.rpartition("/")
-    stem, _, extension = base.partition(".")
-    return (f"{directory}/{stem}" if directory else stem), extension.lower()
 
 
 def iter_samples(stream: BinaryIO) -> Iterator[dict[str, bytes | str]]:
@@ -172,17 +175,22 @@ def iter_samples(stream: BinaryIO) -> Iterator[dict[str, bytes | str]]:
 
     Members that were not kept are omitted; ``.pyd`` / ``.pickle`` members therefore never
     reach a decoder. Raises CorruptShard after yielding every complete sample before damage.
+    The key is WebDataset's: everything before the first dot of the file's base name.
     """
     current: dict[str, bytes | str] | None = None
-    for name, data in iter_tar_members(stream):
-        key, extension = _split_key(name)
-        if key.startswith("__") and key.endswith("__"):
-            continue  # webdataset metadata members
-        if current is None or current["__key__"] != key:
-            if current is not None:
-                yield current
-            current = {"__key__": key}
-        if data is not None:
-            current[extension] = data
+    current_key = None
+    for members in _member_lists(stream):
+        for name, data in members:
+            directory, _, base = name.rpartition("/")
+            stem, _, extension = base.partition(".")
+            key = f"{directory}/{stem}" if directory else stem
+            if key.startswith("__") and key.endswith("__"):
+                continue  # webdataset metadata members
+            if key != current_key:
+                if current is not None:
+                    yield current
+                current, current_key = {"__key__": key}, key
+            if data is not None:
+                current[extension.lower()] = data
     if current is not None:
         yield current
