@@ -8,6 +8,7 @@ import pytest
 
 from cvdist.cli import run_recipe
 from cvdist.config import ConfigError, RunConfig, load_config, load_recipe_config, to_yaml, validate
+from cvdist.supervised_config import SupervisedRunConfig
 from tests.conftest import REPO, RECIPE, TINY, clean_env, recipe_command
 
 import importlib.util
@@ -31,8 +32,9 @@ def test_recipe_defaults_and_config_files(tmp_path):
     extra = tmp_path / "extra.yaml"
     extra.write_text("optim:\n  lr: 0.2\n")
     config = load_recipe_config(["--config", str(extra), "name=x"], default_yaml=RECIPE.with_suffix(".yaml"),
-                                recipe="supervised")
-    assert config.optim.lr == 0.2 and config.name == "x" and config.model.name == "small_cnn"
+                                recipe="supervised", schema=SupervisedRunConfig)
+    assert config.optim.lr == 0.2 and config.name == "x" and config.model.name == "small_resnet"
+    assert config.loss.label_smoothing == 0.1 and config.schedule.name == "onecycle"
     assert config.recipe == "supervised"
 
 
