@@ -44,6 +44,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -313,6 +314,58 @@ def uptime() -> str:
 QUICK = {"limit": 512, "batch": 64, "cvdist_epochs": 2, "plain_epochs": 2, "timm_epochs": 1}
 
 
+def twin_result(args: argparse.Namespace) -> Result:
+    batch = QUICK["batch"] if args.quick else args.timm_batch
+    return Result("cvdist, timm's setting", "timm:resnet18, 3 x 28 px", "WebDataset PNG shards", batch)
+
+
+def twin_overrides(args: argparse.Namespace) -> list[str]:
+    """cvdist in timm's setting: the same model, batch, optimiser, schedule, smoothing and flip."""
+    return ["model.name=timm:resnet18", "model.in_channels=3", "data.mean=[0.5,0.5,0.5]", "data.std=[0.5,0.5,0.5]",
+            "data.augment=flip", f"data.global_batch_size={twin_result(args).batch_size}",
+            f"data.num_workers={args.workers}",
+            f"train.epochs={QUICK['timm_epochs'] if args.quick else args.twin_epochs}", "optim.name=sgd",
+            f"optim.lr={args.timm_lr}", "schedule.name=cosine", "schedule.warmup_steps=0", "loss.label_smoothing=0.1"]
+
+
+def timm_run(args: argparse.Namespace, paths: dict[str, Path], out: Path, *, key: str) -> Result:
+    script = fetch_timm_script(Path(args.timm_train_script))
+    print(f"[bench] timm train.py ({script}) ...", flush=True)
+    timm_out = out / key
+    timm_out.mkdir(parents=True, exist_ok=True)
+    result = Result("timm train.py", "resnet18, 3 x 28 px", "ImageFolder of the same PNGs", twin_result(args).batch_size)
+    return run_timm(result, script=script, folder=paths["folder"],
+                    epochs=QUICK["timm_epochs"] if args.quick else args.timm_epochs, workers=args.workers,
+                    lr=args.timm_lr, threads=args.threads, out=timm_out, log=out / f"{key}.log")
+
+
+def run_throughput_only(args: argparse.Namespace, out: Path) -> str:
+    """timm train.py and cvdist in its setting, alternated ``--rounds`` times, ``--timm-epochs`` /
+ one epoch each on the first ``--limit`` images: images/s of each round and the ratio
+    of the medians (the throughput target without the long accuracy runs). One epoch per run."""
+    args.timm_epochs = args.twin_epochs = 1
+    paths = prepare_data(Path(args.data) if args.data else out / f"data-{args.limit}", limit=args.limit)
+    shards = paths["shards"]
+    steps_per_epoch = max(1, num_samples(shards, "train") // twin_result(args).batch_size)
+    rates: dict[str, list[float]] = {"timm": [], "cvdist": []}
+    for round_index in range(args.rounds):
+        rates["timm"].append(timm_run(args, paths, out, key=f"timm-{round_index}").images_per_s)
+        print(f"[bench] cvdist in timm's setting (round {round_index + 1}) ...", flush=True)
+        twin = run_cvdist(twin_result(args), overrides=[f"data.train_shards=[{shards}]", *twin_overrides(args)],
+                          run_dir=out / "runs" / f"twin-{round_index}", steps_per_epoch=steps_per_epoch,
+                          threads=args.threads, log=out / f"twin-{round_index}.log")
+        rates["cvdist"].append(twin.images_per_s)
+        print(f"[bench] round {round_index + 1}: timm {rates['timm'][-1]:.0f}, cvdist {rates['cvdist'][-1]:.0f} "
+              "images/s", flush=True)
+    timm_median, cvdist_median = statistics.median(rates["timm"]), statistics.median(rates["cvdist"])
+    ratio = cvdist_median / timm_median
+    return (f"Throughput only (timm:resnet18 / resnet18 at 3 x 28 px, batch {twin_result(args).batch_size}, first "
+            f"{args.limit} training images, {args.rounds} alternated rounds): timm train.py "
+            f"{', '.join(f'{r:.0f}' for r in rates['timm'])} images/s, cvdist "
+            f"{', '.join(f'{r:.0f}' for r in rates['cvdist'])}; medians {cvdist_median:.0f} / {timm_median:.0f} = "
+            f"**{ratio:.2f}x** (target >= 1.0x: {'met' if ratio >= 1.0 else 'NOT met'}).")
+
+
 def run_all(args: argparse.Namespace, out: Path) -> tuple[list[Result], dict[str, Result]]:
     """The four runs, in table order; returns them and a dict by key."""
     limit = QUICK["limit"] if args.quick else 0
@@ -338,24 +391,9 @@ def run_all(args: argparse.Namespace, out: Path) -> tuple[list[Result], dict[str
         Result("plain PyTorch loop", "5-conv BN CNN", "torchvision FashionMNIST (IDX in memory)", plain_batch),
         idx_root=paths["idx"], epochs=QUICK["plain_epochs"] if args.quick else args.plain_epochs, limit=limit,
         target=args.target, threads=args.threads, log=out / "plain.log")
-    timm_batch = QUICK["batch"] if args.quick else args.timm_batch
-    timm_epochs = QUICK["timm_epochs"] if args.quick else args.timm_epochs
     if not args.skip_timm:
-        script = fetch_timm_script(Path(args.timm_train_script))
-        print(f"[bench] timm train.py ({script}) ...", flush=True)
-        timm_out = out / "timm"
-        timm_out.mkdir(parents=True, exist_ok=True)
-        by_key["timm"] = run_timm(Result("timm train.py", "resnet18, 3 x 28 px", "ImageFolder of the same PNGs",
-                                         timm_batch), script=script, folder=paths["folder"], epochs=timm_epochs,
-                                  workers=args.workers, lr=args.timm_lr, threads=args.threads, out=timm_out,
-                                  log=out / "timm.log")
-    cvdist_run("twin", Result("cvdist, timm's setting", "timm:resnet18, 3 x 28 px", "WebDataset PNG shards",
-                              timm_batch),
-               ["model.name=timm:resnet18", "model.in_channels=3", "data.mean=[0.5,0.5,0.5]", "data.std=[0.5,0.5,0.5]",
-                "data.augment=flip", f"data.global_batch_size={timm_batch}", f"data.num_workers={args.workers}",
-                f"train.epochs={QUICK['timm_epochs'] if args.quick else args.twin_epochs}", "optim.name=sgd",
-                f"optim.lr={args.timm_lr}", "schedule.name=cosine", "schedule.warmup_steps=0",
-                "loss.label_smoothing=0.1"])
+        by_key["timm"] = timm_run(args, paths, out, key="timm")
+    cvdist_run("twin", twin_result(args), twin_overrides(args))
     order = ("cvdist", "plain", "timm", "twin")
     return [by_key[k] for k in order if k in by_key], by_key
 
@@ -401,6 +439,10 @@ def main() -> int:
                         help="timm's train.py (not in the timm wheel; default %(default)s, downloaded for the "
                              "installed timm version when missing)")
     parser.add_argument("--skip-timm", action="store_true", help="leave timm's train.py out")
+    parser.add_argument("--throughput-only", action="store_true",
+                        help="only timm train.py vs cvdist in its setting, alternated --rounds times on --limit images")
+    parser.add_argument("--rounds", type=int, default=2, help="--throughput-only: alternated rounds (default 2)")
+    parser.add_argument("--limit", type=int, default=12000, help="--throughput-only: images per split (default 12000)")
     parser.add_argument("--data", default="", help="data directory to write / reuse (default: inside --out)")
     parser.add_argument("--out", default="", help="run directory root (default: a temporary directory)")
     parser.add_argument("--results", default=str(RESULTS), help="Markdown file to write (default %(default)s; "
@@ -409,6 +451,10 @@ def main() -> int:
     out = Path(args.out or tempfile.mkdtemp(prefix="cvdist-bench-tta-"))
     out.mkdir(parents=True, exist_ok=True)
     load_before, started = uptime(), time.perf_counter()
+    if args.throughput_only:
+        print(f"{run_throughput_only(args, out)}\nMachine: {os.cpu_count()} cores; {load_before} before, "
+              f"{uptime()} after; {(time.perf_counter() - started) / 60:.1f} min. Logs in {out}.")
+        return 0
     results, by_key = run_all(args, out)
     text = "\n".join([
         f"### Fashion-MNIST (balanced): training images/s and time to {100 * args.target:g} % test top-1", "",
