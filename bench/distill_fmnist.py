@@ -49,8 +49,11 @@ def run(script: str, args: list[str], *, threads: int, log: Path) -> float:
 
 def train_all(args: argparse.Namespace, runs: Path, common: list[str], root: Path, times: dict) -> None:
     """Steps 1-3: the teacher, the student alone, the student with KD."""
+    # the schedule and loss of the measured table (the recipe's defaults moved to one-cycle + smoothing)
     times["teacher"] = run("supervised.py", [*common, "name=teacher", "model.name=small_cnn",
-                                             f"train.epochs={args.teacher_epochs}"], threads=args.threads,
+                                             "schedule.name=cosine", "schedule.warmup_steps=50",
+                                             "loss.label_smoothing=0.0", f"train.epochs={args.teacher_epochs}"],
+                           threads=args.threads,
                            log=root / "teacher.log")
     student = [*common, f"teacher.path={runs / 'teacher'}", f"train.epochs={args.epochs}", f"model.name={args.student}"]
     times["student"] = run("distill.py", [*student, "name=student", "kd.alpha=0"], threads=args.threads,
@@ -72,6 +75,7 @@ def main() -> int:
     parser.add_argument("--reuse", action="store_true", help="keep the trained runs in --out; only compress again")
     args = parser.parse_args()
     root = Path(args.out or tempfile.mkdtemp(prefix="distill_fmnist-"))
+    root.mkdir(parents=True, exist_ok=True)  # a new --out directory
     runs = root / "runs"
     common = [f"output_dir={runs}", "tracking.wandb_mode=disabled", f"data.num_train_samples={args.train_samples}"]
     times: dict[str, float] = {}

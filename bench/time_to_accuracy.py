@@ -343,7 +343,7 @@ def run_throughput_only(args: argparse.Namespace, out: Path) -> str:
     """timm train.py and cvdist in its setting, alternated ``--rounds`` times, ``--timm-epochs`` /
  one epoch each on the first ``--limit`` images: images/s of each round and the ratio
     of the medians (the throughput target without the long accuracy runs). One epoch per run."""
-    args.timm_epochs = args.twin_epochs = 1
+    args = argparse.Namespace(**{**vars(args), "timm_epochs": 1, "twin_epochs": 1})  # the caller's args untouched
     paths = prepare_data(Path(args.data) if args.data else out / f"data-{args.limit}", limit=args.limit)
     shards = paths["shards"]
     steps_per_epoch = max(1, num_samples(shards, "train") // twin_result(args).batch_size)
