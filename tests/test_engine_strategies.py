@@ -81,6 +81,7 @@ def runs(tmp_path_factory):
 
     run_recipe([*TINY, *common, "name=single"], nproc=1)
     run_recipe([*TINY, *common, "name=single-accum", "optim.accum_steps=2"], nproc=1)
+    run_recipe([*TINY, *common, "name=single-nchw", "dist.channels_last=false"], nproc=1)
     for strategy in ("ddp", "zero1", "zero2", "zero3"):
         run_recipe([*TINY, *common, f"name={strategy}", f"dist.strategy={strategy}"], nproc=2)
     return out, [*TINY, *common]
@@ -93,6 +94,19 @@ def test_ddp_two_processes_equal_one_process_with_twice_the_batch(runs):
     assert any(not torch.equal(single[k], initial[k]) for k in single), "training did not change the weights"
     assert_same(ddp, single, atol=1e-6)
     assert_same(weights(out / "single-accum"), single, atol=1e-6)
+
+
+def test_channels_last_changes_the_layout_not_the_training(runs):
+    out, _ = runs
+    checkpoint = "checkpoints/step-00000006/model.pt"
+    default = torch.load(out / "single" / checkpoint, weights_only=True)
+    nchw = torch.load(out / "single-nchw" / checkpoint, weights_only=True)
+    conv = [name for name, tensor in default.items() if tensor.dim() == 4 and tensor.shape[1] > 1]
+    assert conv, "tiny_cnn has convolutions with several input channels"
+    for name in conv:
+        assert default[name].is_contiguous(memory_format=torch.channels_last) and not default[name].is_contiguous()
+        assert nchw[name].is_contiguous()
+    assert_same(weights(out / "single-nchw"), weights(out / "single"), atol=1e-5)
 
 
 @pytest.mark.parametrize("strategy", ["zero1", "zero2", "zero3"])

@@ -54,23 +54,31 @@ def resolve_strategy(requested: str, world_size: int) -> str:
     return requested
 
 
-def _move(batch: Any, device: torch.device, float_dtype: torch.dtype | None) -> Any:
+def _move(batch: Any, device: torch.device, float_dtype: torch.dtype | None, channels_last: bool) -> Any:
     if isinstance(batch, torch.Tensor):
         batch = batch.to(device, non_blocking=True)
         if float_dtype is not None and batch.is_floating_point():
             batch = batch.to(float_dtype)
+        if channels_last and batch.dim() == 4 and batch.is_floating_point():
+            batch = batch.contiguous(memory_format=torch.channels_last)
         return batch
     if isinstance(batch, (list, tuple)):
-        return type(batch)(_move(item, device, float_dtype) for item in batch)
+        return type(batch)(_move(item, device, float_dtype, channels_last) for item in batch)
     if isinstance(batch, dict):
-        return {key: _move(value, device, float_dtype) for key, value in batch.items()}
+        return {key: _move(value, device, float_dtype, channels_last) for key, value in batch.items()}
     return batch
+
+
+def _memory_format(model: nn.Module, channels_last: bool) -> nn.Module:
+    """``model`` with its 4-d (conv) weights in channels-last layout when asked; values unchanged.
+    Done before wrapping: DDP keeps the parameters' layout."""
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
 class AccelerateBackend:
     """One process or DDP through ``accelerate.Accelerator``."""
 
-    def __init__(self, *, precision: str):
+    def __init__(self, *, precision: str, channels_last: bool = True):
         from accelerate import Accelerator  # engine-only dependency
 
         expected = launched_world_size()
@@ -87,17 +95,18 @@ class AccelerateBackend:
         self.optimizer: torch.optim.Optimizer | None = None
         self.client_optimizer: torch.optim.Optimizer | None = None
         self.grad_clip_norm = 0.0
+        self.channels_last = channels_last
 
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, grad_clip_norm: float,
                 micro_batch_size: int, accum_steps: int) -> nn.Module:
         self.client_optimizer = optimizer
-        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.model, self.optimizer = self.accelerator.prepare(_memory_format(model, self.channels_last), optimizer)
         self.grad_clip_norm = grad_clip_norm
         self.accum_steps = accum_steps
         return self.model
 
     def to_device(self, batch: Any) -> Any:
-        return _move(batch, self.env.device, None)
+        return _move(batch, self.env.device, None, self.channels_last)
 
     @contextlib.contextmanager
     def accumulation_context(self, *, is_last_micro_batch: bool) -> Iterator[None]:
@@ -182,7 +191,7 @@ class DeepSpeedBackend:
 
     def to_device(self, batch: Any) -> Any:
         half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        return _move(batch, self.env.device, half)
+        return _move(batch, self.env.device, half, False)
 
     @contextlib.contextmanager
     def accumulation_context(self, *, is_last_micro_batch: bool) -> Iterator[None]:
@@ -221,10 +230,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def build_backend(*, strategy: str, precision: str, deepspeed_config: str = "") -> AccelerateBackend | DeepSpeedBackend:
+def build_backend(*, strategy: str, precision: str, deepspeed_config: str = "",
+                  channels_last: bool = True) -> AccelerateBackend | DeepSpeedBackend:
     """The backend for ``dist.strategy`` (``auto`` already resolved or not); ``deepspeed_config``
-    is a user's DeepSpeed JSON merged into cvdist's (ZeRO strategies only)."""
+    is a user's DeepSpeed JSON merged into cvdist's (ZeRO strategies only); ``channels_last``
+    puts conv weights and 4-d image batches in channels-last layout (none / DDP only)."""
     resolved = resolve_strategy(strategy, launched_world_size())
     if resolved in ZERO_STAGES:
+        # DeepSpeed needs contiguous (NCHW) parameters: it views them as bytes to broadcast them
+        # and packs them into flat buffers, so ZeRO runs keep the default layout.
         return DeepSpeedBackend(stage=ZERO_STAGES[resolved], precision=precision, user_config=deepspeed_config)
-    return AccelerateBackend(precision=precision)
+    return AccelerateBackend(precision=precision, channels_last=channels_last)
