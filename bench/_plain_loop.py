@@ -1,8 +1,12 @@
 """The baseline of ``bench/time_to_accuracy.py``: the Fashion-MNIST loop a user writes by hand.
 
 torchvision's ``FashionMNIST`` (read from the IDX files under ``--root``/FashionMNIST/raw) +
-``DataLoader``, a 5-conv BN CNN (the layout of cvdist's ``small_cnn``), Adam at 1e-3, plain
-cross-entropy, batch 256, no augmentation, test top-1 after every epoch. One line per epoch:
+``DataLoader``, a 5-conv BN CNN with a linear layer on the flattened 128 x 7 x 7 features, Adam
+at 1e-3, plain cross-entropy, batch 256, no augmentation, test top-1 after every epoch. It is the
+issue's reference loop: that one reached 91.7 % after 3 epochs, this one 91.8 % (89.7 / 91.6 /
+91.8 / 91.8 / 91.7 % after epochs 1-5, measured here). (Session 3's version pooled the features
+globally, as cvdist's ``small_cnn`` does, and reached only 86.9 % after 3 epochs: a weaker
+baseline than the issue's.) One line per epoch:
 
     [plain] epoch 1 train_images 60000 train_s 118.2 top1 0.8841
 
@@ -28,7 +32,7 @@ def conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
 def make_model() -> nn.Module:
     return nn.Sequential(*conv_bn(1, 32), *conv_bn(32, 32), nn.MaxPool2d(2),
                          *conv_bn(32, 64), *conv_bn(64, 64), nn.MaxPool2d(2),
-                         *conv_bn(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10))
+                         *conv_bn(64, 128), nn.Flatten(), nn.Linear(128 * 7 * 7, 10))
 
 
 def evaluate(model: nn.Module, loader: DataLoader) -> float:

@@ -2,9 +2,9 @@
 a hand-written PyTorch loop and timm's ``train.py``, one after another on this machine. Not a
 test: it prints a Markdown table and writes it to ``bench/results/time_to_accuracy.md``.
 
-    python bench/time_to_accuracy.py              # full budget (~30-40 min on 2 cores)
+    python bench/time_to_accuracy.py              # full budget (~45-55 min on 2 cores)
     python bench/time_to_accuracy.py --quick      # smoke run: 512 images per split, < 2 min
-    python bench/time_to_accuracy.py --skip-timm  # without timm's train.py
+    python bench/time_to_accuracy.py --skip-timm  # without timm's train.py (~30 min)
 
 Four runs, each ONE training process with ``OMP_NUM_THREADS=--threads`` (default 2 = all cores
 here) and the same number of DataLoader workers where a data path has them (``--workers``):
@@ -13,7 +13,8 @@ here) and the same number of DataLoader workers where a data path has them (``--
    optimiser, one-cycle schedule, label smoothing, batch, epochs), reading the PNG shards
    ``cvdist shards fashion-mnist`` writes (its normal file data path).
 2. **plain loop** (``bench/_plain_loop.py``): torchvision ``FashionMNIST`` from the IDX files +
-   ``DataLoader``, a 5-conv BN CNN, Adam 1e-3, cross-entropy, batch 256; stops at the target.
+   ``DataLoader``, a 5-conv BN CNN with a linear head (the issue's reference loop), Adam 1e-3,
+   cross-entropy, batch 256; stops at the target.
 3. **timm** ``train.py`` (``--timm-train-script``) as a subprocess: ResNet-18 at 28 px from an
    ImageFolder of the same PNG files as the shards (the bench writes it from the shards' members).
 4. **cvdist, timm's setting**: the supervised recipe with ``model.name=timm:resnet18`` and the
@@ -388,7 +389,7 @@ def run_all(args: argparse.Namespace, out: Path) -> tuple[list[Result], dict[str
     plain_batch = QUICK["batch"] if args.quick else 256
     print("[bench] plain loop ...", flush=True)
     by_key["plain"] = run_plain(
-        Result("plain PyTorch loop", "5-conv BN CNN", "torchvision FashionMNIST (IDX in memory)", plain_batch),
+        Result("plain PyTorch loop", "5-conv BN CNN, linear head", "torchvision FashionMNIST (IDX in memory)", plain_batch),
         idx_root=paths["idx"], epochs=QUICK["plain_epochs"] if args.quick else args.plain_epochs, limit=limit,
         target=args.target, threads=args.threads, log=out / "plain.log")
     if not args.skip_timm:
@@ -430,7 +431,7 @@ def main() -> int:
     parser.add_argument("--target", type=float, default=0.92, help="test top-1 to reach (default 0.92)")
     parser.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of every run (default 2)")
     parser.add_argument("--workers", type=int, default=1, help="DataLoader workers of cvdist and timm (default 1)")
-    parser.add_argument("--plain-epochs", type=int, default=8, help="plain loop's epoch cap (default 8)")
+    parser.add_argument("--plain-epochs", type=int, default=10, help="plain loop's epoch cap (default 10)")
     parser.add_argument("--timm-epochs", type=int, default=3, help="timm train.py epochs (default 3)")
     parser.add_argument("--twin-epochs", type=int, default=1, help="cvdist epochs in timm's setting (default 1)")
     parser.add_argument("--timm-batch", type=int, default=256, help="batch of timm and its cvdist twin (default 256)")
