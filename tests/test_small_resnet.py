@@ -18,15 +18,28 @@ def test_small_resnet_shapes_size_and_backbone_keys():
     assert "small_resnet" in MODEL_NAMES
     model = build_model(name="small_resnet", num_classes=10, in_channels=1)
     assert model(torch.randn(4, 1, 28, 28)).shape == (4, 10)
-    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)  # any 28-64 px side works (global pool)
-    assert 100_000 < sum(p.numel() for p in model.parameters()) < 125_000
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)  # any 28-64 px side works (adaptive pool)
+    assert 130_000 < sum(p.numel() for p in model.parameters()) < 150_000
     rgb = build_small_resnet(num_classes=5, in_channels=3, width=16)
     assert rgb(torch.randn(2, 3, 28, 28)).shape == (2, 5)
     trunk, dim = build_backbone("small_resnet", in_channels=1)
-    assert dim == 64 and trunk(torch.randn(3, 1, 28, 28)).shape == (3, 64)
+    assert dim == 64 * 7 * 7 and trunk(torch.randn(3, 1, 28, 28)).shape == (3, 64 * 7 * 7)
     assert set(trunk.state_dict()) == {k for k in model.state_dict() if not k.startswith("fc.")}
     with pytest.raises(ValueError, match="width"):
         build_small_resnet(num_classes=10, in_channels=1, width=0)
+
+
+def test_head_reads_the_7x7_grid_and_head_grid_1_is_global_pooling():
+    model = build_small_resnet(num_classes=10, in_channels=1)
+    features = {}
+    model.avgpool.register_forward_hook(lambda module, inputs, output: features.update(grid=inputs[0], pooled=output))
+    model.eval()
+    model(torch.randn(2, 1, 28, 28))
+    assert torch.equal(features["pooled"], features["grid"]), "at 28 px the 7x7 grid reaches the head unchanged"
+    pooled = build_small_resnet(num_classes=10, in_channels=1, head_grid=1)
+    assert pooled.fc.in_features == 64 and pooled(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match="head_grid"):
+        build_small_resnet(num_classes=10, in_channels=1, head_grid=0)
 
 
 def test_residual_blocks_start_as_the_identity():
