@@ -3,8 +3,8 @@
 torchvision's ``FashionMNIST`` (read from the IDX files under ``--root``/FashionMNIST/raw) +
 ``DataLoader``, a 5-conv BN CNN with a linear layer on the flattened 128 x 7 x 7 features, Adam
 at 1e-3, plain cross-entropy, batch 256, no augmentation, test top-1 after every epoch. It is the
-issue's reference loop: that one reached 91.7 % after 3 epochs, this one 91.8 % (89.7 / 91.6 /
-91.8 / 91.8 / 91.7 % after epochs 1-5, measured here). (Session 3's version pooled the features
+issue's reference loop: that one reached 91.7 % after 3 epochs, this one 91.8 % (89.5 / 91.8 /
+91.8 / 91.7 / 92.0 % after epochs 1-5 in bench/time_to_accuracy.py, 2 threads, seed 0). (Session 3's version pooled the features
 globally, as cvdist's ``small_cnn`` does, and reached only 86.9 % after 3 epochs: a weaker
 baseline than the issue's.) One line per epoch:
 

@@ -2,9 +2,9 @@
 a hand-written PyTorch loop and timm's ``train.py``, one after another on this machine. Not a
 test: it prints a Markdown table and writes it to ``bench/results/time_to_accuracy.md``.
 
-    python bench/time_to_accuracy.py              # full budget (~45-55 min on 2 cores)
+    python bench/time_to_accuracy.py              # full budget (~35 min on 2 cores)
     python bench/time_to_accuracy.py --quick      # smoke run: 512 images per split, < 2 min
-    python bench/time_to_accuracy.py --skip-timm  # without timm's train.py (~30 min)
+    python bench/time_to_accuracy.py --skip-timm  # without timm's train.py (~20 min)
 
 Four runs, each ONE training process with ``OMP_NUM_THREADS=--threads`` (default 2 = all cores
 here) and the same number of DataLoader workers where a data path has them (``--workers``):
@@ -389,7 +389,8 @@ def run_all(args: argparse.Namespace, out: Path) -> tuple[list[Result], dict[str
     plain_batch = QUICK["batch"] if args.quick else 256
     print("[bench] plain loop ...", flush=True)
     by_key["plain"] = run_plain(
-        Result("plain PyTorch loop", "5-conv BN CNN, linear head", "torchvision FashionMNIST (IDX in memory)", plain_batch),
+        Result("plain PyTorch loop", "5-conv BN CNN, linear head", "torchvision FashionMNIST (IDX in memory)",
+               plain_batch),
         idx_root=paths["idx"], epochs=QUICK["plain_epochs"] if args.quick else args.plain_epochs, limit=limit,
         target=args.target, threads=args.threads, log=out / "plain.log")
     if not args.skip_timm:

@@ -9,8 +9,8 @@ from cvdist.engine.backends import _memory_format, _move
 
 
 def test_move_puts_only_4d_float_batches_in_channels_last():
-    batch = {"image": torch.rand(4, 3, 8, 8), "label": torch.arange(4), "mask": torch.ones(4, 2, 2, 2, dtype=torch.bool),
-             "views": [torch.rand(4, 3, 8, 8)], "tokens": torch.rand(4, 5, 6)}
+    batch = {"image": torch.rand(4, 3, 8, 8), "label": torch.arange(4),
+             "mask": torch.ones(4, 2, 2, 2, dtype=torch.bool), "views": [torch.rand(4, 3, 8, 8)], "tokens": torch.rand(4, 5, 6)}
     moved = _move(batch, torch.device("cpu"), None, True)
     assert moved["image"].is_contiguous(memory_format=torch.channels_last) and not moved["image"].is_contiguous()
     assert moved["views"][0].is_contiguous(memory_format=torch.channels_last)

@@ -19,11 +19,10 @@ average pooling.
 Full-resolution feature maps are what make plain 5-conv CNNs slow on a CPU (``small_cnn`` runs
 two 32-channel convs, their BNs and ReLUs at 28x28, memory-bound work); without them a training
 step costs about a third of ``small_cnn``'s (1,670 vs 520 images/s at batch 128 on 2 cores
-here; 1.3x more with channels-last layout). With a one-cycle schedule it reaches 92 % Fashion-MNIST
-test top-1 in 6 epochs (``bench/time_to_accuracy.py``); more capacity (width) buys accuracy at a
-proportional cost. Layer names follow
-torchvision's ResNets where they overlap (``conv1``/``bn1``, ``fc`` last), so
-:mod:`cvdist.transfer` finds the head the same way.
+here; 1.27x more with channels-last layout). With a one-cycle schedule it reaches 92 %
+Fashion-MNIST test top-1 in 6 epochs (``bench/time_to_accuracy.py``); more capacity (width) buys
+accuracy at a proportional cost. Layer names follow torchvision's ResNets where they overlap
+(``conv1``/``bn1``, ``fc`` last), so :mod:`cvdist.transfer` finds the head the same way.
 """
 
 from __future__ import annotations
@@ -70,7 +69,8 @@ class SmallResNet(nn.Module):
         self.down = _conv_bn_relu(width, 2 * width, stride=2)
         self.layer2 = BasicBlock(2 * width)
         self.avgpool = nn.AdaptiveAvgPool2d(head_grid)
-        self.fc = nn.Linear(2 * width * head_grid * head_grid, num_classes)  # registered last: the head cvdist.transfer replaces
+        # registered last: the head cvdist.transfer replaces
+        self.fc = nn.Linear(2 * width * head_grid * head_grid, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layer1(self.stem(x))
