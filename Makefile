@@ -30,7 +30,7 @@ $(FASHION_MNIST):
 
 # The README's main job: shards, a long-tailed subset, contrastive pretraining, long-tail
 # fine-tuning (three losses from scratch, one from the pretrained backbone), distillation, and
-# `cvdist compare` over the runs; 2 CPU processes per run (cvdist/demo.py). Re-running skips
+# `cvdist compare` over the runs; 2 CPU processes per run (cvdist/commands/demo.py). Re-running skips
 # finished steps. `make demo ARGS=--quick` is the few-minute form CI runs.
 demo: venv data
 	$(BIN)/cvdist demo --nproc $(NPROC) $(ARGS)

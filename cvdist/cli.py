@@ -8,14 +8,14 @@ import sys
 import traceback
 from typing import Callable, Sequence
 
-from cvdist.compress.cli import add_compress_command
+from cvdist.commands.compare import add_compare_command
+from cvdist.commands.compress import add_compress_command
+from cvdist.commands.demo import add_demo_command
+from cvdist.commands.eval import add_eval_command
+from cvdist.commands.shards import add_shards_commands
 from cvdist.config import ConfigError
-from cvdist.data.shards_cli import add_shards_commands
 from cvdist.data.stream import DataError
-from cvdist.demo import add_demo_command
 from cvdist.engine.dist import LaunchError
-from cvdist.eval.eval_cli import add_eval_command
-from cvdist.tracking.compare_cli import add_compare_command
 from cvdist.tracking.records import RunExistsError
 
 # Errors that mean "the user asked for something wrong" (cvdist raises ValueError for those, by

@@ -8,19 +8,18 @@ import pytest
 import torch
 from PIL import Image
 
-from cvdist.autoencoder_config import AutoencoderRunConfig, validate_autoencoder
-from cvdist.autoencoder_training import (MaeStep, MultitaskStep, ReconstructionEvaluator, build_pretrain_model,
-                                         build_train_step, save_reconstruction_grid, trunk_features)
 from cvdist.config import ConfigError, load_config
 from cvdist.data.builtin import make_synthetic
-from cvdist.eval.classification import sharded_eval_batches
+from cvdist.data.tensor_batches import sharded_eval_batches
+from cvdist.engine.transfer import load_backbone
 from cvdist.eval.knn import KnnEvaluator
 from cvdist.losses.reconstruction import masked_mse, rotation_batch
 from cvdist.models import build_model
 from cvdist.models.decoders import ConvDecoder
-from cvdist.models.vit import (build_mae, build_vit, num_visible, patch_targets, patchify, random_masking,
-                               unpatchify)
-from cvdist.transfer import load_backbone
+from cvdist.models.vit import build_mae, build_vit, num_visible, patch_targets, patchify, random_masking, unpatchify
+from cvdist.tasks.autoencoder.config import AutoencoderRunConfig, validate_autoencoder
+from cvdist.tasks.autoencoder.step import (MaeStep, MultitaskStep, ReconstructionEvaluator, build_pretrain_model,
+                                           build_train_step, save_reconstruction_grid, trunk_features)
 
 
 def ae_config(*overrides: str) -> AutoencoderRunConfig:

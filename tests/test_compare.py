@@ -10,9 +10,9 @@ import statistics
 import pytest
 from PIL import Image
 
+from cvdist.commands.compare import add_compare_command
 from cvdist.config import load_config, to_dict, to_yaml
 from cvdist.tracking import compare
-from cvdist.tracking.compare_cli import add_compare_command
 from cvdist.tracking.records import RunRecord
 from cvdist.tracking.wandb_source import build_wandb_filters, load_wandb_runs
 

@@ -189,8 +189,8 @@ def test_report_has_every_row_and_column(tmp_path):
 
 
 def _compress_config(*overrides: str):
-    from cvdist.compress_run import CompressRunConfig
     from cvdist.config import load_config
+    from cvdist.tasks.compress.run import CompressRunConfig
 
     return load_config(overrides=list(overrides), schema=CompressRunConfig)
 
@@ -205,8 +205,8 @@ def _compress_config(*overrides: str):
     (["models.a=x", "report.num_threads=0"], "report.num_threads"),
 ])
 def test_compress_config_errors_name_the_key(overrides, message):
-    from cvdist.compress_run import validate_compress
     from cvdist.config import ConfigError
+    from cvdist.tasks.compress.run import validate_compress
 
     with pytest.raises(ConfigError, match=message):
         validate_compress(_compress_config(*overrides))
@@ -215,7 +215,7 @@ def test_compress_config_errors_name_the_key(overrides, message):
 def test_compress_command_parses_models_in_order():
     import argparse
 
-    from cvdist.compress.cli import add_compress_command, config_from_args
+    from cvdist.commands.compress import add_compress_command, config_from_args
     from cvdist.config import ConfigError
 
     parser = argparse.ArgumentParser()
@@ -237,7 +237,7 @@ def test_compress_recipe_on_a_weights_file(tmp_path):
     common = ["data.dataset=synthetic", "data.num_train_samples=128", "data.num_eval_samples=64",
               "data.global_batch_size=32", "tracking.wandb_mode=disabled", f"output_dir={tmp_path / 'runs'}"]
     script = REPO / "recipes" / "compress.py"
-    from cvdist.compress_run import run_compress
+    from cvdist.tasks.compress.run import run_compress
 
     with pytest.raises(FileNotFoundError, match="models.x='/no/such.pt' does not exist"):
         run_compress(_compress_config(*common, "models.x=/no/such.pt"))

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 
 import pytest
 
 from cvdist.cli import run_recipe
 from cvdist.config import ConfigError, RunConfig, load_config, load_recipe_config, to_yaml, validate
-from cvdist.supervised_config import SupervisedRunConfig
-from tests.conftest import REPO, RECIPE, TINY, clean_env, recipe_command
-
-import importlib.util
+from cvdist.tasks.supervised.config import SupervisedRunConfig
+from tests.conftest import RECIPE, REPO, TINY, clean_env, recipe_command
 
 _spec = importlib.util.spec_from_file_location("supervised_recipe", RECIPE)
 supervised = importlib.util.module_from_spec(_spec)

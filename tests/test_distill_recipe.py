@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, TINY, run_recipe
-from cvdist.compress.cli import add_compress_command
+
+from cvdist.commands.compress import add_compress_command
 from cvdist.config import ConfigError, load_config
-from cvdist.distill_config import DistillRunConfig, check_hint_layer, validate_distill
-from cvdist.distill_training import DistillStep, DistillStudent, build_student, freeze, state_fingerprint
 from cvdist.engine.export import consolidated_state_dict
-from cvdist.longtail_training import StepCounter
+from cvdist.engine.model_sources import ModelSpec, load_trained_model
 from cvdist.losses.distill import DistillationLoss
-from cvdist.model_sources import ModelSpec, load_trained_model
 from cvdist.models import build_model
+from cvdist.tasks.common import StepCounter
+from cvdist.tasks.distill.config import DistillRunConfig, check_hint_layer, validate_distill
+from cvdist.tasks.distill.step import DistillStep, DistillStudent, build_student, freeze, state_fingerprint
 
 DISTILL = REPO / "recipes" / "distill.py"
 SUPERVISED = REPO / "recipes" / "supervised.py"

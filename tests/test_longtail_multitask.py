@@ -14,18 +14,21 @@ import pytest
 import torch
 from torch import nn
 
-from cvdist.config import ConfigError, DataConfig, LongtailRunConfig, load_config, validate_longtail
+from cvdist.config import ConfigError, DataConfig, load_config
+from cvdist.data.longtail_data import build_builtin_longtail_data, shard_aux_classes
 from cvdist.data.shard_writer import write_dataset_shards
 from cvdist.data.sources import FASHION_MNIST_COARSE, build_fashion_mnist_source
 from cvdist.data.tensor_batches import TensorBatches
 from cvdist.data.transforms import MultiScaleBatch
 from cvdist.engine.export import consolidated_state_dict, export_checkpoint
-from cvdist.longtail_training import (LongtailTrainStep, StepCounter, build_builtin_longtail_data,
-                                      shard_aux_classes)
+from cvdist.engine.transfer import load_backbone
 from cvdist.losses.longtail import build_longtail_loss
 from cvdist.models import build_model
 from cvdist.models.multitask import AuxHeadsModel
-from cvdist.transfer import find_head_name, load_backbone, split_parameters
+from cvdist.models.transfer import find_head_name, split_parameters
+from cvdist.tasks.common import StepCounter
+from cvdist.tasks.longtail.config import LongtailRunConfig, validate_longtail
+from cvdist.tasks.longtail.step import LongtailTrainStep
 from tests.conftest import REPO, TINY, run_recipe
 
 SCRIPT = REPO / "recipes" / "longtail.py"

@@ -12,15 +12,18 @@ import torch
 import torchvision
 from torch import nn
 
-from cvdist.config import ConfigError, LongtailRunConfig, load_config, validate_longtail
+from cvdist.config import ConfigError, load_config
+from cvdist.data.longtail_data import ResampledTensorBatches, split_holdout_and_longtail
 from cvdist.engine.export import consolidated_state_dict
-from cvdist.longtail_eval import apply_tau_norm, read_longtail_eval, search_tau
-from cvdist.longtail_training import (EpochHook, ResampledTensorBatches, StepCounter, WeightEma, mix_batch,
-                                      split_holdout_and_longtail)
+from cvdist.engine.transfer import load_backbone, prepare_transfer
+from cvdist.eval.longtail_evaluator import apply_tau_norm, read_longtail_eval, search_tau
 from cvdist.losses.longtail import build_longtail_loss
 from cvdist.models import build_model
+from cvdist.models.transfer import find_head_name, freeze_trunk, parameter_groups
 from cvdist.optim import build_optimizer
-from cvdist.transfer import find_head_name, freeze_trunk, load_backbone, parameter_groups, prepare_transfer
+from cvdist.tasks.common import EpochHook, StepCounter
+from cvdist.tasks.longtail.config import LongtailRunConfig, validate_longtail
+from cvdist.tasks.longtail.step import WeightEma, mix_batch
 from tests.conftest import REPO, TINY, run_recipe
 
 SCRIPT = REPO / "recipes" / "longtail.py"

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
+from cvdist.engine.transfer import load_backbone
 from cvdist.models.vit import build_vit
-from cvdist.transfer import load_backbone
 from tests.conftest import REPO, run_recipe
 
 SCRIPT = REPO / "recipes" / "pretrain_autoencoder.py"

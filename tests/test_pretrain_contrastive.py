@@ -11,13 +11,12 @@ import pytest
 import torch
 
 from cvdist.config import load_config
-from cvdist.contrastive_config import ContrastiveRunConfig
-from cvdist.contrastive_training import build_contrastive_model
-from cvdist.data.from_config import build_labelled_data
+from cvdist.data.from_config import build_bank_batches, build_labelled_data
 from cvdist.engine.export import consolidated_state_dict
 from cvdist.engine.session import seed_everything
 from cvdist.eval.knn import KnnEvaluator
-from cvdist.eval.splits import build_bank_batches
+from cvdist.tasks.contrastive.config import ContrastiveRunConfig
+from cvdist.tasks.contrastive.step import build_contrastive_model
 from tests.conftest import REPO, run_recipe
 
 SCRIPT = REPO / "recipes" / "pretrain_contrastive.py"

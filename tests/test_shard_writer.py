@@ -16,12 +16,12 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
+from cvdist.commands.shards import add_shards_commands
 from cvdist.data import shard_writer
 from cvdist.data.builtin import FASHION_MNIST_CLASSES
 from cvdist.data.longtail import longtail_counts, write_longtail_shards
 from cvdist.data.manifest import ManifestError, load_manifest, write_manifest
 from cvdist.data.shard_writer import write_dataset_shards
-from cvdist.data.shards_cli import add_shards_commands
 from cvdist.data.sources import (FASHION_MNIST_COARSE, Sample, SourceDataset, SourceSplit, build_cifar_source,
                                  build_fashion_mnist_source, build_folder_source)
 

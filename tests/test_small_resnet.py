@@ -10,7 +10,7 @@ import torch
 from cvdist.config import ConfigError, load_recipe_config
 from cvdist.models import MODEL_NAMES, build_backbone, build_model
 from cvdist.models.small_resnet import BasicBlock, build_small_resnet
-from cvdist.supervised_config import SupervisedRunConfig, validate_supervised
+from cvdist.tasks.supervised.config import SupervisedRunConfig, validate_supervised
 from tests.conftest import RECIPE, TINY, run_recipe
 
 

@@ -9,13 +9,13 @@ import math
 import pytest
 import torch
 
+from cvdist.commands.eval import add_eval_command
 from cvdist.config import ConfigError, load_config
-from cvdist.contrastive_config import ContrastiveRunConfig, validate_contrastive
 from cvdist.data.batch_views import ViewAugmentation, two_views
-from cvdist.eval.eval_cli import add_eval_command
 from cvdist.eval.knn import gather_features, knn_predict, knn_top1
 from cvdist.eval.linear_probe import linear_probe_top1
 from cvdist.models import build_model
+from cvdist.tasks.contrastive.config import ContrastiveRunConfig, validate_contrastive
 
 
 def _unit(degrees):

@@ -32,6 +32,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from cvdist.config import ConfigError
 from cvdist.io import atomic_write_json, atomic_write_text
 
 REPORT_FILE = "report.md"
@@ -223,3 +224,14 @@ def write_report(rows: list[ReportRow], directory: str | Path, *, note: str = ""
     summary.update(summary_extra or {})
     atomic_write_json(summary_path, summary)
     return summary
+
+
+def check_report(report: ReportConfig) -> None:
+    """ConfigError for ``report.*`` settings out of range."""
+    for key in ("latency_batch_size", "latency_batches", "num_threads"):
+        if getattr(report, key) < 1:
+            raise ConfigError(f"report.{key}={getattr(report, key)} must be >= 1")
+    if report.warmup_batches < 0:
+        raise ConfigError(f"report.warmup_batches={report.warmup_batches} must be >= 0")
+    if report.balanced not in ("auto", "always", "never"):
+        raise ConfigError(f"report.balanced={report.balanced!r} is not allowed; choose 'auto', 'always' or 'never'")

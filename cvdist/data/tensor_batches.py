@@ -15,6 +15,7 @@ process with the whole batch, and a resumed run all use the same size for the sa
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterator, Mapping, Optional
 
 import torch
@@ -88,3 +89,23 @@ class TensorBatches:
             batch = {"image": images, "label": self.labels[chosen]}
             batch.update({name: values[chosen] for name, values in self.extra_labels.items()})
             yield batch
+
+
+def sharded_eval_batches(*, images: torch.Tensor, labels: torch.Tensor, rank: int, world_size: int,
+                         batch_size: int, mean: float = 0.5, std: float = 0.5) -> Iterator[dict[str, torch.Tensor]]:
+    """Yield ``{"image", "label", "valid"}`` batches of in-memory data; rank ``r`` takes samples
+    ``r, r+W, r+2W, ...``.
+
+    All ranks yield ``ceil(ceil(N / W) / batch_size)`` batches; together the valid entries
+    cover every sample exactly once.
+    """
+    per_rank = math.ceil(len(images) / world_size)
+    indices = torch.arange(rank, len(images), world_size)
+    valid = torch.ones(per_rank, dtype=torch.bool)
+    if len(indices) < per_rank:
+        valid[len(indices):] = False
+        indices = torch.cat([indices, torch.zeros(per_rank - len(indices), dtype=torch.long)])
+    for start in range(0, per_rank, batch_size):
+        chosen = indices[start:start + batch_size]
+        batch = images[chosen].float().div_(255.0).sub_(mean).div_(std)
+        yield {"image": batch, "label": labels[chosen], "valid": valid[start:start + batch_size]}

@@ -6,7 +6,7 @@
   :func:`cvdist.models.build_model` with its head (the last ``nn.Linear``; ``fc`` of ResNets)
   replaced by ``nn.Identity`` *in the same slot*, so the trunk's ``state_dict`` keys are exactly
   the classifier's minus the head's: pretrained trunks load into the classifier (and transfer
-  with :mod:`cvdist.transfer`) without renaming. ResNets take ``small_stem`` (3x3 stride-1 conv,
+  with :mod:`cvdist.models.transfer`) without renaming. ResNets take ``small_stem`` (3x3 stride-1 conv,
   no max-pool, for 28-64 px images); grey images use ``in_channels=1`` in the first conv (no
   channel copying).
 * ``timm:<name>`` (e.g. ``timm:resnet18``, ``timm:vit_tiny_patch16_224``): any timm model,

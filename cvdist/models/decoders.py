@@ -47,7 +47,7 @@ class PretrainHeads(nn.Module):
     """Pretraining heads on one trunk's features: ``forward(features) -> {"features", and
     "reconstruction" / "rotation" / "projection" for the heads present}``.
 
-    Mounted where a classifier's head is (``cvdist.autoencoder_training``), so that the model's
+    Mounted where a classifier's head is (``cvdist.tasks.autoencoder``), so that the model's
     state-dict keys are the classifier's trunk keys plus ``<head>.*``, which transfer drops."""
 
     def __init__(self, *, decoder: Optional[nn.Module] = None, rotation: Optional[nn.Module] = None,

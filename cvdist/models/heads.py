@@ -6,7 +6,7 @@
   :class:`SSLHeads` module in the classifier head's slot. The trunk's children are registered as
   the model's own (no key prefix) and everything else lives under the head's name, so the
   ``state_dict`` keys are the classifier's trunk keys plus ``<head>.*``, which
-  :mod:`cvdist.transfer` drops: a pretraining run transfers into ``recipes/longtail.py`` as is.
+  :mod:`cvdist.models.transfer` drops: a pretraining run transfers into ``recipes/longtail.py`` as is.
 * The momentum encoder (MoCo v3): a frozen copy of trunk and projector inside :class:`SSLHeads`
   (so checkpoints carry it), updated with :func:`momentum_update` after each optimiser step.
 """

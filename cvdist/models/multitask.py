@@ -5,7 +5,7 @@ CNN with the head last, or a torchvision ResNet with ``fc``) and adds one linear
 label. It is one module, so DDP / DeepSpeed wrap the auxiliary heads with the rest and all-reduce
 their gradients, and its ``state_dict`` keys are the base model's plus ``aux_heads.<name>.*``:
 checkpoints and ``cvdist export`` of a multi-task run load into the same wrapper, and
-``cvdist.transfer`` drops the ``aux_heads.*`` keys when a plain model starts from them.
+``cvdist.models.transfer`` drops the ``aux_heads.*`` keys when a plain model starts from them.
 
 How: the base model's children are registered as the wrapper's own children (the same module
 objects, so no key gets a prefix) and the base model's ``forward`` runs unchanged; a forward

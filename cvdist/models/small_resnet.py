@@ -22,7 +22,7 @@ step costs about a third of ``small_cnn``'s (1,670 vs 520 images/s at batch 128 
 here; 1.27x more with channels-last layout). With a one-cycle schedule it reaches 92 %
 Fashion-MNIST test top-1 in 6 epochs (``bench/time_to_accuracy.py``); more capacity (width) buys
 accuracy at a proportional cost. Layer names follow torchvision's ResNets where they overlap
-(``conv1``/``bn1``, ``fc`` last), so :mod:`cvdist.transfer` finds the head the same way.
+(``conv1``/``bn1``, ``fc`` last), so :mod:`cvdist.models.transfer` finds the head the same way.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class SmallResNet(nn.Module):
         self.down = _conv_bn_relu(width, 2 * width, stride=2)
         self.layer2 = BasicBlock(2 * width)
         self.avgpool = nn.AdaptiveAvgPool2d(head_grid)
-        # registered last: the head cvdist.transfer replaces
+        # registered last: the head cvdist.models.transfer replaces
         self.fc = nn.Linear(2 * width * head_grid * head_grid, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@
 Both share one encoder layout (``patch_embed``, ``blocks``, ``norm``) and keep
 everything else under ``head``: the classifier's linear head, or the MAE's whole decoder. A
 MAE checkpoint therefore transfers into the ViT classifier of the same preset with the usual
-head replacement (``cvdist.transfer``: the target's head is ``head``, so the source's ``head.*``
+head replacement (``cvdist.models.transfer``: the target's head is ``head``, so the source's ``head.*``
 keys, the decoder, are left out).
 
 Blocks are ``nn.TransformerEncoderLayer`` (pre-norm, GELU); features are the mean of the patch
@@ -83,7 +83,7 @@ class VisionTransformer(nn.Module):
         self.patch_embed = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
         self.blocks = _blocks(dim=dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio)
         self.norm = nn.LayerNorm(dim)
-        # registered last: cvdist.transfer takes the last nn.Linear as the head
+        # registered last: cvdist.models.transfer takes the last nn.Linear as the head
         self.head = head if head is not None else nn.Linear(dim, num_classes)
 
     def tokens(self, images: torch.Tensor, keep_index: Optional[torch.Tensor] = None) -> torch.Tensor:

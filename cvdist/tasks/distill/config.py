@@ -14,10 +14,11 @@ from pathlib import Path
 
 from torch import nn
 
-from cvdist.compress.report import ReportConfig
-from cvdist.config import ConfigError, LossConfig, RunConfig, check_loss_options, get_by_path
+from cvdist.compress.report import ReportConfig, check_report
+from cvdist.config import ConfigError, RunConfig, get_by_path
 from cvdist.losses.distill import FEATURE_LOSSES
 from cvdist.losses.longtail import LOSS_NAMES
+from cvdist.tasks.common import LossConfig, check_loss_options
 
 
 @dataclass
@@ -127,17 +128,6 @@ def validate_distill(config: DistillRunConfig) -> None:
     for key in ("teacher.num_classes", "teacher.in_channels"):
         if get_by_path(config, key) < 0:
             raise ConfigError(f"{key}={get_by_path(config, key)} must be >= 0 (0 = from the run or the student)")
-
-
-def check_report(report: ReportConfig) -> None:
-    """ConfigError for ``report.*`` settings out of range."""
-    for key in ("latency_batch_size", "latency_batches", "num_threads"):
-        if getattr(report, key) < 1:
-            raise ConfigError(f"report.{key}={getattr(report, key)} must be >= 1")
-    if report.warmup_batches < 0:
-        raise ConfigError(f"report.warmup_batches={report.warmup_batches} must be >= 0")
-    if report.balanced not in ("auto", "always", "never"):
-        raise ConfigError(f"report.balanced={report.balanced!r} is not allowed; choose 'auto', 'always' or 'never'")
 
 
 def check_hint_layer(model: nn.Module, name: str, *, key: str) -> nn.Module:

@@ -19,8 +19,8 @@ from __future__ import annotations
 import copy
 import itertools
 import os
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator, Optional
 
 import torch
@@ -30,15 +30,15 @@ from torch.nn import functional as F
 from cvdist import config as config_module
 from cvdist.compress import quantization as quant
 from cvdist.compress.pruning import PRUNE_METHODS, format_sparsity, prune_model, sparsity_report
-from cvdist.compress.report import (ReportConfig, ReportRow, is_long_tailed, measure_row, table_columns, table_rows,
-                                    write_report)
+from cvdist.compress.report import (ReportConfig, ReportRow, check_report, is_long_tailed, measure_row, table_columns,
+                                    table_rows, write_report)
 from cvdist.config import ConfigError, DataConfig, ModelConfig, TrackingConfig
-from cvdist.distill_config import check_report
-from cvdist.distill_training import build_classification_data, first_images
+from cvdist.data.longtail_data import build_classification_data
+from cvdist.engine.model_sources import ModelSpec, load_trained_model
 from cvdist.eval.longtail import scaled_shot_thresholds
+from cvdist.eval.longtail_evaluator import evaluate_variants, fp32_mover
 from cvdist.io import atomic_write_text
-from cvdist.longtail_eval import evaluate_variants, fp32_mover
-from cvdist.model_sources import ModelSpec, load_trained_model
+from cvdist.tasks.common import first_images
 from cvdist.tracking.records import check_run_dir_is_free
 from cvdist.tracking.wandb_run import WandbRun, resolve_wandb_mode
 

@@ -18,16 +18,15 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from cvdist.config import DataConfig
-from cvdist.compress.report import (ReportConfig, is_long_tailed, measure_row, table_columns, table_rows,
-                                   write_report)
-from cvdist.distill_config import DistillRunConfig, check_hint_layer
+from cvdist.compress.report import ReportConfig, is_long_tailed, measure_row, table_columns, table_rows, write_report
+from cvdist.data.longtail_data import LongtailData
+from cvdist.engine.model_sources import ModelSpec, load_trained_model
 from cvdist.eval.longtail import ShotThresholds
-from cvdist.longtail_eval import evaluate_variants, fp32_mover
-from cvdist.longtail_training import LongtailData, StepCounter, build_builtin_longtail_data, build_shard_longtail_data
+from cvdist.eval.longtail_evaluator import evaluate_variants, fp32_mover
 from cvdist.losses.distill import DistillationLoss, HintAdapter
-from cvdist.model_sources import ModelSpec, load_trained_model
 from cvdist.models import build_model
+from cvdist.tasks.common import StepCounter, first_images
+from cvdist.tasks.distill.config import DistillRunConfig, check_hint_layer
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -138,30 +137,6 @@ class DistillStep:
             logits = model(images)
         total, parts = self.loss(logits, teacher_logits, labels, **hints)
         return total, {f"train/loss_{name}": value.detach() for name, value in parts.items()}
-
-
-def build_classification_data(data: DataConfig, *, num_classes: int, in_channels: int, imbalance_factor: float,
-                              rank: int, world_size: int, micro_batch_size: int, seed: int,
-                              num_epochs: int) -> LongtailData:
-    """Training and test batches with the training class counts: shards as written, or the
-    built-in set cut to ``imbalance_factor`` (1 = all of it), as the long-tail recipe does."""
-    common = dict(num_classes=num_classes, in_channels=in_channels, rank=rank, world_size=world_size,
-                  micro_batch_size=micro_batch_size, seed=seed, num_epochs=num_epochs)
-    if data.train_shards:
-        return build_shard_longtail_data(data, holdout_shards="", holdout_split="val", need_holdout=False, **common)
-    return build_builtin_longtail_data(data, imbalance_factor=imbalance_factor, holdout_per_class=0, **common)
-
-
-def first_images(batches, count: int) -> torch.Tensor:
-    """The first ``count`` valid images of ``batches`` (fewer if the data has fewer), float32 CPU."""
-    taken, total = [], 0
-    for batch in batches:
-        images = batch["image"][batch["valid"]] if "valid" in batch else batch["image"]
-        taken.append(images[:count - total].float().cpu())
-        total += len(taken[-1])
-        if total >= count:
-            break
-    return torch.cat(taken)
 
 
 def final_report(config: DistillRunConfig, *, session: Any, data: LongtailData, teacher: nn.Module,

@@ -2,7 +2,7 @@
 
 Thin: ``--model LABEL=SOURCE`` (repeatable, in report order) and ``--config FILE`` become
 config layers, the remaining ``key=value`` words are overrides of
-:class:`cvdist.compress_run.CompressRunConfig`; the work is :func:`cvdist.compress_run.run_compress`
+:class:`cvdist.tasks.compress.run.CompressRunConfig`; the work is :func:`cvdist.tasks.compress.run.run_compress`
 (imported when the command runs, so ``cvdist --help`` stays fast).
 """
 
@@ -39,9 +39,9 @@ def add_compress_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
 
 
 def config_from_args(args: argparse.Namespace):
-    """The :class:`cvdist.compress_run.CompressRunConfig` the arguments describe."""
-    from cvdist.compress_run import CompressRunConfig
+    """The :class:`cvdist.tasks.compress.run.CompressRunConfig` the arguments describe."""
     from cvdist.config import ConfigError, load_config
+    from cvdist.tasks.compress.run import CompressRunConfig
 
     model_overrides = []
     for item in args.models:
@@ -54,7 +54,7 @@ def config_from_args(args: argparse.Namespace):
 
 def run_compress_command(args: argparse.Namespace) -> int:
     """The ``cvdist compress`` handler: build the config and run."""
-    from cvdist.compress_run import run_compress
+    from cvdist.tasks.compress.run import run_compress
 
     run_compress(config_from_args(args))
     return 0

@@ -17,13 +17,12 @@ import torch
 from torch import nn
 
 from cvdist.config import DataConfig
-from cvdist.contrastive_config import ContrastiveRunConfig, SSLConfig
 from cvdist.data.batch_views import ViewAugmentation, two_views
 from cvdist.losses.contrastive import moco_v3_loss, nt_xent_loss, triplet_margin_loss
 from cvdist.models import build_model
 from cvdist.models.backbones import remove_head
-from cvdist.models.heads import (PredictionHead, ProjectionMLP, SSLHeads, SSLModel, momentum_at,
-                                 update_momentum_encoder)
+from cvdist.models.heads import PredictionHead, ProjectionMLP, SSLHeads, SSLModel, momentum_at, update_momentum_encoder
+from cvdist.tasks.contrastive.config import ContrastiveRunConfig, SSLConfig
 
 
 def build_contrastive_model(config: ContrastiveRunConfig) -> SSLModel:

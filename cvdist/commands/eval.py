@@ -24,12 +24,11 @@ import torch
 from omegaconf import OmegaConf
 
 from cvdist.config import ConfigError, DataConfig, ModelConfig
-from cvdist.data.from_config import build_labelled_data
+from cvdist.data.from_config import build_bank_batches, build_labelled_data
+from cvdist.engine.transfer import load_backbone
 from cvdist.eval.knn import KnnEvaluator
-from cvdist.eval.splits import build_bank_batches
 from cvdist.models import build_model
 from cvdist.models.backbones import remove_head
-from cvdist.transfer import load_backbone
 
 
 def _run_config(source: Path) -> dict[str, Any]:
@@ -127,7 +126,7 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """``python -m cvdist.eval.eval_cli ...`` (the same as ``cvdist eval ...``)."""
+    """``python -m cvdist.commands.eval ...`` (the same as ``cvdist eval ...``)."""
     parser = argparse.ArgumentParser(prog="cvdist")
     add_eval_command(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["eval", *(sys.argv[1:] if argv is None else argv)])

@@ -2,7 +2,7 @@
 the evaluation that writes reconstruction grids.
 
 Models keep the classifier's key layout so that the trained trunk transfers with
-``cvdist.transfer`` (``recipes/longtail.py transfer.from_path=<run>``):
+``cvdist.models.transfer`` (``recipes/longtail.py transfer.from_path=<run>``):
 
 * ``conv``: ``cvdist.models.build_model(model.name)`` with its head (the last ``nn.Linear``)
   replaced, in the same slot, by :class:`cvdist.models.decoders.PretrainHeads` (decoder,
@@ -21,18 +21,18 @@ import torch
 from torch import nn
 
 from cvdist import comm
-from cvdist.autoencoder_config import AutoencoderRunConfig, active_tasks
 from cvdist.data.batch_views import ViewAugmentation, two_views
+from cvdist.data.from_config import build_bank_batches
 from cvdist.eval.knn import KnnEvaluator
-from cvdist.eval.splits import build_bank_batches
 from cvdist.losses.contrastive import nt_xent_loss
-from cvdist.losses.reconstruction import (NUM_ROTATIONS, masked_mse, per_sample_mse, reconstruction_mse,
-                                          rotation_batch, rotation_loss)
+from cvdist.losses.reconstruction import (NUM_ROTATIONS, masked_mse, per_sample_mse, reconstruction_mse, rotation_batch,
+                                          rotation_loss)
 from cvdist.models import build_model
 from cvdist.models.backbones import remove_head
 from cvdist.models.decoders import ConvDecoder, PretrainHeads
 from cvdist.models.heads import ProjectionMLP
 from cvdist.models.vit import MaskedAutoencoder, build_mae, mae_reconstruction, patch_targets
+from cvdist.tasks.autoencoder.config import AutoencoderRunConfig, active_tasks
 
 
 def build_pretrain_model(config: AutoencoderRunConfig) -> nn.Module:

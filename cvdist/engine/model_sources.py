@@ -3,7 +3,7 @@
 
 A run knows its architecture (the ``model`` section of its ``config.yaml``), so only a plain
 weights file needs one from the caller. The weights are read by
-:func:`cvdist.transfer.load_source_state_dict` (ZeRO shards consolidated, ``weights_only``
+:func:`cvdist.engine.transfer.load_source_state_dict` (ZeRO shards consolidated, ``weights_only``
 loading) and must match the architecture exactly. Layouts that recipes add around a classifier
 are undone here: a distillation run stores its student under ``student.*`` beside the hint
 adapter (``adapter.*``, dropped); a multi-task run's auxiliary heads (``aux_heads.*``) are dropped.
@@ -18,9 +18,10 @@ from typing import Optional
 from omegaconf import OmegaConf
 from torch import nn
 
+from cvdist.engine.transfer import load_source_state_dict
 from cvdist.models import build_model
 from cvdist.models.multitask import is_aux_key
-from cvdist.transfer import check_compatible, load_source_state_dict
+from cvdist.models.transfer import check_compatible
 
 STUDENT_PREFIX, ADAPTER_PREFIX = "student.", "adapter."
 

@@ -1,0 +1,51 @@
+"""``main`` of the contrastive task: parse the config, build the parts, call the engine, report.
+
+The user-facing entry point is ``recipes/pretrain_contrastive.py`` (its docstring shows the command lines),
+which passes the recipe's YAML defaults as ``default_yaml``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from cvdist.config import load_recipe_config
+from cvdist.data.from_config import build_bank_batches, build_labelled_data
+from cvdist.engine import TrainTask, fit, start_session
+from cvdist.eval.knn import KnnEvaluator
+from cvdist.tasks.contrastive.config import ContrastiveRunConfig, validate_contrastive
+from cvdist.tasks.contrastive.step import ContrastiveStep, build_contrastive_model, total_optimizer_steps
+
+
+def main(argv: Sequence[str], *, default_yaml: str | Path) -> int:
+    """Run the task with the recipe's YAML defaults ``default_yaml`` and the command line ``argv``."""
+    config = load_recipe_config(argv, default_yaml=default_yaml,
+                                recipe="pretrain_contrastive", schema=ContrastiveRunConfig)
+    validate_contrastive(config)
+    session = start_session(config)
+    env, ssl = session.env, config.ssl
+    data = build_labelled_data(config.data, in_channels=config.model.in_channels,
+                               num_classes=config.model.num_classes, rank=env.rank, world_size=env.world_size,
+                               micro_batch_size=session.micro_batch_size, seed=config.train.seed,
+                               num_epochs=config.train.epochs)  # labels only feed the kNN monitor
+    model = build_contrastive_model(config)
+    step = ContrastiveStep(model=model, ssl=ssl, data=config.data, seed=config.train.seed, rank=env.rank,
+                           world_size=env.world_size, total_steps=total_optimizer_steps(config, data.train))
+    evaluator = None  # ssl.knn_k=0: no monitor
+    if ssl.knn_k:
+        evaluator = KnnEvaluator(
+            bank_batches=build_bank_batches(config.data, in_channels=config.model.in_channels,
+                                            num_classes=config.model.num_classes, bank_size=ssl.knn_bank_size,
+                                            rank=env.rank, world_size=env.world_size, seed=config.train.seed),
+            eval_batches=data.eval_batches, to_device=session.backend.to_device,
+            num_classes=config.model.num_classes, k=ssl.knn_k, temperature=ssl.knn_temperature,
+            probe_epochs=ssl.probe_epochs, seed=config.train.seed)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # not the momentum encoder
+    result = fit(session, TrainTask(model=model, compute_loss=step, train_batches=data.train, evaluate=evaluator,
+                                    parameter_groups=[{"params": trainable}], extra_state=step,
+                                    on_step_end=step.on_step_end))
+    final = result.summary["final"]
+    session.print(f"[cvdist] done: step {result.step}, eval kNN top-1 {final.get('eval/knn_top1', float('nan')):.4f}, "
+                  f"record in {session.run_dir}")
+    session.close()
+    return 0

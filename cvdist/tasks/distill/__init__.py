@@ -1,0 +1,5 @@
+"""The distill task: config, training step, evaluation glue and ``main``."""
+
+from cvdist.tasks.distill.main import main
+
+__all__ = ["main"]
