@@ -54,7 +54,7 @@ class StepClock:
     def __init__(self) -> None:
         self.stamps: list[float] = []
 
-    def compute_loss(self, model, batch):
+    def compute_loss(self, model, batch, progress=None):
         self.stamps.append(time.perf_counter())
         return F.cross_entropy(model(batch["image"]), batch["label"]), {}
 
@@ -306,10 +306,10 @@ def measure(strategy: str, *, quick: bool) -> tuple[dict, object]:
         if iteration == 1:
             Path("/proc/self/clear_refs").write_text("5")  # restart VmHWM: the peak of step 2 alone
         loss = F.cross_entropy(wrapped(images), labels)
-        backend.backward(loss)
+        backend.backward_and_maybe_step(loss)
         if probe.engine is None:
             probe.sample("after backward")
-        backend.optimizer_step()
+        backend.finish_step()
     peak_rss = (rss_kib("VmHWM") - rss_before_model) * 1024
     per_rank = [None] * backend.env.world_size
     torch_dist.all_gather_object(per_rank, {"samples": probe.samples, "step_peak_rss": peak_rss})

@@ -11,6 +11,7 @@ from PIL import Image
 from cvdist.config import ConfigError, load_config
 from cvdist.data.builtin import make_synthetic
 from cvdist.data.tensor_batches import sharded_eval_batches
+from cvdist.engine import Progress
 from cvdist.engine.transfer import load_backbone
 from cvdist.eval.knn import KnnEvaluator
 from cvdist.losses.reconstruction import masked_mse, rotation_batch
@@ -145,7 +146,8 @@ def test_multitask_step_returns_the_weighted_sum_and_each_loss(weights):
     model = build_pretrain_model(config)
     step = build_train_step(config, model, rank=0, world_size=1)
     assert isinstance(step, MultitaskStep) and step.weights == weights
-    loss, extra = step(model, {"image": torch.randn(8, 1, 28, 28)})
+    loss, extra = step(model, {"image": torch.randn(8, 1, 28, 28)}, Progress(step=0, micro_batch=0, epoch=0,
+                                                                            total_steps=1))
     assert set(extra) == {f"train/loss_{name}" for name in weights}
     expected = sum(w * extra[f"train/loss_{name}"] for name, w in weights.items())
     assert loss.item() == pytest.approx(float(expected), rel=1e-6)
@@ -158,12 +160,19 @@ def test_contrastive_views_are_seeded_by_batch_index_and_resume_where_they_stopp
     model = build_pretrain_model(config)
     images = torch.randn(4, 1, 28, 28)
     fresh = build_train_step(config, model, rank=0, world_size=1)
-    first, second = fresh.contrastive.views(images), fresh.contrastive.views(images)
+    first, second = fresh.contrastive.views(images, index=0), fresh.contrastive.views(images, index=1)
     assert first.shape == (8, 1, 28, 28) and not torch.equal(first, second)
-    resumed = build_train_step(config, model, rank=0, world_size=1, resumed_step=1)
-    assert torch.equal(resumed.contrastive.views(images), second)
+    resumed = build_train_step(config, model, rank=0, world_size=1)  # a new process continuing at batch 1
+    assert torch.equal(resumed.contrastive.views(images, index=1), second)
     other_rank = build_train_step(config, model, rank=1, world_size=2)
-    assert not torch.equal(other_rank.contrastive.views(images), first)
+    assert not torch.equal(other_rank.contrastive.views(images, index=0), first)
+    # the step takes the index from the engine's Progress
+    progress = Progress(step=0, micro_batch=1, epoch=0, total_steps=2)
+    torch.manual_seed(0)
+    loss, _ = fresh(model, {"image": images}, progress)
+    torch.manual_seed(0)
+    again, _ = resumed(model, {"image": images}, progress)
+    assert torch.equal(loss, again)
 
 
 def test_mae_step_is_the_masked_loss_of_the_forward_pass():
@@ -171,7 +180,8 @@ def test_mae_step_is_the_masked_loss_of_the_forward_pass():
                       decoder_heads=2)
     images = torch.randn(4, 1, 28, 28)
     torch.manual_seed(5)  # the step masks with the global RNG
-    loss, extra = MaeStep(patch_size=4, norm_pix=True)(model, {"image": images})
+    loss, extra = MaeStep(patch_size=4, norm_pix=True)(model, {"image": images},
+                                                       Progress(step=0, micro_batch=0, epoch=0, total_steps=1))
     torch.manual_seed(5)
     out = model(images)
     expected = masked_mse(out["pred"], patch_targets(images, patch_size=4, norm_pix=True), out["mask"])
@@ -199,9 +209,9 @@ def test_evaluator_metrics_knn_and_grid_in_one_process(tmp_path):
         eval_batches=batches, to_device=lambda x: x, device=torch.device("cpu"), run_dir=tmp_path, is_main=True,
         num_grid_images=3, mean=[0.5], std=[0.5], knn=knn,
         log_image=lambda key, path, step: logged.append((key, path.name, step)))
-    evaluator.on_step_end(7)
+    at_step_7 = Progress(step=7, micro_batch=7, epoch=0, total_steps=10)
     with torch.no_grad():
-        first, second = evaluator(model), evaluator(model)
+        first, second = evaluator(model, at_step_7), evaluator(model, at_step_7)
         features = trunk_features(model)(images[:2].float())
     assert first == second  # fixed masks: evaluations compare
     assert first["loss_reconstruction"] > 0 and first["knn_top1"] == 1.0

@@ -14,11 +14,11 @@ from conftest import REPO, TINY, run_recipe
 
 from cvdist.commands.compress import add_compress_command
 from cvdist.config import ConfigError, load_config
+from cvdist.engine import Progress
 from cvdist.engine.export import consolidated_state_dict
 from cvdist.engine.model_sources import ModelSpec, load_trained_model
 from cvdist.losses.distill import DistillationLoss
 from cvdist.models import build_model
-from cvdist.tasks.common import StepCounter
 from cvdist.tasks.distill.config import DistillRunConfig, check_hint_layer, validate_distill
 from cvdist.tasks.distill.step import DistillStep, DistillStudent, build_student, freeze, state_fingerprint
 
@@ -52,12 +52,12 @@ def test_teacher_stays_bit_identical_and_gets_no_gradients(tmp_path):
     student, teacher_hint = build_student(config, teacher, probe=torch.zeros(1, 1, 28, 28))
     assert isinstance(student, DistillStudent) and student.adapter is not None
     step = DistillStep(teacher=teacher, loss=DistillationLoss(temperature=4.0, alpha=0.5, feature_weight=1.0),
-                       counter=StepCounter(start_step=0, accum_steps=1), teacher_hint=teacher_hint)
+                       teacher_hint=teacher_hint)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.1)  # what the engine builds: the student's parameters
     adapter_before = student.adapter.project.weight.detach().clone()
     for _ in range(3):
         batch = {"image": torch.randn(8, 1, 28, 28), "label": torch.randint(0, 10, (8,))}
-        loss, parts = step(student, batch)
+        loss, parts = step(student, batch, Progress(step=0, micro_batch=0, epoch=0, total_steps=3))
         assert set(parts) == {"train/loss_kd", "train/loss_label", "train/loss_feature"}
         optimizer.zero_grad()
         loss.backward()
@@ -74,9 +74,9 @@ def test_student_alone_skips_the_teacher(tmp_path):
     teacher = freeze(build_model(name="small_cnn", num_classes=10, in_channels=1))
     teacher.register_forward_hook(lambda *args: calls.append(1))
     student, hint = build_student(config, teacher, probe=torch.zeros(1, 1, 28, 28))
-    step = DistillStep(teacher=teacher, loss=DistillationLoss(temperature=4.0, alpha=0.0),
-                       counter=StepCounter(start_step=0, accum_steps=1), teacher_hint=hint)
-    _, parts = step(student, {"image": torch.randn(4, 1, 28, 28), "label": torch.zeros(4, dtype=torch.long)})
+    step = DistillStep(teacher=teacher, loss=DistillationLoss(temperature=4.0, alpha=0.0), teacher_hint=hint)
+    _, parts = step(student, {"image": torch.randn(4, 1, 28, 28), "label": torch.zeros(4, dtype=torch.long)},
+                    Progress(step=0, micro_batch=0, epoch=0, total_steps=1))
     assert set(parts) == {"train/loss_label"} and not calls
 
 

@@ -20,13 +20,13 @@ from cvdist.data.shard_writer import write_dataset_shards
 from cvdist.data.sources import FASHION_MNIST_COARSE, build_fashion_mnist_source
 from cvdist.data.tensor_batches import TensorBatches
 from cvdist.data.transforms import MultiScaleBatch
+from cvdist.engine import Progress
 from cvdist.engine.export import consolidated_state_dict, export_checkpoint
 from cvdist.engine.transfer import load_backbone
 from cvdist.losses.longtail import build_longtail_loss
 from cvdist.models import build_model
 from cvdist.models.multitask import AuxHeadsModel
 from cvdist.models.transfer import find_head_name, split_parameters
-from cvdist.tasks.common import StepCounter
 from cvdist.tasks.longtail.config import LongtailRunConfig, validate_longtail
 from cvdist.tasks.longtail.step import LongtailTrainStep
 from tests.conftest import REPO, TINY, run_recipe
@@ -98,14 +98,14 @@ def test_train_step_logs_each_loss_and_weights_the_sum():
     torch.manual_seed(0)
     _, model = wrapped("tiny_cnn")
     loss = build_longtail_loss(name="ce", class_counts=[5] * 10)
-    step = LongtailTrainStep(loss=loss, counter=StepCounter(start_step=0, accum_steps=1), aux_weights={"coarse": 0.5})
+    step = LongtailTrainStep(loss=loss, aux_weights={"coarse": 0.5})
+    progress = Progress(step=0, micro_batch=0, epoch=0, total_steps=1)
     batch = {"image": torch.randn(6, 1, 28, 28), "label": torch.arange(6), "coarse": torch.tensor([0, 1, 2, 3, 0, 1])}
-    total, extra = step(model, batch)
+    total, extra = step(model, batch, progress)
     assert set(extra) == {"train/loss_main", "train/loss_coarse"}
     assert torch.allclose(total, extra["train/loss_main"] + 0.5 * extra["train/loss_coarse"])
-    mixing = LongtailTrainStep(loss=loss, counter=StepCounter(start_step=0, accum_steps=1), mixup_alpha=0.4,
-                               aux_weights={"coarse": 1.0})
-    assert set(mixing(model, batch)[1]) == {"train/loss_main", "train/loss_coarse"}
+    mixing = LongtailTrainStep(loss=loss, mixup_alpha=0.4, aux_weights={"coarse": 1.0})
+    assert set(mixing(model, batch, progress)[1]) == {"train/loss_main", "train/loss_coarse"}
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -14,6 +14,7 @@ from torch import nn
 
 from cvdist.config import ConfigError, load_config
 from cvdist.data.longtail_data import ResampledTensorBatches, split_holdout_and_longtail
+from cvdist.engine import Progress
 from cvdist.engine.export import consolidated_state_dict
 from cvdist.engine.transfer import load_backbone, prepare_transfer
 from cvdist.eval.longtail_evaluator import apply_tau_norm, read_longtail_eval, search_tau
@@ -21,9 +22,8 @@ from cvdist.losses.longtail import build_longtail_loss
 from cvdist.models import build_model
 from cvdist.models.transfer import find_head_name, freeze_trunk, parameter_groups
 from cvdist.optim import build_optimizer
-from cvdist.tasks.common import EpochHook, StepCounter
 from cvdist.tasks.longtail.config import LongtailRunConfig, validate_longtail
-from cvdist.tasks.longtail.step import WeightEma, mix_batch
+from cvdist.tasks.longtail.step import LongtailTrainStep, WeightEma, mix_batch
 from tests.conftest import REPO, TINY, run_recipe
 
 SCRIPT = REPO / "recipes" / "longtail.py"
@@ -160,7 +160,7 @@ def test_holdout_is_balanced_disjoint_and_the_rest_long_tailed():
     assert labels[train].bincount().tolist() == [95, 73, 56, 44, 34, 26, 20, 15, 12, 9]
 
 
-def test_in_memory_class_balanced_sampling_and_epoch_hook():
+def test_in_memory_class_balanced_sampling_and_the_step_sets_the_loss_epoch():
     labels = torch.tensor([0] * 90 + [1] * 10)
     batches = ResampledTensorBatches(sampling="class_balanced", num_classes=2, num_epochs=1,
                                      images=torch.zeros(100, 1, 4, 4, dtype=torch.uint8), labels=labels, rank=0,
@@ -168,10 +168,15 @@ def test_in_memory_class_balanced_sampling_and_epoch_hook():
     drawn = torch.cat([torch.cat([b["label"] for b in batches.iterate(epoch=e)]) for e in range(20)])
     assert abs(float((drawn == 1).float().mean()) - 0.5) < 0.05
     loss = build_longtail_loss(name="ldam", class_counts=[90, 10], drw_epoch=2)
-    hooked = EpochHook(batches, loss.set_epoch)
-    assert hooked.batches_in_epoch(0) == 10 and hooked.state() == {}
-    next(hooked.iterate(epoch=3, start_batch=5))  # e.g. a resumed run continuing in epoch 3
+    step = LongtailTrainStep(loss=loss)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    batch = next(batches.iterate(epoch=3, start_batch=5))  # e.g. a resumed run continuing in epoch 3
+    step(model, {"image": batch["image"].float(), "label": batch["label"]},
+         Progress(step=35, micro_batch=35, epoch=3, total_steps=100))
     assert loss.epoch == 3 and loss.active_class_weights is not None
+    step(model, {"image": batch["image"].float(), "label": batch["label"]},
+         Progress(step=1, micro_batch=1, epoch=0, total_steps=100))
+    assert loss.epoch == 0 and loss.active_class_weights is None
 
 
 def test_mixup_and_cutmix():
@@ -190,14 +195,14 @@ def test_mixup_and_cutmix():
 def test_ema_folds_each_optimizer_step_once():
     model = nn.Linear(2, 1, bias=False)
     nn.init.zeros_(model.weight)
-    counter, ema = StepCounter(start_step=0, accum_steps=2), WeightEma(decay=0.5)
-    ema.catch_up(model, counter.next_micro_batch())  # step 0: copy
-    ema.catch_up(model, counter.next_micro_batch())
+    ema = WeightEma(decay=0.5)
+    ema.catch_up(model, 0)  # micro-batches 0 and 1 of step 0 (accumulation 2): copy once
+    ema.catch_up(model, 0)
     with torch.no_grad():
         model.weight.fill_(1.0)  # the optimiser step
-    for _ in range(2):  # evaluation after step 1, then the next micro-batch: one fold only
-        ema.catch_up(model, counter.steps_done)
-        ema.catch_up(model, counter.next_micro_batch())
+    for _ in range(2):  # evaluation after step 1, then the next micro-batch (Progress.step 1): one fold only
+        ema.catch_up(model, 1)
+        ema.catch_up(model, 1)
     # warm-up decay min(0.5, 1/10) = 0.1 for the first update
     assert ema.num_updates == 1 and torch.allclose(ema.module.weight, torch.full((1, 2), 0.9))
 

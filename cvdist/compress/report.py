@@ -210,17 +210,25 @@ def to_markdown(rows: list[ReportRow], *, note: str = "") -> str:
     return "\n".join(lines) + ("\n\n" + note if note else "") + "\n"
 
 
+def report_table(rows: list[ReportRow]) -> dict:
+    """The rows as ``summary.json`` keeps them: ``{"columns": [...], "rows": [[...], ...]}``."""
+    return {"columns": table_columns(rows), "rows": table_rows(rows)}
+
+
 def write_report(rows: list[ReportRow], directory: str | Path, *, note: str = "",
-                 summary_extra: Optional[dict] = None) -> dict:
-    """Write ``report.md`` and put the rows (``report``) and ``summary_extra`` into ``summary.json``
-    of ``directory`` (kept keys: a run's existing summary is extended, not replaced); returns the
-    summary."""
+                 summary_extra: Optional[dict] = None, with_summary: bool = True) -> dict:
+    """Write ``report.md`` and, with ``with_summary``, put the rows (``report``) and
+    ``summary_extra`` into ``summary.json`` of ``directory`` (kept keys: an existing summary is
+    extended, not replaced); returns the summary (``{}`` without it). A training run passes
+    ``with_summary=False`` and hands the table to the engine, which writes its summary."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_text(directory / REPORT_FILE, to_markdown(rows, note=note))
+    if not with_summary:
+        return {}
     summary_path = directory / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    summary["report"] = {"columns": table_columns(rows), "rows": table_rows(rows)}
+    summary["report"] = report_table(rows)
     summary.update(summary_extra or {})
     atomic_write_json(summary_path, summary)
     return summary

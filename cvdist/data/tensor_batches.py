@@ -61,6 +61,10 @@ class TensorBatches:
     def load_state(self, state: dict) -> None:
         pass
 
+    def metrics(self) -> dict[str, float]:
+        """Data-side counters for the training log: none for in-memory data."""
+        return {}
+
     def epoch_order(self, epoch: int) -> torch.Tensor:
         if not self.shuffle:
             return torch.arange(len(self.images))

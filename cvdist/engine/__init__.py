@@ -4,7 +4,7 @@ Recipes call :func:`start_session`, build their data and model with the session'
 world size, then call :func:`fit` with a :class:`TrainTask`.
 """
 
-from cvdist.engine.loop import BatchSource, FitResult, TrainTask, fit
+from cvdist.engine.loop import AfterTraining, BatchSource, FitResult, Progress, TrainTask, fit
 from cvdist.engine.session import Session, start_session
 
-__all__ = ["BatchSource", "FitResult", "Session", "TrainTask", "fit", "start_session"]
+__all__ = ["AfterTraining", "BatchSource", "FitResult", "Progress", "Session", "TrainTask", "fit", "start_session"]

@@ -8,8 +8,7 @@ plugin builds a DeepSpeedEngine while every Accelerator reports ``num_processes 
 used directly trains ZeRO-1/2/3 correctly on CPU (gloo) and GPU (NCCL), so it is the one path
 for ZeRO everywhere, and rank / world size always come from ``torch.distributed``.
 
-Both backends expose the same small interface to the training loop: ``prepare``, ``to_device``,
-``accumulation_context``, ``backward``, ``optimizer_step``, ``save`` / ``load``.
+Both backends implement :class:`Backend`, the small interface the training loop uses.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import contextlib
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ContextManager, Iterator, Optional, Protocol
 
 import torch
 from torch import nn
@@ -75,6 +74,49 @@ def _memory_format(model: nn.Module, channels_last: bool) -> nn.Module:
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
+class Backend(Protocol):
+    """What the training loop needs from a strategy. One optimiser step is, per micro-batch,
+    ``accumulation_context`` + ``backward_and_maybe_step``, then one ``finish_step``."""
+
+    precision: str
+    """The resolved precision: ``fp32``, ``bf16`` or ``fp16``."""
+    env: DistEnv
+    client_optimizer: Optional[torch.optim.Optimizer]
+    """The optimiser cvdist built (the loop sets its learning rates)."""
+
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, grad_clip_norm: float,
+                micro_batch_size: int, accum_steps: int) -> nn.Module:
+        """Wrap ``model`` and ``optimizer`` for this strategy; returns the model to call."""
+
+    def to_device(self, batch: Any) -> Any:
+        """``batch`` (tensors in any nesting) on this rank's device, in the strategy's input dtype."""
+
+    def accumulation_context(self, *, is_last_micro_batch: bool) -> ContextManager[None]:
+        """The context of one micro-batch's forward and backward (DDP skips its all-reduce on all
+        but the last micro-batch of an optimiser step)."""
+
+    def backward_and_maybe_step(self, loss: torch.Tensor) -> None:
+        """Backward of one micro-batch's loss (scaled by 1 / accumulation steps). DeepSpeed also
+        steps its optimiser here when the micro-batch ends an accumulation group (its engine
+        counts micro-batches itself); Accelerate never steps here."""
+
+    def finish_step(self) -> Optional[float]:
+        """End the optimiser step after its last micro-batch: clip, step and zero the gradients
+        where ``backward_and_maybe_step`` did not; returns the gradient norm when known."""
+
+    def plain_model(self) -> nn.Module:
+        """The unwrapped model (the user's ``nn.Module``)."""
+
+    def save(self, directory: Path) -> None:
+        """Write model and optimiser state under ``directory`` (a collective)."""
+
+    def load(self, directory: Path) -> None:
+        """Restore what :meth:`save` wrote."""
+
+    def close(self) -> None:
+        """Release the strategy's resources at the end of the run."""
+
+
 class AccelerateBackend:
     """One process or DDP through ``accelerate.Accelerator``."""
 
@@ -117,10 +159,10 @@ class AccelerateBackend:
             with self.accelerator.no_sync(self.model):
                 yield
 
-    def backward(self, loss: torch.Tensor) -> None:
-        self.accelerator.backward(loss / self.accum_steps)
+    def backward_and_maybe_step(self, loss: torch.Tensor) -> None:
+        self.accelerator.backward(loss / self.accum_steps)  # never steps: finish_step does
 
-    def optimizer_step(self) -> float | None:
+    def finish_step(self) -> float | None:
         grad_norm = None
         if self.grad_clip_norm > 0:
             grad_norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm))
@@ -197,11 +239,13 @@ class DeepSpeedBackend:
     def accumulation_context(self, *, is_last_micro_batch: bool) -> Iterator[None]:
         yield  # DeepSpeed tracks the accumulation boundary itself
 
-    def backward(self, loss: torch.Tensor) -> None:
+    def backward_and_maybe_step(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)  # scales by 1/gradient_accumulation_steps
-        self.engine.step()  # steps the optimiser only at the accumulation boundary
+        # engine.step() must follow every micro-batch's backward: it counts micro-batches and
+        # steps the optimiser (clipping included) only at the accumulation boundary.
+        self.engine.step()
 
-    def optimizer_step(self) -> float | None:
+    def finish_step(self) -> float | None:  # the optimiser stepped in backward_and_maybe_step
         norm = self.engine.get_global_grad_norm()
         return None if norm is None else float(norm)
 
@@ -231,7 +275,7 @@ def _free_port() -> int:
 
 
 def build_backend(*, strategy: str, precision: str, deepspeed_config: str = "",
-                  channels_last: bool = True) -> AccelerateBackend | DeepSpeedBackend:
+                  channels_last: bool = True) -> Backend:
     """The backend for ``dist.strategy`` (``auto`` already resolved or not); ``deepspeed_config``
     is a user's DeepSpeed JSON merged into cvdist's (ZeRO strategies only); ``channels_last``
     puts conv weights and 4-d image batches in channels-last layout (none / DDP only)."""

@@ -2,7 +2,9 @@
 
 A recipe hands over a :class:`TrainTask` (model, loss, batches, optional evaluation); the loop
 does gradient accumulation, clipping, the per-step LR schedule, logging (loss, LR, samples/s,
-data-wait time), periodic evaluation, checkpoints, exact resume and stop-on-signal.
+data-wait time), periodic evaluation, checkpoints, exact resume and stop-on-signal. It tells
+every callback where training stands with one :class:`Progress` value, so no task counts steps
+or micro-batches itself.
 """
 
 from __future__ import annotations
@@ -40,9 +42,39 @@ class BatchSource(Protocol):
     def load_state(self, state: dict) -> None:
         """Continue from ``state`` (called before ``iterate`` on resume)."""
 
+    def metrics(self) -> dict[str, float]:
+        """Counters since the epoch began (e.g. corrupt samples skipped), summed over ranks in the log."""
 
-LossFn = Callable[[nn.Module, Any], "tuple[torch.Tensor, dict[str, float]]"]
-EvalFn = Callable[[nn.Module], "dict[str, float]"]
+
+@dataclass(frozen=True)
+class Progress:
+    """Where training stands, as the loop hands it to ``compute_loss``, ``evaluate``,
+    ``on_step_end`` and ``after_training``. Counts survive a resume (they restart from the checkpoint)."""
+
+    step: int
+    """Optimiser steps completed: during ``compute_loss`` those before the current micro-batch's
+    step; in ``on_step_end`` the step just taken."""
+    micro_batch: int
+    """Micro-batches handed to ``compute_loss`` before the current one (``step * accum_steps`` plus
+    the index within the step): a run-wide index, e.g. to seed per-batch augmentation."""
+    epoch: int
+    """The data epoch of the current micro-batch (0-based)."""
+    total_steps: int
+    """Optimiser steps of the whole run (``train.max_steps`` or the steps in ``train.epochs``)."""
+
+
+LossFn = Callable[[nn.Module, Any, Progress], "tuple[torch.Tensor, dict[str, float]]"]
+EvalFn = Callable[[nn.Module, Progress], "dict[str, float]"]
+
+
+@dataclass
+class AfterTraining:
+    """What a task's ``after_training`` adds to the run's record."""
+
+    metrics: dict[str, float]
+    """Logged at the final step (metrics.jsonl, W&B) and part of the summary's ``final``."""
+    summary: dict[str, Any]
+    """Extra top-level entries of ``summary.json`` (e.g. a report table)."""
 
 
 @dataclass
@@ -51,20 +83,23 @@ class TrainTask:
 
     model: nn.Module
     compute_loss: LossFn
-    """``(model, batch) -> (loss, extra scalar metrics)``; the batch is already on the device."""
+    """``(model, batch, progress) -> (loss, extra scalar metrics)``; the batch is already on the device."""
     train_batches: BatchSource
     evaluate: Optional[EvalFn] = None
-    """``model -> metrics``, called on every rank with the model in eval mode and no grad."""
+    """``(model, progress) -> metrics``, called on every rank with the model in eval mode and no grad."""
     parameter_groups: Optional[list[dict]] = None
     """Optimiser parameter groups (e.g. layer-wise LRs); default: all parameters, one group."""
     extra_state: Optional[Any] = None
     """An object with ``state_dict()`` / ``load_state_dict(state)`` saved in every rank's
     checkpoint file and restored on resume (e.g. an EMA of the weights); tensors and plain
     values only (checkpoints load with ``weights_only=True``)."""
-    on_step_end: Optional[Callable[[int], None]] = None
-    """Called after every optimiser step with the new step number, on every rank (e.g. a momentum
-    encoder's EMA update). State it changes must live in ``model`` (buffers or frozen parameters)
-    so that checkpoints carry it."""
+    on_step_end: Optional[Callable[[Progress], None]] = None
+    """Called after every optimiser step on every rank (e.g. a momentum encoder's EMA update).
+    State it changes must live in ``model`` (buffers or frozen parameters) so that checkpoints
+    carry it."""
+    after_training: Optional[Callable[[Progress], AfterTraining]] = None
+    """Called on every rank once the last step's checkpoint is written (not after an early stop),
+    before the summary: final work such as a report or a post-hoc re-calibration."""
 
 
 @dataclass
@@ -138,6 +173,7 @@ class _Trainer:
         self.samples_per_step = session.micro_batch_size * optim_cfg.accum_steps * self.env.world_size
         self.step = 0
         self.position = _Position(task.train_batches, *self._restore())
+        self.micro_batches = self.step * optim_cfg.accum_steps  # checkpoints sit at step boundaries
         self.window = _MetricsWindow()
 
     def _restore(self) -> tuple[int, int]:
@@ -172,6 +208,11 @@ class _Trainer:
                                    milestones=sched.milestones, gamma=sched.gamma, pct_start=sched.pct_start)
         set_learning_rate(self.backend.client_optimizer, base_lrs=self.base_lrs, multiplier=multiplier)
 
+    def progress(self) -> Progress:
+        """Where training stands now."""
+        return Progress(step=self.step, micro_batch=self.micro_batches, epoch=self.position.epoch,
+                        total_steps=self.total_steps)
+
     def _train_step(self) -> Optional[float]:
         """One optimiser step over ``optim.accum_steps`` micro-batches; returns the grad norm."""
         self._set_learning_rate()
@@ -181,13 +222,14 @@ class _Trainer:
             batch = self.backend.to_device(self.position.next_batch())
             self.window.data_wait += time.perf_counter() - wait_start
             with self.backend.accumulation_context(is_last_micro_batch=micro == accum_steps - 1):
-                loss, extra = self.task.compute_loss(self.model, batch)
-                self.backend.backward(loss)
+                loss, extra = self.task.compute_loss(self.model, batch, self.progress())
+                self.backend.backward_and_maybe_step(loss)
+            self.micro_batches += 1
             self.window.add({"train/loss": loss.detach(), **extra}, weight=1.0 / accum_steps)
-        grad_norm = self.backend.optimizer_step()
+        grad_norm = self.backend.finish_step()
         self.step += 1
         if self.task.on_step_end is not None:
-            self.task.on_step_end(self.step)
+            self.task.on_step_end(self.progress())
         self.window.steps += 1
         return grad_norm
 
@@ -201,9 +243,9 @@ class _Trainer:
                "data_wait_s": window.data_wait / window.steps}
         if grad_norm is not None and math.isfinite(grad_norm):
             row["grad_norm"] = grad_norm
-        data_metrics = getattr(self.task.train_batches, "metrics", None)
-        if data_metrics is not None:
-            row.update(comm.all_reduce_sum(data_metrics(), env.device))
+        data_metrics = self.task.train_batches.metrics()
+        if data_metrics:
+            row.update(comm.all_reduce_sum(data_metrics, env.device))
         return row
 
     def _checkpoint(self) -> None:
@@ -241,7 +283,7 @@ class _Trainer:
                 self.window.reset()
             paused_at = time.perf_counter()  # evaluation and checkpoints do not count as training time
             if self.task.evaluate is not None and ((eval_every and step % eval_every == 0) or step == total):
-                row.update(_evaluate(session, self.task, self.model, step))
+                row.update(_evaluate(session, self.task, self.model, self.progress()))
             if len(row) > 1:  # one row per step: train and eval metrics of a step share it
                 session.record.log(row)
                 session.wandb.log(row, step=step)
@@ -257,10 +299,20 @@ class _Trainer:
         stop_signal.uninstall()
         return self._finish(stopped_early)
 
+    def _after_training(self) -> dict[str, Any]:
+        """Run the task's ``after_training``; log its metrics at the final step; return its summary part."""
+        outcome = self.task.after_training(self.progress())
+        if outcome.metrics:
+            row = {"step": self.step, **outcome.metrics}
+            self.session.record.log(row)
+            self.session.wandb.log(row, step=self.step)
+        return dict(outcome.summary)
+
     def _finish(self, stopped_early: bool) -> FitResult:
         session = self.session
+        extra = self._after_training() if self.task.after_training is not None and not stopped_early else {}
         summary = session.record.write_summary({
-            "step": self.step, "total_steps": self.total_steps, "stopped_early": stopped_early,
+            **extra, "step": self.step, "total_steps": self.total_steps, "stopped_early": stopped_early,
             "world_size": self.env.world_size, "strategy": session.strategy, "precision": self.backend.precision,
             "wall_time_s": time.perf_counter() - session.started_at, "wandb_run_id": session.wandb.run_id,
             "system": session.system,
@@ -277,10 +329,10 @@ def fit(session: Session, task: TrainTask) -> FitResult:
     return _Trainer(session, task).run()
 
 
-def _evaluate(session: Session, task: TrainTask, model: nn.Module, step: int) -> dict[str, float]:
+def _evaluate(session: Session, task: TrainTask, model: nn.Module, progress: Progress) -> dict[str, float]:
     model.eval()
     with torch.no_grad():
-        metrics = {f"eval/{k}": v for k, v in task.evaluate(model).items()}
+        metrics = {f"eval/{k}": v for k, v in task.evaluate(model, progress).items()}
     model.train()
-    session.print(f"[cvdist] step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    session.print(f"[cvdist] step {progress.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     return metrics

@@ -20,7 +20,7 @@ import torch
 from cvdist import comm
 from cvdist import config as config_module
 from cvdist.config import ConfigError, RunConfig
-from cvdist.engine.backends import AccelerateBackend, DeepSpeedBackend, build_backend, resolve_strategy
+from cvdist.engine.backends import Backend, build_backend, resolve_strategy
 from cvdist.engine.checkpoint import (CheckpointMeta, latest_checkpoint, read_meta,
                                       remove_partial_checkpoints)
 from cvdist.engine.dist import DistEnv, apply_accelerate_launch_settings, launched_world_size, prepare_launch_env
@@ -37,7 +37,7 @@ class Session:
 
     config: RunConfig
     env: DistEnv
-    backend: AccelerateBackend | DeepSpeedBackend
+    backend: Backend
     strategy: str
     wandb_mode: str
     resume_from: Optional[Path]
@@ -52,6 +52,11 @@ class Session:
     @property
     def run_dir(self) -> Path:
         return self.config.run_dir
+
+    @property
+    def resumed_step(self) -> Optional[int]:
+        """The step of the checkpoint this run resumes from (None for a fresh run)."""
+        return self.resume_meta.step if self.resume_meta else None
 
     @property
     def checkpoint_root(self) -> Path:
@@ -91,7 +96,7 @@ class Session:
             for path in remove_partial_checkpoints(self.checkpoint_root):
                 print(f"[cvdist] removed an incomplete checkpoint left by an interrupted save: {path}", flush=True)
         self.record = RunRecord(config.run_dir, is_main=env.is_main)
-        self.record.start(config_yaml=config_module.to_yaml(config), resumed_step=meta.step if meta else None)
+        self.record.start(config_yaml=config_module.to_yaml(config), resumed_step=self.resumed_step)
         self.wandb = WandbRun(
             mode=self.wandb_mode, is_main=env.is_main, run_dir=config.run_dir, name=config.name,
             project=config.tracking.project, entity=config.tracking.entity,

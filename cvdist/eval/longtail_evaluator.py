@@ -124,15 +124,16 @@ def scalar_metrics(results: dict[str, dict]) -> dict[str, float]:
 
 
 class LongtailEvaluator:
-    """The recipe's ``evaluate(model) -> scalars``; also writes the list-valued metrics (rank 0)."""
+    """The task's ``evaluate(model, progress) -> scalars`` (``progress``: the engine's ``Progress``;
+    only its ``step`` is read); also writes the list-valued metrics (rank 0)."""
 
     def __init__(self, *, eval_batches: Callable[[], Iterator[dict]], class_counts: Sequence[int],
                  thresholds: ShotThresholds, posthoc_tau: float, to_device: Callable[[Any], Any], device: torch.device,
-                 step_of: Callable[[], int], run_dir: Path, is_main: bool, resumed_step: Optional[int],
+                 run_dir: Path, is_main: bool, resumed_step: Optional[int],
                  ema: Any = None, aux_keys: Sequence[str] = ()):
         self.eval_batches, self.class_counts, self.thresholds = eval_batches, list(class_counts), thresholds
         self.posthoc_tau, self.to_device, self.device = posthoc_tau, to_device, device
-        self.step_of, self.path, self.is_main = step_of, Path(run_dir) / LONGTAIL_EVAL_FILE, is_main
+        self.path, self.is_main = Path(run_dir) / LONGTAIL_EVAL_FILE, is_main
         self.resumed_step, self.ema, self.aux_keys = resumed_step, ema, tuple(aux_keys)
         self.started = False
         self.last: dict[str, dict] = {}
@@ -149,16 +150,16 @@ class LongtailEvaluator:
             chosen.append(("_ema", self.ema.module, False))
         return chosen
 
-    def __call__(self, model: nn.Module) -> dict[str, float]:
+    def __call__(self, model: nn.Module, progress: Any) -> dict[str, float]:
         if self.ema is not None:
-            self.ema.catch_up(model, self.step_of())  # fold in the step just taken
+            self.ema.catch_up(model, progress.step)  # fold in the step just taken
         self.last = evaluate_variants(self.variants(model), self.eval_batches(), class_counts=self.class_counts,
                                       thresholds=self.thresholds, posthoc_tau=self.posthoc_tau,
                                       to_device=self.to_device, device=self.device, aux_keys=self.aux_keys)
-        self._write(self.last)
+        self._write(self.last, step=progress.step)
         return scalar_metrics(self.last)
 
-    def _write(self, results: dict[str, dict]) -> None:
+    def _write(self, results: dict[str, dict], *, step: int) -> None:
         if not self.is_main:
             return
         if not self.started:
@@ -167,7 +168,7 @@ class LongtailEvaluator:
                     if self.resumed_step is not None and row["step"] <= self.resumed_step]
             self.path.write_text("".join(json.dumps(row) + "\n" for row in kept))
             self.started = True
-        row = {"step": self.step_of(), "thresholds": list(self.thresholds)}
+        row = {"step": step, "thresholds": list(self.thresholds)}
         for suffix, metrics in results.items():
             row["per_class" + suffix] = metrics["per_class"]
             row["confusion" + suffix] = metrics["confusion"]

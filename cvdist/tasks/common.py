@@ -1,5 +1,5 @@
 """Glue that several tasks share (and nothing task-specific): the long-tail loss section used by
-the long-tail and distillation tasks, the step counter and epoch hook their training steps use,
+the long-tail and distillation tasks, the label-loss builder they share,
 and a helper to take a few images out of a batch stream. A task imports this module, never
 another task; what grows beyond glue moves down into a building block.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -74,50 +74,6 @@ def build_label_loss(loss: LossConfig, class_counts: list[int]) -> torch.nn.Modu
         return build_longtail_loss(name=loss.name, class_counts=class_counts, **longtail_loss_options(loss))
     except ValueError as error:
         raise ConfigError(f"loss.name={loss.name!r}: {error}") from None
-
-
-class EpochHook:
-    """A ``BatchSource`` wrapper that calls ``on_epoch(epoch)`` whenever the training loop starts
-    an epoch, including the epoch a resumed run continues in (the loop asks the source for it),
-    e.g. ``loss.set_epoch`` for LDAM-DRW. Everything else is the wrapped source's."""
-
-    def __init__(self, source: Any, on_epoch: Callable[[int], None]):
-        self.source, self.on_epoch = source, on_epoch
-
-    def batches_in_epoch(self, epoch: int) -> int:
-        return self.source.batches_in_epoch(epoch)
-
-    def iterate(self, *, epoch: int, start_batch: int = 0) -> Iterator[Any]:
-        self.on_epoch(epoch)
-        return self.source.iterate(epoch=epoch, start_batch=start_batch)
-
-    def state(self) -> dict:
-        return self.source.state()
-
-    def load_state(self, state: dict) -> None:
-        self.source.load_state(state)
-
-    def __getattr__(self, name: str) -> Any:  # e.g. the stream's ``metrics``
-        if name == "source":
-            raise AttributeError(name)
-        return getattr(self.source, name)
-
-
-class StepCounter:
-    """Optimiser steps done, counted from ``compute_loss`` calls (the loop has no step hook)."""
-
-    def __init__(self, *, start_step: int, accum_steps: int):
-        self.start_step, self.accum_steps, self.micro_batches = start_step, accum_steps, 0
-
-    @property
-    def steps_done(self) -> int:
-        return self.start_step + self.micro_batches // self.accum_steps
-
-    def next_micro_batch(self) -> int:
-        """Count one micro-batch; return the optimiser steps done before it."""
-        done = self.steps_done
-        self.micro_batches += 1
-        return done
 
 
 def first_images(batches, count: int) -> torch.Tensor:

@@ -37,10 +37,8 @@ def main(argv: Sequence[str], *, default_yaml: str | Path) -> int:
         run_dir=session.run_dir, is_main=env.is_main, num_grid_images=ae.num_grid_images, mean=config.data.mean,
         std=config.data.std, norm_pix=ae.norm_pix_loss, seed=config.train.seed, knn=knn,
         log_image=lambda key, path, step: session.wandb.log_image(key, path, step=step))
-    step = build_train_step(config, model, rank=env.rank, world_size=env.world_size,
-                            resumed_step=session.resume_meta.step if session.resume_meta else 0)
-    result = fit(session, TrainTask(model=model, compute_loss=step, train_batches=data.train, evaluate=evaluator,
-                                    on_step_end=evaluator.on_step_end))
+    step = build_train_step(config, model, rank=env.rank, world_size=env.world_size)
+    result = fit(session, TrainTask(model=model, compute_loss=step, train_batches=data.train, evaluate=evaluator))
     final = result.summary["final"]
     session.print(f"[cvdist] done: step {result.step}, eval reconstruction loss "
                   f"{final.get('eval/loss_reconstruction', float('nan')):.4f}, kNN top-1 "

@@ -23,6 +23,7 @@ from torch import nn
 from cvdist import comm
 from cvdist.data.batch_views import ViewAugmentation, two_views
 from cvdist.data.from_config import build_bank_batches
+from cvdist.engine import Progress
 from cvdist.eval.knn import KnnEvaluator
 from cvdist.losses.contrastive import nt_xent_loss
 from cvdist.losses.reconstruction import (NUM_ROTATIONS, masked_mse, per_sample_mse, reconstruction_mse, rotation_batch,
@@ -68,14 +69,12 @@ class ContrastiveViews:
     world_size: int
     mean: list[float]
     std: list[float]
-    next_index: int = 0
-    """Batches this rank has augmented (a resumed run starts at steps done x accumulation steps)."""
 
-    def views(self, images: torch.Tensor) -> torch.Tensor:
-        """Both views of ``images``, stacked: (2B, C, H, W)."""
-        first, second = two_views(images, self.augmentation, seed=self.seed, rank=self.rank, index=self.next_index,
+    def views(self, images: torch.Tensor, *, index: int) -> torch.Tensor:
+        """Both views of ``images``, stacked: (2B, C, H, W); ``index`` is the run-wide micro-batch
+        index (``Progress.micro_batch``), so a resumed run draws the same views."""
+        first, second = two_views(images, self.augmentation, seed=self.seed, rank=self.rank, index=index,
                                   mean=self.mean, std=self.std)
-        self.next_index += 1
         return torch.cat([first, second])
 
     def loss(self, projections: torch.Tensor) -> torch.Tensor:
@@ -99,11 +98,11 @@ class MultitaskStep:
             raise ValueError("the contrastive loss needs its ContrastiveViews settings (and only it does)")
         self.weights, self.contrastive = weights, contrastive
 
-    def __call__(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(self, model: nn.Module, batch: dict, progress: Progress) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         images = batch["image"]
         rows = images.shape[0]
         if self.contrastive is not None:
-            images = self.contrastive.views(images)
+            images = self.contrastive.views(images, index=progress.micro_batch)
         rotations = None
         if "rotation" in self.weights:
             drawn = torch.randint(NUM_ROTATIONS, (rows,))
@@ -126,7 +125,7 @@ class MaeStep:
     def __init__(self, *, patch_size: int, norm_pix: bool):
         self.patch_size, self.norm_pix = patch_size, norm_pix
 
-    def __call__(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(self, model: nn.Module, batch: dict, progress: Progress) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         images = batch["image"]
         outputs = model(images)
         loss = masked_mse(outputs["pred"], patch_targets(images, patch_size=self.patch_size, norm_pix=self.norm_pix),
@@ -134,8 +133,7 @@ class MaeStep:
         return loss, {"train/loss_reconstruction": loss.detach()}
 
 
-def build_train_step(config: AutoencoderRunConfig, model: nn.Module, *, rank: int, world_size: int,
-                     resumed_step: int = 0) -> Callable:
+def build_train_step(config: AutoencoderRunConfig, model: nn.Module, *, rank: int, world_size: int) -> Callable:
     """The recipe's ``compute_loss`` for ``config.ae.kind`` and ``config.multitask``."""
     if isinstance(model, MaskedAutoencoder):
         return MaeStep(patch_size=model.patch_size, norm_pix=config.ae.norm_pix_loss)
@@ -144,8 +142,7 @@ def build_train_step(config: AutoencoderRunConfig, model: nn.Module, *, rank: in
     if "contrastive" in weights:
         contrastive = ContrastiveViews(
             augmentation=ViewAugmentation(scale=(mt.view_scale[0], mt.view_scale[1])), temperature=mt.temperature,
-            seed=config.train.seed, rank=rank, world_size=world_size, mean=config.data.mean, std=config.data.std,
-            next_index=resumed_step * config.optim.accum_steps)
+            seed=config.train.seed, rank=rank, world_size=world_size, mean=config.data.mean, std=config.data.std)
     return MultitaskStep(weights=weights, contrastive=contrastive)
 
 
@@ -201,11 +198,6 @@ class ReconstructionEvaluator:
         self.run_dir, self.is_main, self.num_grid_images = run_dir, is_main, num_grid_images
         self.mean, self.std, self.norm_pix, self.log_image, self.seed = mean, std, norm_pix, log_image, seed
         self.knn = knn
-        self.step = 0
-
-    def on_step_end(self, step: int) -> None:
-        """The engine's step hook: remember the step, to name the grid."""
-        self.step = step
 
     def _forward(self, model: nn.Module, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         plain = getattr(model, "module", model)
@@ -223,7 +215,7 @@ class ReconstructionEvaluator:
             result["rotation_correct"] = (model(rotated)["rotation"].argmax(1) == rotations).float()
         return result
 
-    def __call__(self, model: nn.Module) -> dict[str, float]:
+    def __call__(self, model: nn.Module, progress: Progress) -> dict[str, float]:
         generator = torch.Generator(device=self.device).manual_seed(self.seed + 7)
         sums: dict[str, float] = {"count": 0.0, "loss_reconstruction": 0.0}
         grid: Optional[tuple[torch.Tensor, torch.Tensor]] = None
@@ -245,8 +237,8 @@ class ReconstructionEvaluator:
         if self.knn is not None:
             metrics.update(self.knn(trunk_features(model)))
         if self.is_main and grid is not None and self.num_grid_images > 0 and len(grid[0]):
-            path = save_reconstruction_grid(*grid, path=self.run_dir / f"recon_step{self.step}.png",
+            path = save_reconstruction_grid(*grid, path=self.run_dir / f"recon_step{progress.step}.png",
                                             mean=self.mean, std=self.std)
             if self.log_image is not None:
-                self.log_image("eval/reconstructions", path, step=self.step)
+                self.log_image("eval/reconstructions", path, step=progress.step)
         return metrics

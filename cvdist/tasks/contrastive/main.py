@@ -14,7 +14,7 @@ from cvdist.data.from_config import build_bank_batches, build_labelled_data
 from cvdist.engine import TrainTask, fit, start_session
 from cvdist.eval.knn import KnnEvaluator
 from cvdist.tasks.contrastive.config import ContrastiveRunConfig, validate_contrastive
-from cvdist.tasks.contrastive.step import ContrastiveStep, build_contrastive_model, total_optimizer_steps
+from cvdist.tasks.contrastive.step import ContrastiveStep, build_contrastive_model
 
 
 def main(argv: Sequence[str], *, default_yaml: str | Path) -> int:
@@ -30,20 +30,20 @@ def main(argv: Sequence[str], *, default_yaml: str | Path) -> int:
                                num_epochs=config.train.epochs)  # labels only feed the kNN monitor
     model = build_contrastive_model(config)
     step = ContrastiveStep(model=model, ssl=ssl, data=config.data, seed=config.train.seed, rank=env.rank,
-                           world_size=env.world_size, total_steps=total_optimizer_steps(config, data.train))
-    evaluator = None  # ssl.knn_k=0: no monitor
+                           world_size=env.world_size)
+    evaluate = None  # ssl.knn_k=0: no monitor
     if ssl.knn_k:
-        evaluator = KnnEvaluator(
+        knn = KnnEvaluator(
             bank_batches=build_bank_batches(config.data, in_channels=config.model.in_channels,
                                             num_classes=config.model.num_classes, bank_size=ssl.knn_bank_size,
                                             rank=env.rank, world_size=env.world_size, seed=config.train.seed),
             eval_batches=data.eval_batches, to_device=session.backend.to_device,
             num_classes=config.model.num_classes, k=ssl.knn_k, temperature=ssl.knn_temperature,
             probe_epochs=ssl.probe_epochs, seed=config.train.seed)
+        evaluate = lambda model, progress: knn(model)  # noqa: E731  (the monitor needs no progress)
     trainable = [p for p in model.parameters() if p.requires_grad]  # not the momentum encoder
-    result = fit(session, TrainTask(model=model, compute_loss=step, train_batches=data.train, evaluate=evaluator,
-                                    parameter_groups=[{"params": trainable}], extra_state=step,
-                                    on_step_end=step.on_step_end))
+    result = fit(session, TrainTask(model=model, compute_loss=step, train_batches=data.train, evaluate=evaluate,
+                                    parameter_groups=[{"params": trainable}], on_step_end=step.on_step_end))
     final = result.summary["final"]
     session.print(f"[cvdist] done: step {result.step}, eval kNN top-1 {final.get('eval/knn_top1', float('nan')):.4f}, "
                   f"record in {session.run_dir}")

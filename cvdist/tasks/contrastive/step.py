@@ -18,6 +18,7 @@ from torch import nn
 
 from cvdist.config import DataConfig
 from cvdist.data.batch_views import ViewAugmentation, two_views
+from cvdist.engine import Progress
 from cvdist.losses.contrastive import moco_v3_loss, nt_xent_loss, triplet_margin_loss
 from cvdist.models import build_model
 from cvdist.models.backbones import remove_head
@@ -46,21 +47,18 @@ def view_augmentation(ssl: SSLConfig) -> ViewAugmentation:
 
 
 class ContrastiveStep:
-    """The recipe's ``compute_loss`` (two views of the batch, the method's loss; labels unused),
-    ``on_step_end`` (MoCo v3's momentum update) and ``extra_state`` (the count of augmented
-    batches, which seeds the views: a resumed run draws the same ones)."""
+    """The task's ``compute_loss`` (two views of the batch, the method's loss; labels unused) and
+    ``on_step_end`` (MoCo v3's momentum update). The views are seeded by (seed, rank, the run-wide
+    micro-batch index of ``Progress``), so a resumed run draws the same ones."""
 
-    def __init__(self, *, model: SSLModel, ssl: SSLConfig, data: DataConfig, seed: int, rank: int,
-                 world_size: int, total_steps: int):
+    def __init__(self, *, model: SSLModel, ssl: SSLConfig, data: DataConfig, seed: int, rank: int, world_size: int):
         self.model, self.ssl, self.augmentation = model, ssl, view_augmentation(ssl)
         self.mean, self.std, self.seed = list(data.mean), list(data.std), seed
-        self.rank, self.world_size, self.total_steps = rank, world_size, total_steps
-        self.num_batches = 0
+        self.rank, self.world_size = rank, world_size
 
-    def __call__(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, Any]]:
+    def __call__(self, model: nn.Module, batch: dict, progress: Progress) -> tuple[torch.Tensor, dict[str, Any]]:
         view_a, view_b = two_views(batch["image"], self.augmentation, seed=self.seed, rank=self.rank,
-                                   index=self.num_batches, mean=self.mean, std=self.std)
-        self.num_batches += 1
+                                   index=progress.micro_batch, mean=self.mean, std=self.std)
         out = model(view_a, view_b)
         common = dict(rank=self.rank, world_size=self.world_size)
         if self.ssl.method == "simclr":
@@ -72,22 +70,8 @@ class ContrastiveStep:
             loss = triplet_margin_loss(out["z_a"], out["z_b"], margin=self.ssl.triplet_margin, **common)
         return loss, {}
 
-    def on_step_end(self, step: int) -> None:
+    def on_step_end(self, progress: Progress) -> None:
         """MoCo v3: EMA of the online trunk and projector into the momentum encoder."""
         if self.ssl.method == "moco_v3":
-            update_momentum_encoder(self.model, momentum=momentum_at(step, total_steps=self.total_steps,
+            update_momentum_encoder(self.model, momentum=momentum_at(progress.step, total_steps=progress.total_steps,
                                                                      base=self.ssl.momentum))
-
-    def state_dict(self) -> dict:
-        return {"num_batches": self.num_batches}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.num_batches = int(state["num_batches"])
-
-
-def total_optimizer_steps(config: ContrastiveRunConfig, train_batches: Any) -> int:
-    """The run's optimiser steps, as the engine counts them (for the momentum schedule)."""
-    if config.train.max_steps:
-        return config.train.max_steps
-    micro = sum(train_batches.batches_in_epoch(epoch) for epoch in range(config.train.epochs))
-    return max(micro // config.optim.accum_steps, 1)

@@ -13,11 +13,11 @@ import torch
 
 from cvdist.config import load_recipe_config
 from cvdist.data.longtail_data import build_classification_data
-from cvdist.engine import TrainTask, fit, start_session
+from cvdist.engine import AfterTraining, Progress, TrainTask, fit, start_session
 from cvdist.eval.longtail import scaled_shot_thresholds
 from cvdist.eval.longtail_evaluator import LongtailEvaluator
 from cvdist.losses.distill import DistillationLoss, kd_logit_offset
-from cvdist.tasks.common import EpochHook, StepCounter, build_label_loss
+from cvdist.tasks.common import build_label_loss
 from cvdist.tasks.distill.config import DistillRunConfig, validate_distill
 from cvdist.tasks.distill.step import DistillStep, build_student, final_report, load_teacher, state_fingerprint
 
@@ -42,21 +42,23 @@ def main(argv: Sequence[str], *, default_yaml: str | Path) -> int:
     loss = DistillationLoss(temperature=kd.temperature, alpha=kd.alpha, label_loss=label_loss,
                             feature_weight=kd.feature_weight, feature_loss=kd.feature_loss,
                             kd_offset=kd_logit_offset(data.class_counts, tau=kd.logit_adjust_tau)).to(env.device)
-    resumed_step = session.resume_meta.step if session.resume_meta else None
-    counter = StepCounter(start_step=resumed_step or 0, accum_steps=config.optim.accum_steps)
     thresholds = scaled_shot_thresholds(data.class_counts, many=config.longtail.shot_many, few=config.longtail.shot_few)
     evaluator = LongtailEvaluator(
         eval_batches=data.eval_batches, class_counts=data.class_counts, thresholds=thresholds, posthoc_tau=0.0,
-        to_device=session.backend.to_device, device=env.device, step_of=lambda: counter.steps_done,
-        run_dir=session.run_dir, is_main=env.is_main, resumed_step=resumed_step)
-    step = DistillStep(teacher=teacher, loss=loss, counter=counter, teacher_hint=teacher_hint)
-    result = fit(session, TrainTask(model=student, compute_loss=step, evaluate=evaluator,
-                                    train_batches=EpochHook(data.train, label_loss.set_epoch)))
-    if not result.stopped_early:
+        to_device=session.backend.to_device, device=env.device, run_dir=session.run_dir, is_main=env.is_main,
+        resumed_step=session.resumed_step)
+    step = DistillStep(teacher=teacher, loss=loss, teacher_hint=teacher_hint)
+
+    def after_training(progress: Progress) -> AfterTraining:
+        """The teacher / student report, and proof that the teacher did not change."""
         teacher_state = {"teacher/sha256_before": fingerprint, "teacher/sha256_after": state_fingerprint(teacher),
                          "teacher/params_with_grad": sum(p.grad is not None for p in teacher.parameters()),
                          "teacher/trainable_params": sum(p.requires_grad for p in teacher.parameters())}
-        final_report(config, session=session, data=data, teacher=teacher, thresholds=thresholds,
-                     settings=config.report, extra_summary=teacher_state)
+        report = final_report(config, session=session, data=data, teacher=teacher, thresholds=thresholds,
+                              settings=config.report)
+        return AfterTraining(metrics={}, summary={"report": report, **teacher_state})
+
+    fit(session, TrainTask(model=student, compute_loss=step, evaluate=evaluator, train_batches=data.train,
+                           after_training=after_training))
     session.close()
     return 0

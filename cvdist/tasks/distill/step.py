@@ -18,14 +18,17 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from cvdist.compress.report import ReportConfig, is_long_tailed, measure_row, table_columns, table_rows, write_report
+from cvdist.compress.report import (ReportConfig, is_long_tailed, measure_row, report_table, table_columns, table_rows,
+                                    write_report)
 from cvdist.data.longtail_data import LongtailData
+from cvdist.engine import Progress
 from cvdist.engine.model_sources import ModelSpec, load_trained_model
 from cvdist.eval.longtail import ShotThresholds
 from cvdist.eval.longtail_evaluator import evaluate_variants, fp32_mover
 from cvdist.losses.distill import DistillationLoss, HintAdapter
+from cvdist.losses.longtail import LongTailLoss
 from cvdist.models import build_model
-from cvdist.tasks.common import StepCounter, first_images
+from cvdist.tasks.common import first_images
 from cvdist.tasks.distill.config import DistillRunConfig, check_hint_layer
 
 
@@ -114,16 +117,16 @@ def build_student(config: DistillRunConfig, teacher: nn.Module, *,
 
 
 class DistillStep:
-    """The recipe's ``compute_loss``: the frozen teacher's logits (and hint) under ``no_grad``,
+    """The task's ``compute_loss``: the frozen teacher's logits (and hint) under ``no_grad``,
     the student's, and :class:`cvdist.losses.distill.DistillationLoss`; logs each part
     unweighted (``train/loss_kd``, ``train/loss_label``, ``train/loss_feature``)."""
 
-    def __init__(self, *, teacher: nn.Module, loss: DistillationLoss, counter: StepCounter,
-                 teacher_hint: Optional[HintCapture] = None):
-        self.teacher, self.loss, self.counter, self.teacher_hint = teacher, loss, counter, teacher_hint
+    def __init__(self, *, teacher: nn.Module, loss: DistillationLoss, teacher_hint: Optional[HintCapture] = None):
+        self.teacher, self.loss, self.teacher_hint = teacher, loss, teacher_hint
 
-    def __call__(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, Any]]:
-        self.counter.next_micro_batch()
+    def __call__(self, model: nn.Module, batch: dict, progress: Progress) -> tuple[torch.Tensor, dict[str, Any]]:
+        if isinstance(self.loss.label_loss, LongTailLoss):
+            self.loss.label_loss.set_epoch(progress.epoch)  # LDAM-DRW's deferred weights
         images, labels = batch["image"], batch["label"]
         teacher_logits = None
         if self.loss.alpha > 0 or self.teacher_hint is not None:  # alpha = 0 without hints: the student alone
@@ -140,10 +143,11 @@ class DistillStep:
 
 
 def final_report(config: DistillRunConfig, *, session: Any, data: LongtailData, teacher: nn.Module,
-                 thresholds: ShotThresholds, settings: ReportConfig, extra_summary: dict) -> None:
+                 thresholds: ShotThresholds, settings: ReportConfig) -> dict:
     """Evaluate the teacher and the trained student (its consolidated final weights, reloaded as
-    a plain classifier as ``cvdist compress`` would) on the test split, and write ``report.md``,
-    the ``report`` of ``summary.json`` and the W&B table ``report/models`` (rank 0)."""
+    a plain classifier as ``cvdist compress`` would) on the test split, write ``report.md`` and
+    the W&B table ``report/models`` (rank 0); returns the table for ``summary.json["report"]``
+    (empty on other ranks)."""
     env = session.env
     student, _ = load_trained_model(session.run_dir, given=ModelSpec(name=config.model.name,
                                     num_classes=config.model.num_classes, in_channels=config.model.in_channels),
@@ -156,7 +160,7 @@ def final_report(config: DistillRunConfig, *, session: Any, data: LongtailData, 
                                               thresholds=thresholds, posthoc_tau=0.0, to_device=fp32_mover(env.device),
                                               device=env.device)[""]
     if not env.is_main:
-        return
+        return {}
     with_balanced = is_long_tailed(data.class_counts, setting=settings.balanced)
     images = first_images(data.eval_batches(), settings.latency_batch_size)
     rows = [measure_row(name, model.cpu(), metrics=metrics[name], latency_images=images, settings=settings,
@@ -164,8 +168,9 @@ def final_report(config: DistillRunConfig, *, session: Any, data: LongtailData, 
     teacher.to(env.device)
     note = (f"CPU latency per batch of {len(images)} images: median of {settings.latency_batches} after "
             f"{settings.warmup_batches} warm-up, {settings.num_threads} thread(s).")
-    write_report(rows, session.run_dir, note=note, summary_extra=extra_summary)
+    write_report(rows, session.run_dir, note=note, with_summary=False)
     session.wandb.log_table("report/models", columns=table_columns(rows), rows=table_rows(rows))
     for row in rows:
         session.print(f"[cvdist] {row.model}: top-1 {row.top1:.4f}, {row.size_mb:.3f} MB, "
                       f"{row.latency_ms:.2f} ms/batch")
+    return report_table(rows)

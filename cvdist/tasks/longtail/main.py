@@ -11,7 +11,7 @@ from typing import Sequence
 
 from cvdist.config import load_recipe_config
 from cvdist.data.longtail_data import build_builtin_longtail_data, build_shard_longtail_data
-from cvdist.engine import TrainTask, fit, start_session
+from cvdist.engine import AfterTraining, TrainTask, fit, start_session
 from cvdist.engine.export import consolidated_state_dict
 from cvdist.engine.transfer import prepare_transfer
 from cvdist.eval.longtail import plot_per_class_accuracy, scaled_shot_thresholds
@@ -19,7 +19,7 @@ from cvdist.eval.longtail_evaluator import SCALAR_METRICS, LongtailEvaluator, fp
 from cvdist.models import build_model
 from cvdist.models.multitask import add_aux_heads
 from cvdist.models.transfer import find_head_name
-from cvdist.tasks.common import EpochHook, StepCounter, build_label_loss
+from cvdist.tasks.common import build_label_loss
 from cvdist.tasks.longtail.config import LongtailRunConfig, validate_longtail
 from cvdist.tasks.longtail.step import LongtailTrainStep, WeightEma
 
@@ -44,15 +44,16 @@ def build_fresh_model(config: LongtailRunConfig, aux_classes: dict[str, int]):
     return add_aux_heads(model, head_name=head_name, aux_classes=aux_classes)
 
 
-def after_training(config: LongtailRunConfig, session, data, evaluator, *, head_name: str, thresholds) -> dict:
-    """The per-class PNG, and tau-normalisation when asked; returns the extra metrics."""
+def after_training(config: LongtailRunConfig, session, data, evaluator, *, head_name: str,
+                   thresholds) -> AfterTraining:
+    """The per-class PNG, and tau-normalisation when asked (its metrics join the run's record)."""
     counts, env, run_dir = data.class_counts, session.env, session.run_dir
     plot = dict(train_class_counts=counts, class_names=data.class_names, thresholds=thresholds)
     if env.is_main and evaluator.last:
         plot_per_class_accuracy(evaluator.last[""]["per_class"], path=run_dir / "per_class_accuracy.png", **plot)
         session.wandb.log_image("plots/per_class_accuracy", run_dir / "per_class_accuracy.png")
     if not config.longtail.tau_norm:
-        return {}
+        return AfterTraining(metrics={}, summary={})
     model = build_fresh_model(config, data.aux_classes)
     model.load_state_dict(consolidated_state_dict(run_dir))  # the final weights under any strategy
     tau, scores, metrics = tau_norm_and_evaluate(
@@ -63,8 +64,8 @@ def after_training(config: LongtailRunConfig, session, data, evaluator, *, head_
         plot_per_class_accuracy(metrics["per_class"], path=run_dir / "per_class_accuracy_taunorm.png", **plot)
         session.wandb.log_image("plots/per_class_accuracy_taunorm", run_dir / "per_class_accuracy_taunorm.png")
     session.print(f"[cvdist] tau-normalisation: tau={tau:g} (held-out balanced acc {scores[tau]:.4f})")
-    return {"tau_norm/tau": tau, "tau_norm/holdout_balanced_acc": scores[tau],
-            **{f"eval/{k}_taunorm": metrics[k] for k in (*SCALAR_METRICS, "loss")}}
+    return AfterTraining(metrics={"tau_norm/tau": tau, "tau_norm/holdout_balanced_acc": scores[tau],
+                                  **{f"eval/{k}_taunorm": metrics[k] for k in (*SCALAR_METRICS, "loss")}}, summary={})
 
 
 def main(argv: Sequence[str], *, default_yaml: str | Path) -> int:
@@ -85,29 +86,22 @@ def main(argv: Sequence[str], *, default_yaml: str | Path) -> int:
     if config.transfer.from_path:
         session.add_input(config.transfer.from_path)  # lineage: inputs.json and the W&B input artifact
     loss = build_label_loss(config.loss, data.class_counts).to(env.device)
-    resumed_step = session.resume_meta.step if session.resume_meta else None
-    counter = StepCounter(start_step=resumed_step or 0, accum_steps=config.optim.accum_steps)
     ema = WeightEma(decay=reg.ema_decay) if reg.ema_decay > 0 else None
     thresholds = scaled_shot_thresholds(data.class_counts, many=lt.shot_many, few=lt.shot_few)
     evaluator = LongtailEvaluator(
         eval_batches=data.eval_batches, class_counts=data.class_counts, thresholds=thresholds,
         posthoc_tau=lt.posthoc_tau, to_device=session.backend.to_device, device=env.device,
-        step_of=lambda: counter.steps_done, run_dir=session.run_dir, is_main=env.is_main,
-        resumed_step=resumed_step, ema=ema, aux_keys=tuple(data.aux_classes))
+        run_dir=session.run_dir, is_main=env.is_main, resumed_step=session.resumed_step, ema=ema, aux_keys=tuple(data.aux_classes))
     session.print(f"[cvdist] training class counts {data.class_counts}; shot thresholds many > {thresholds.many:g}, "
                   f"few < {thresholds.few:g}")
-    step = LongtailTrainStep(loss=loss, counter=counter, mixup_alpha=reg.mixup_alpha, cutmix_alpha=reg.cutmix_alpha,
+    step = LongtailTrainStep(loss=loss, mixup_alpha=reg.mixup_alpha, cutmix_alpha=reg.cutmix_alpha,
                              ema=ema, aux_weights=dict(config.multitask.labels))
-    result = fit(session, TrainTask(model=model, compute_loss=step, train_batches=EpochHook(data.train, loss.set_epoch),
-                                    evaluate=evaluator, parameter_groups=groups, extra_state=ema))
+    finish = lambda progress: after_training(config, session, data, evaluator,  # noqa: E731
+                                             head_name=head_name, thresholds=thresholds)
+    result = fit(session, TrainTask(model=model, compute_loss=step, train_batches=data.train, evaluate=evaluator,
+                                    parameter_groups=groups, extra_state=ema, after_training=finish))
     if not result.stopped_early:
-        extra = after_training(config, session, data, evaluator, head_name=head_name, thresholds=thresholds)
-        if extra:
-            session.record.log({"step": result.step, **extra})
-            session.wandb.log(extra, step=result.step)
-            keep = {k: v for k, v in result.summary.items() if k not in ("final", "best")}
-            session.wandb.update_summary({"final/" + k: v for k, v in session.record.write_summary(keep)["final"].items()})
-        final = session.record.last
+        final = result.summary["final"]
         session.print(f"[cvdist] done: step {result.step}, eval top-1 {final.get('eval/top1', float('nan')):.4f}, "
                       f"balanced {final.get('eval/balanced_acc', float('nan')):.4f}, record in {session.run_dir}")
     session.close()

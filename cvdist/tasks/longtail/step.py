@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cvdist.tasks.common import StepCounter
+from cvdist.engine import Progress
 
 
 def mix_batch(images: torch.Tensor, *, mixup_alpha: float,
@@ -92,22 +92,23 @@ class WeightEma:
 
 
 class LongtailTrainStep:
-    """The recipe's ``compute_loss``: the long-tail loss, optionally on mixed batches, plus the
+    """The task's ``compute_loss``: the long-tail loss (told the batch's epoch, for LDAM-DRW),
+    optionally on mixed batches, plus the
     auxiliary heads' cross-entropy weighted by ``aux_weights`` (label name -> weight; the model is
     then a :class:`cvdist.models.multitask.AuxHeadsModel`), keeping the EMA (if any) one optimiser
     step behind the model (the evaluation catches it up). With auxiliary heads, each loss is
     logged unweighted: ``train/loss_main``, ``train/loss_<label>``."""
 
-    def __init__(self, *, loss: nn.Module, counter: StepCounter, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
+    def __init__(self, *, loss: nn.Module, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
                  ema: Optional[WeightEma] = None, aux_weights: Optional[dict[str, float]] = None):
-        self.loss, self.counter, self.ema = loss, counter, ema
+        self.loss, self.ema = loss, ema
         self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
         self.aux_weights = dict(aux_weights or {})
 
-    def __call__(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, Any]]:
-        steps_done = self.counter.next_micro_batch()
+    def __call__(self, model: nn.Module, batch: dict, progress: Progress) -> tuple[torch.Tensor, dict[str, Any]]:
+        self.loss.set_epoch(progress.epoch)
         if self.ema is not None:
-            self.ema.catch_up(model, steps_done)
+            self.ema.catch_up(model, progress.step)
         images, labels = batch["image"], batch["label"]
         partner, lam = None, 1.0
         if self.mixup_alpha > 0 or self.cutmix_alpha > 0:

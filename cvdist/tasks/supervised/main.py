@@ -35,10 +35,10 @@ def main(argv: Sequence[str], *, default_yaml: str | Path) -> int:
 
     smoothing = config.loss.label_smoothing
 
-    def compute_loss(model, batch):
+    def compute_loss(model, batch, progress):
         return F.cross_entropy(model(batch["image"]).float(), batch["label"], label_smoothing=smoothing), {}
 
-    def evaluate(model):
+    def evaluate(model, progress):
         return evaluate_classifier(model, data.eval_batches(), to_device=session.backend.to_device, device=env.device)
 
     result = fit(session, TrainTask(model=model, compute_loss=compute_loss, train_batches=data.train, evaluate=evaluate))
