@@ -103,7 +103,8 @@ def overhead_worker(args: argparse.Namespace) -> None:
     """Alternate plain and cvdist rounds (ABBA order against drift); report medians and the ratio."""
     from cvdist.config import load_config
     from cvdist.data.builtin import make_synthetic
-    from cvdist.data.tensor_batches import TensorBatches
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the in-memory batch source lives with the tests
+    from tests.helpers.tensor_batches import TensorBatches
     from cvdist.engine import TrainTask, fit, start_session
 
     torch.set_num_threads(1)

@@ -39,7 +39,8 @@ class ModelConfig:
 class DataConfig:
     train_shards: list[str] = field(default_factory=list)
     """Training sources: shard directories with a manifest, or shard patterns / URLs (``dir/train-*.tar``,
-    ``train-{000000..000099}.tar``, ``pipe:...``, ``https://...``). Empty = the built-in in-memory data set."""
+    ``train-{000000..000099}.tar``, ``pipe:...``, ``https://...``). Empty = the built-in data set
+    (``dataset``), written as shards into ``cache_dir`` on first use and read the same way."""
     train_weights: list[float] = field(default_factory=list)
     """Mixing weights of several ``train_shards`` sources (empty = equal)."""
     eval_shards: str = ""
@@ -74,12 +75,15 @@ class DataConfig:
     """Built-in data: use only the first N training samples (0 = all)."""
     num_eval_samples: int = 0
     """Built-in data: use only the first N evaluation samples (0 = all)."""
+    cache_dir: str = ""
+    """Built-in data: where it is written as shards on first use (empty = ``$CVDIST_CACHE_DIR``,
+    else ``$XDG_CACHE_HOME/cvdist``, else ``~/.cache/cvdist``); see ``cvdist/data/builtin_shards.py``."""
     global_batch_size: int = 128
     """Samples per optimiser step over all processes and accumulation steps."""
     eval_batch_size: int = 256
     """Evaluation batch per process."""
     num_workers: int = 0
-    """DataLoader worker processes per training process (shards only)."""
+    """DataLoader worker processes per training process."""
 
 
 @dataclass

@@ -45,6 +45,20 @@ def run_recipe(args: list[str], *, nproc: int = 1, timeout: float = 300, env: di
     return result
 
 
+@pytest.fixture(scope="session", autouse=True)
+def builtin_shard_cache(tmp_path_factory):
+    """One cache of built-in shard sets for the whole test session (the tests and the recipes they
+    start as subprocesses), never the user's ``~/.cache/cvdist``."""
+    cache = tmp_path_factory.mktemp("cvdist-cache")
+    previous = os.environ.get("CVDIST_CACHE_DIR")
+    os.environ["CVDIST_CACHE_DIR"] = str(cache)
+    yield cache
+    if previous is None:
+        os.environ.pop("CVDIST_CACHE_DIR", None)
+    else:
+        os.environ["CVDIST_CACHE_DIR"] = previous
+
+
 @pytest.fixture
 def tiny_args(tmp_path):
     return [*TINY, f"output_dir={tmp_path / 'runs'}"]

@@ -10,7 +10,6 @@ from PIL import Image
 
 from cvdist.config import ConfigError, load_config
 from cvdist.data.builtin import make_synthetic
-from cvdist.data.tensor_batches import sharded_eval_batches
 from cvdist.engine import Progress
 from cvdist.engine.transfer import load_backbone
 from cvdist.eval.knn import KnnEvaluator
@@ -21,6 +20,7 @@ from cvdist.models.vit import build_mae, build_vit, num_visible, patch_targets, 
 from cvdist.tasks.autoencoder.config import AutoencoderRunConfig, validate_autoencoder
 from cvdist.tasks.autoencoder.step import (MaeStep, MultitaskStep, ReconstructionEvaluator, build_pretrain_model,
                                            build_train_step, save_reconstruction_grid, trunk_features)
+from tests.helpers.tensor_batches import sharded_eval_batches
 
 
 def ae_config(*overrides: str) -> AutoencoderRunConfig:

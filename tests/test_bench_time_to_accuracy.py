@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, clean_env
 
 BENCH = REPO / "bench" / "time_to_accuracy.py"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import os
 import socket
-
 import sys
 
 import pytest
@@ -17,9 +16,8 @@ from torch import nn
 
 from cvdist.losses.contrastive import info_nce_loss, moco_v3_loss, nt_xent_loss, triplet_margin_loss
 from cvdist.models import build_backbone, build_model
-from cvdist.models.heads import (PredictionHead, ProjectionMLP, SSLHeads, SSLModel, momentum_at,
-                                 update_momentum_encoder)
 from cvdist.models.backbones import remove_head
+from cvdist.models.heads import PredictionHead, ProjectionMLP, SSLHeads, SSLModel, momentum_at, update_momentum_encoder
 
 
 def test_nt_xent_matches_a_hand_computed_value():

@@ -16,7 +16,7 @@ import json, sys
 import torch
 from torch.nn import functional as F
 from cvdist.config import load_config
-from cvdist.data.tensor_batches import TensorBatches
+from tests.helpers.tensor_batches import TensorBatches
 from cvdist.engine import AfterTraining, TrainTask, fit, start_session
 
 out_dir, max_steps, resume = sys.argv[1], int(sys.argv[2]), sys.argv[3]

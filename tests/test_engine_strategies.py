@@ -192,6 +192,7 @@ def test_cvdist_export_cli_writes_weights_that_load_strictly(runs, tmp_path, suf
 
 def test_deepspeed_zero_to_fp32_loads_into_torchvision_resnet(tmp_path):
     import torchvision
+
     from tests.conftest import TINY
 
     args = [*TINY, f"output_dir={tmp_path}", "name=r18", "model.name=resnet18", "dist.strategy=zero3",

@@ -12,8 +12,9 @@ import torch
 import torchvision
 from torch import nn
 
-from cvdist.config import ConfigError, load_config
-from cvdist.data.longtail_data import ResampledTensorBatches, split_holdout_and_longtail
+from cvdist.config import ConfigError, DataConfig, load_config
+from cvdist.data.builtin_shards import split_holdout_and_longtail
+from cvdist.data.longtail_data import build_longtail_data
 from cvdist.engine import Progress
 from cvdist.engine.export import consolidated_state_dict
 from cvdist.engine.transfer import load_backbone, prepare_transfer
@@ -160,22 +161,25 @@ def test_holdout_is_balanced_disjoint_and_the_rest_long_tailed():
     assert labels[train].bincount().tolist() == [95, 73, 56, 44, 34, 26, 20, 15, 12, 9]
 
 
-def test_in_memory_class_balanced_sampling_and_the_step_sets_the_loss_epoch():
-    labels = torch.tensor([0] * 90 + [1] * 10)
-    batches = ResampledTensorBatches(sampling="class_balanced", num_classes=2, num_epochs=1,
-                                     images=torch.zeros(100, 1, 4, 4, dtype=torch.uint8), labels=labels, rank=0,
-                                     world_size=1, batch_size=10, seed=0)
-    drawn = torch.cat([torch.cat([b["label"] for b in batches.iterate(epoch=e)]) for e in range(20)])
-    assert abs(float((drawn == 1).float().mean()) - 0.5) < 0.05
+def test_builtin_long_tailed_data_class_balanced_sampling(tmp_path):
+    # the built-in set goes through the shard pipeline: its re-sampling is the stream's
+    data = build_longtail_data(DataConfig(dataset="synthetic", num_train_samples=1000, num_eval_samples=100,
+                                          sampling="class_balanced", cache_dir=str(tmp_path)),
+                               num_classes=2, in_channels=1, rank=0, world_size=1, micro_batch_size=10, seed=0,
+                               num_epochs=1, imbalance_factor=9)
+    assert data.class_counts == [500, 55]
+    drawn = torch.cat([torch.cat([b["label"] for b in data.train.iterate(epoch=e)]) for e in range(4)])
+    assert abs(float((drawn == 1).float().mean()) - 0.5) < 0.06
+
+
+def test_the_step_sets_the_loss_epoch_from_progress():
     loss = build_longtail_loss(name="ldam", class_counts=[90, 10], drw_epoch=2)
     step = LongtailTrainStep(loss=loss)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
-    batch = next(batches.iterate(epoch=3, start_batch=5))  # e.g. a resumed run continuing in epoch 3
-    step(model, {"image": batch["image"].float(), "label": batch["label"]},
-         Progress(step=35, micro_batch=35, epoch=3, total_steps=100))
+    batch = {"image": torch.randn(4, 1, 4, 4), "label": torch.tensor([0, 1, 0, 1])}
+    step(model, batch, Progress(step=35, micro_batch=35, epoch=3, total_steps=100))  # e.g. a resumed run in epoch 3
     assert loss.epoch == 3 and loss.active_class_weights is not None
-    step(model, {"image": batch["image"].float(), "label": batch["label"]},
-         Progress(step=1, micro_batch=1, epoch=0, total_steps=100))
+    step(model, batch, Progress(step=1, micro_batch=1, epoch=0, total_steps=100))
     assert loss.epoch == 0 and loss.active_class_weights is None
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cvdist.data.transforms import (PRESET_DEFAULTS, MultiScaleBatch, build_multiview_transform,
-                                    build_transform, resize_batch)
+from cvdist.data.transforms import (PRESET_DEFAULTS, MultiScaleBatch, build_multiview_transform, build_transform,
+                                    resize_batch)
 
 GREY_STATS = dict(mean=(0.5,), std=(0.25,))
 RGB_STATS = dict(mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))

@@ -1,20 +1,36 @@
 """Build a recipe's labelled data (training stream + evaluation batches) from ``DataConfig``.
 
-Shared by every recipe that trains on labelled images: WebDataset shards when
-``data.train_shards`` is set, otherwise the built-in in-memory data set.
+Shared by every recipe that trains on labelled images. There is one data path: WebDataset shards
+through the streaming pipeline. With ``data.train_shards`` empty, the built-in data set is written
+as shards once (:mod:`cvdist.data.builtin_shards`) and read the same way.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
 from cvdist.config import DataConfig
-from cvdist.data.builtin import FASHION_MNIST_CLASSES, load_fashion_mnist, make_synthetic
+from cvdist.data.builtin_shards import BuiltinSpec, builtin_shard_dir
 from cvdist.data.fast_decode import build_decoder
-from cvdist.data.pipeline import build_train_stream, iterate_eval_shards, resolve_source
-from cvdist.data.tensor_batches import TensorBatches, sharded_eval_batches
+from cvdist.data.pipeline import build_train_stream, iterate_eval_shards, limit_samples, resolve_source
 from cvdist.data.transforms import MultiScaleBatch
+
+
+def with_builtin_shards(data: DataConfig, *, num_classes: int, in_channels: int, seed: int,
+                        imbalance_factor: float = 1.0, holdout_per_class: int = 0) -> DataConfig:
+    """``data`` itself when it names shards; else a copy that names the built-in set's shard
+    directory (written on first use): ``train`` / ``test`` splits, and ``val`` with
+    ``holdout_per_class`` (the long-tail cut ``imbalance_factor`` applies to ``train``)."""
+    if data.train_shards:
+        return data
+    spec = BuiltinSpec(dataset=data.dataset, root=data.root, num_classes=num_classes, in_channels=in_channels,
+                       num_train_samples=data.num_train_samples, num_eval_samples=data.num_eval_samples, seed=seed,
+                       imbalance_factor=float(imbalance_factor), holdout_per_class=holdout_per_class)
+    directory = builtin_shard_dir(spec, cache_dir=data.cache_dir or None)
+    return dataclasses.replace(data, train_shards=[str(directory)], train_weights=[], eval_shards="",
+                               train_split="train", eval_split="test")
 
 
 @dataclass
@@ -26,20 +42,19 @@ class LabelledData:
     eval_batches: Callable[[], Iterator[dict]]
     """A fresh pass over this rank's share of the evaluation data (``image``, ``label``, ``valid``)."""
     class_counts: Optional[list[int]]
-    """Training samples per class (from the manifest or the in-memory labels)."""
+    """Training samples per class (from the manifest, or counted in local shards; None for several sources)."""
     class_names: Optional[list[str]]
 
 
 def build_labelled_data(data: DataConfig, *, in_channels: int, num_classes: int, rank: int, world_size: int,
                         micro_batch_size: int, seed: int, num_epochs: int,
                         extra_label_keys: tuple[str, ...] = ()) -> LabelledData:
-    """The training stream and evaluation batches ``data`` describes, for this rank."""
-    if data.train_shards:
-        return _from_shards(data, in_channels=in_channels, rank=rank, world_size=world_size,
-                            micro_batch_size=micro_batch_size, seed=seed, num_epochs=num_epochs,
-                            extra_label_keys=extra_label_keys)
-    return _builtin(data, in_channels=in_channels, num_classes=num_classes, rank=rank, world_size=world_size,
-                    micro_batch_size=micro_batch_size, seed=seed)
+    """The training stream and evaluation batches ``data`` describes, for this rank (the built-in
+    set when ``data.train_shards`` is empty, see :func:`with_builtin_shards`)."""
+    data = with_builtin_shards(data, num_classes=num_classes, in_channels=in_channels, seed=seed)
+    return _from_shards(data, in_channels=in_channels, rank=rank, world_size=world_size,
+                        micro_batch_size=micro_batch_size, seed=seed, num_epochs=num_epochs,
+                        extra_label_keys=extra_label_keys)
 
 
 def _from_shards(data: DataConfig, *, in_channels: int, rank: int, world_size: int, micro_batch_size: int,
@@ -78,50 +93,16 @@ def _multi_scale(data: DataConfig, seed: int) -> Optional[MultiScaleBatch]:
     return MultiScaleBatch(scales=data.multi_scale, base_size=data.image_size, seed=seed) if data.multi_scale else None
 
 
-def _builtin(data: DataConfig, *, in_channels: int, num_classes: int, rank: int, world_size: int,
-             micro_batch_size: int, seed: int) -> LabelledData:
-    if data.dataset == "synthetic":
-        train_images, train_labels = make_synthetic(num_samples=data.num_train_samples or 2048,
-                                                    num_classes=num_classes, channels=in_channels, seed=seed)
-        # Same class patterns (seed), other samples (sample_seed): a test split of the same task.
-        test_images, test_labels = make_synthetic(num_samples=data.num_eval_samples or 512, num_classes=num_classes,
-                                                  channels=in_channels, seed=seed, sample_seed=seed + 1)
-        names = None
-    else:
-        train_images, train_labels = load_fashion_mnist(root=data.root, split="train", num_samples=data.num_train_samples)
-        test_images, test_labels = load_fashion_mnist(root=data.root, split="test", num_samples=data.num_eval_samples)
-        names = list(FASHION_MNIST_CLASSES)
-    train = TensorBatches(images=train_images, labels=train_labels, rank=rank, world_size=world_size,
-                          batch_size=micro_batch_size, seed=seed, horizontal_flip=data.augment != "none",
-                          mean=data.mean[0], std=data.std[0], multi_scale=_multi_scale(data, seed))
-
-    def eval_batches() -> Iterator[dict]:
-        return sharded_eval_batches(images=test_images, labels=test_labels, rank=rank, world_size=world_size,
-                                    batch_size=data.eval_batch_size, mean=data.mean[0], std=data.std[0])
-
-    counts = train_labels.bincount(minlength=num_classes).tolist()
-    return LabelledData(train=train, eval_batches=eval_batches, class_counts=counts, class_names=names)
-
-
 def build_bank_batches(data: DataConfig, *, in_channels: int, num_classes: int, bank_size: int, rank: int,
                        world_size: int, seed: int) -> Callable[[], Iterator[dict]]:
-    """Labelled training images for the kNN bank, without augmentation, this rank's share:
-    built-in data: the first ``bank_size`` training images (0 = all); shards: the whole
-    ``data.train_split`` of the first training source."""
-    if data.train_shards:
-        source, _ = resolve_source(data.train_shards[0], split=data.train_split)
-        decoder = build_decoder(preset="none", train=False, image_size=data.image_size, mean=data.mean,
-                                std=data.std, grey=in_channels == 1)
-        return lambda: iterate_eval_shards(source, rank=rank, world_size=world_size,
-                                           batch_size=data.eval_batch_size, decoder=decoder)
-    if data.dataset == "synthetic":  # the training set from_config builds (same seed), its first bank_size images
-        images, labels = make_synthetic(num_samples=data.num_train_samples or 2048, num_classes=num_classes,
-                                        channels=in_channels, seed=seed)
-        if bank_size:
-            images, labels = images[:bank_size], labels[:bank_size]
-    else:
-        limits = [n for n in (bank_size, data.num_train_samples) if n]  # never images the run does not train on
-        limit = min(limits) if limits else 0
-        images, labels = load_fashion_mnist(root=data.root, split="train", num_samples=limit)
-    return lambda: sharded_eval_batches(images=images, labels=labels, rank=rank, world_size=world_size,
-                                        batch_size=data.eval_batch_size, mean=data.mean[0], std=data.std[0])
+    """Labelled training images for the kNN bank / linear probe, without augmentation, this
+    rank's share: the first ``bank_size`` samples (0 = all) of ``data.train_split`` of the first
+    training source (the built-in set's training split when there are no shards)."""
+    data = with_builtin_shards(data, num_classes=num_classes, in_channels=in_channels, seed=seed)
+    source, _ = resolve_source(data.train_shards[0], split=data.train_split)
+    if bank_size:
+        source = limit_samples(source, bank_size)
+    decoder = build_decoder(preset="none", train=False, image_size=data.image_size, mean=data.mean,
+                            std=data.std, grey=in_channels == 1)
+    return lambda: iterate_eval_shards(source, rank=rank, world_size=world_size, batch_size=data.eval_batch_size,
+                                       decoder=decoder)

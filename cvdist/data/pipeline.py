@@ -9,6 +9,7 @@ manifest are scanned once at start-up (samples per shard and per class); remote 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 from pathlib import Path
@@ -84,6 +85,22 @@ def build_train_stream(*, shards: Sequence[str], weights: Sequence[float], split
     return stream, [manifest for _, manifest in resolved]
 
 
+def limit_samples(source: ShardSet, max_samples: int) -> ShardSet:
+    """The first ``max_samples`` samples of ``source`` in shard order (for :func:`iterate_eval_shards`,
+    which reads no more of each shard than its size says)."""
+    if source.shard_sizes is None:
+        raise ValueError("a sample limit needs the shards' sample counts: give a directory with a manifest "
+                         "or local shards")
+    urls, sizes, left = [], [], max_samples
+    for url, size in zip(source.urls, source.shard_sizes):
+        if left <= 0:
+            break
+        urls.append(url)
+        sizes.append(min(size, left))
+        left -= sizes[-1]
+    return ShardSet(urls=urls, shard_sizes=sizes, weight=source.weight)
+
+
 def iterate_eval_shards(source: ShardSet, *, rank: int, world_size: int, batch_size: int,
                         decoder: Decoder) -> Iterator[dict[str, Any]]:
     """Every sample of ``source`` exactly once over all ranks, as batches with a ``valid`` mask.
@@ -100,16 +117,16 @@ def iterate_eval_shards(source: ShardSet, *, rank: int, world_size: int, batch_s
     by_shard = len(source.urls) >= world_size
     if by_shard:
         per_rank = [sum(source.shard_sizes[r::world_size]) for r in range(world_size)]
-        urls, stride, offset = source.urls[rank::world_size], 1, 0
+        shards, stride, offset = list(zip(source.urls, source.shard_sizes))[rank::world_size], 1, 0
     else:
         total = sum(source.shard_sizes)
         per_rank = [len(range(r, total, world_size)) for r in range(world_size)]
-        urls, stride, offset = source.urls, world_size, rank
+        shards, stride, offset = list(zip(source.urls, source.shard_sizes)), world_size, rank
     num_batches = math.ceil(max(per_rank) / batch_size)
     errors: list[str] = []
     items, template, yielded, position = [], None, 0, 0
-    for url in urls:
-        for sample in read_shard_samples(url, errors):
+    for url, size in shards:
+        for sample in itertools.islice(read_shard_samples(url, errors), size):  # size: a limit_samples cut
             position += 1
             if (position - 1) % stride != offset:
                 continue

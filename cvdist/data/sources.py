@@ -69,7 +69,7 @@ class SourceDataset:
     extra_labels: dict[str, list[str]] = field(default_factory=dict)
 
 
-def _array_split(images: np.ndarray, labels: np.ndarray, extras: dict[str, np.ndarray] | None = None) -> SourceSplit:
+def array_source_split(images: np.ndarray, labels: np.ndarray, extras: dict[str, np.ndarray] | None = None) -> SourceSplit:
     extras = extras or {}
 
     def read(index: int) -> Sample:
@@ -101,7 +101,7 @@ def build_fashion_mnist_source(*, root: str | Path, limit: int = 0) -> SourceDat
             raise ValueError(f"Fashion-MNIST {split} labels under {root} are outside 0..9; the IDX files are damaged")
         if len(images_np) != len(labels_np):
             raise ValueError(f"Fashion-MNIST {split} under {root}: {len(images_np)} images but {len(labels_np)} labels")
-        splits[split] = _array_split(images_np, labels_np, {"coarse": coarse_of[labels_np]})
+        splits[split] = array_source_split(images_np, labels_np, {"coarse": coarse_of[labels_np]})
     subset = f" (first {limit} per split)" if limit else ""
     return SourceDataset(description=f"Fashion-MNIST IDX files in {root.resolve()}{subset}",
                          class_names=list(FASHION_MNIST_CLASSES), splits=splits,
@@ -330,6 +330,6 @@ def build_cifar_source(*, archive: str | Path) -> SourceDataset:
         for values, bound, key in zip(labels, bounds, label_keys):
             if values.size and (values.min() < 0 or values.max() >= bound):
                 raise ValueError(f"{archive}: {split} {key!r} outside 0..{bound - 1}; the archive is damaged")
-        splits[split] = _array_split(images, labels[0], {"coarse": labels[1]} if extra else None)
+        splits[split] = array_source_split(images, labels[0], {"coarse": labels[1]} if extra else None)
     return SourceDataset(description=f"{kind} python archive {archive.resolve()}", class_names=class_names,
                          splits=splits, extra_labels=extra)

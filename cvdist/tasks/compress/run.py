@@ -33,7 +33,7 @@ from cvdist.compress.pruning import PRUNE_METHODS, format_sparsity, prune_model,
 from cvdist.compress.report import (ReportConfig, ReportRow, check_report, is_long_tailed, measure_row, table_columns,
                                     table_rows, write_report)
 from cvdist.config import ConfigError, DataConfig, ModelConfig, TrackingConfig
-from cvdist.data.longtail_data import build_classification_data
+from cvdist.data.longtail_data import build_longtail_data
 from cvdist.engine.model_sources import ModelSpec, load_trained_model
 from cvdist.eval.longtail import scaled_shot_thresholds
 from cvdist.eval.longtail_evaluator import evaluate_variants, fp32_mover
@@ -230,7 +230,7 @@ def run_compress(config: CompressRunConfig) -> dict:
         raise ConfigError(f"models.{mismatched[0]} has {specs[mismatched[0]].num_classes} classes / "
                           f"{specs[mismatched[0]].in_channels} channels but models.{label} has {spec.num_classes} / "
                           f"{spec.in_channels}; one report compares models of the same task")
-    data = build_classification_data(config.data, num_classes=spec.num_classes, in_channels=spec.in_channels,
+    data = build_longtail_data(config.data, num_classes=spec.num_classes, in_channels=spec.in_channels,
                                      imbalance_factor=config.imbalance_factor, rank=0, world_size=1,
                                      micro_batch_size=config.data.global_batch_size, seed=config.seed, num_epochs=1)
     thresholds = scaled_shot_thresholds(data.class_counts)

@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 from cvdist.config import load_recipe_config
-from cvdist.data.longtail_data import build_classification_data
+from cvdist.data.longtail_data import build_longtail_data
 from cvdist.engine import AfterTraining, Progress, TrainTask, fit, start_session
 from cvdist.eval.longtail import scaled_shot_thresholds
 from cvdist.eval.longtail_evaluator import LongtailEvaluator
@@ -29,7 +29,7 @@ def main(argv: Sequence[str], *, default_yaml: str | Path) -> int:
     validate_distill(config)
     session = start_session(config)
     env, kd = session.env, config.kd
-    data = build_classification_data(
+    data = build_longtail_data(
         config.data, num_classes=config.model.num_classes, in_channels=config.model.in_channels,
         imbalance_factor=config.longtail.imbalance_factor, rank=env.rank, world_size=env.world_size,
         micro_batch_size=session.micro_batch_size, seed=config.train.seed, num_epochs=config.train.epochs)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from cvdist.config import load_recipe_config
-from cvdist.data.longtail_data import build_builtin_longtail_data, build_shard_longtail_data
+from cvdist.data.longtail_data import build_longtail_data
 from cvdist.engine import AfterTraining, TrainTask, fit, start_session
 from cvdist.engine.export import consolidated_state_dict
 from cvdist.engine.transfer import prepare_transfer
@@ -25,15 +25,13 @@ from cvdist.tasks.longtail.step import LongtailTrainStep, WeightEma
 
 
 def build_data(config: LongtailRunConfig, session):
-    common = dict(num_classes=config.model.num_classes, in_channels=config.model.in_channels, rank=session.env.rank,
-                  world_size=session.env.world_size, micro_batch_size=session.micro_batch_size,
-                  seed=config.train.seed, num_epochs=config.train.epochs, aux_labels=tuple(config.multitask.labels))
     lt = config.longtail
-    if config.data.train_shards:
-        return build_shard_longtail_data(config.data, holdout_shards=lt.holdout_shards, holdout_split=lt.holdout_split,
-                                         need_holdout=lt.tau_norm, **common)
-    return build_builtin_longtail_data(config.data, imbalance_factor=lt.imbalance_factor,
-                                       holdout_per_class=lt.holdout_per_class, **common)
+    return build_longtail_data(
+        config.data, num_classes=config.model.num_classes, in_channels=config.model.in_channels,
+        rank=session.env.rank, world_size=session.env.world_size, micro_batch_size=session.micro_batch_size,
+        seed=config.train.seed, num_epochs=config.train.epochs, imbalance_factor=lt.imbalance_factor,
+        holdout_per_class=lt.holdout_per_class, holdout_shards=lt.holdout_shards, holdout_split=lt.holdout_split,
+        need_holdout=lt.tau_norm, aux_labels=tuple(config.multitask.labels))
 
 
 def build_fresh_model(config: LongtailRunConfig, aux_classes: dict[str, int]):

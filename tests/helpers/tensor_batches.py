@@ -1,4 +1,7 @@
-"""Deterministic, resumable, rank-sharded batches over an in-memory image tensor.
+"""Deterministic, resumable, rank-sharded batches over an in-memory image tensor: a minimal
+``BatchSource`` for tests of the engine and for ``bench/engine_overhead.py``, which measure the
+loop without the data pipeline. Recipes never use it: every data set, the built-in ones
+included, goes through the shard pipeline (``cvdist/data/builtin_shards.py``).
 
 Epoch semantics: each epoch is a fresh permutation of all samples drawn from ``(seed, epoch)``;
 it is cut into global micro-steps of ``world_size * batch_size`` samples, rank ``r`` taking the
