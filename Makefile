@@ -36,7 +36,7 @@ demo: venv data
 	$(BIN)/cvdist demo --nproc $(NPROC) $(ARGS)
 
 # The tests read the real Fashion-MNIST files once (Debian's dataset-fashion-mnist package) and
-# start a real two-node SLURM cluster (tests/slurm_cluster.py; Debian's slurm-wlm and munge).
+# start a real two-node SLURM cluster (tests/helpers/slurm_cluster.py; Debian's slurm-wlm and munge).
 test: venv data
 	bash .ci/install-slurm.sh
 	$(BIN)/python -m pytest -q

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the SLURM and munge binaries that tests/slurm_cluster.py runs as a real two-node
+# Install the SLURM and munge binaries that tests/helpers/slurm_cluster.py runs as a real two-node
 # cluster on this machine (Debian/Ubuntu; SLURM 22.05 on Debian 12). Idempotent: does nothing
 # when every binary is already there. Starts no daemon (the test fixture starts its own).
 set -euo pipefail

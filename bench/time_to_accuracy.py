@@ -68,8 +68,8 @@ TIMM_LAUNCHER = ("import runpy, sys, torch\n"
 
 
 def default_timm_script() -> Path:
-    """``$CVDIST_CACHE/timm-train/train.py``, else /work/.cache/..., else ~/.cache/cvdist/..."""
-    roots = [os.environ.get("CVDIST_CACHE"), "/work/.cache", str(Path.home() / ".cache" / "cvdist")]
+    """``$CVDIST_CACHE_DIR/timm-train/train.py``, else ``~/.cache/cvdist/timm-train/train.py``."""
+    roots = [os.environ.get("CVDIST_CACHE_DIR"), str(Path.home() / ".cache" / "cvdist")]
     candidates = [Path(root) / "timm-train" / "train.py" for root in roots if root]
     return next((path for path in candidates if path.is_file()), candidates[0])
 

@@ -1,20 +1,20 @@
-"""bench/time_to_accuracy.py --quick end to end: the cvdist runs and the plain loop always, and
-timm's real train.py when a copy is cached at /work/.cache/timm-train/train.py (it is not in
-the timm wheel and there is no network here). Checks the table's rows and that every number
-parses; no timing assertions."""
+"""bench/time_to_accuracy.py --quick end to end: the two cvdist runs and the plain loop, with
+``--skip-timm``. timm's ``train.py`` is not in the timm wheel or sdist and cannot be installed on
+these machines, so its row is measured by running the benchmark where the script is present
+(see bench/README.md), never here. Checks the table's rows and that every number parses; no
+timing assertions."""
 
 from __future__ import annotations
 
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from conftest import REPO, clean_env
+
+from tests.helpers.recipes import REPO, clean_env
 
 BENCH = REPO / "bench" / "time_to_accuracy.py"
-TIMM_SCRIPT = Path("/work/.cache/timm-train/train.py")
 ROW = re.compile(r"^\| (?P<label>[^|]+) \| [^|]+ \| [^|]+ \| (?P<batch>\d+) \| (?P<ips>[\d.]+) \| "
                  r"(?P<time>\d+ s|not reached in [\d.]+ epochs / \d+ s) \| (?P<top1>[\d.]+) % \| "
                  r"(?P<epochs>[\d.]+) \| (?P<wall>\d+) s \|$")
@@ -22,17 +22,14 @@ ROW = re.compile(r"^\| (?P<label>[^|]+) \| [^|]+ \| [^|]+ \| (?P<batch>\d+) \| (
 
 @pytest.mark.slow
 def test_quick_bench_prints_a_table_with_every_run(tmp_path):
-    with_timm = TIMM_SCRIPT.is_file()
     args = [sys.executable, str(BENCH), "--quick", "--out", str(tmp_path / "out"), "--workers", "0",
-            "--results", str(tmp_path / "results.md"),
-            *(["--timm-train-script", str(TIMM_SCRIPT)] if with_timm else ["--skip-timm"])]
+            "--results", str(tmp_path / "results.md"), "--skip-timm"]
     result = subprocess.run(args, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = {m["label"].strip(): m for m in map(ROW.match, result.stdout.splitlines()) if m}
-    expected = {"cvdist (recipe defaults)", "plain PyTorch loop", "cvdist, timm's setting"}
-    assert set(rows) == expected | ({"timm train.py"} if with_timm else set())
+    assert set(rows) == {"cvdist (recipe defaults)", "plain PyTorch loop", "cvdist, timm's setting"}
     for row in rows.values():
         assert float(row["ips"]) > 0 and 0.0 <= float(row["top1"]) <= 100.0 and float(row["epochs"]) > 0
-    assert "Throughput, same model and batch" in result.stdout if with_timm else True
+    assert "Throughput, same model and batch" not in result.stdout  # that ratio needs timm's row
     assert re.search(r"time to 92 %: cvdist", result.stdout)
     assert not (tmp_path / "results.md").exists()  # --quick never overwrites the results file

@@ -16,7 +16,7 @@ from cvdist.data.builtin_shards import BuiltinSpec, builtin_shard_dir, cache_key
 from cvdist.data.fast_decode import FastDecoder
 from cvdist.data.from_config import build_labelled_data
 from cvdist.data.manifest import load_manifest
-from tests.conftest import REPO, clean_env
+from tests.helpers.recipes import REPO, clean_env
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 

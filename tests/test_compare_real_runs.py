@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from cvdist.cli import main
-from tests.conftest import run_recipe
+from tests.helpers.recipes import run_recipe
 
 pytestmark = pytest.mark.slow
 

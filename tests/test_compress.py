@@ -229,7 +229,7 @@ def test_compress_command_parses_models_in_order():
 
 @pytest.mark.slow
 def test_compress_recipe_on_a_weights_file(tmp_path):
-    from conftest import REPO, run_recipe
+    from tests.helpers.recipes import REPO, run_recipe
 
     torch.manual_seed(0)
     weights = tmp_path / "small.pt"

@@ -10,7 +10,7 @@ import pytest
 from cvdist.cli import run_recipe
 from cvdist.config import ConfigError, RunConfig, load_config, load_recipe_config, to_yaml, validate
 from cvdist.tasks.supervised.config import SupervisedRunConfig
-from tests.conftest import RECIPE, REPO, TINY, clean_env, recipe_command
+from tests.helpers.recipes import RECIPE, REPO, TINY, clean_env, recipe_command
 
 _spec = importlib.util.spec_from_file_location("supervised_recipe", RECIPE)
 supervised = importlib.util.module_from_spec(_spec)

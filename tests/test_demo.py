@@ -11,7 +11,7 @@ import sys
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO, clean_env
+from tests.helpers.recipes import REPO, clean_env
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY, run_recipe
 
 from cvdist.commands.compress import add_compress_command
 from cvdist.config import ConfigError, load_config
@@ -21,6 +20,7 @@ from cvdist.losses.distill import DistillationLoss
 from cvdist.models import build_model
 from cvdist.tasks.distill.config import DistillRunConfig, check_hint_layer, validate_distill
 from cvdist.tasks.distill.step import DistillStep, DistillStudent, build_student, freeze, state_fingerprint
+from tests.helpers.recipes import REPO, TINY, run_recipe
 
 DISTILL = REPO / "recipes" / "distill.py"
 SUPERVISED = REPO / "recipes" / "supervised.py"

@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import REPO, clean_env
+from tests.helpers.recipes import REPO, clean_env
 
 # Runs in its own process: the engine sets up Accelerate / process-group state once per process.
 SCRIPT = r'''

@@ -6,69 +6,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from cvdist.engine.export import consolidated_state_dict
 from cvdist.tracking.records import read_metrics
-from tests.conftest import REPO, clean_env, recipe_command, run_recipe
+from tests.helpers.recipes import clean_env, run_recipe
+from tests.helpers.runs import FAULT_SCRIPT, assert_same, run_killed_after_checkpoint, weights
 
 pytestmark = pytest.mark.slow
 
-FAULT_SCRIPT = REPO / "tests" / "helpers" / "fault_injection.py"
 STEPS = 6
-
-
-def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return consolidated_state_dict(run_dir)
-
-
-def assert_same(a: dict, b: dict, *, atol: float) -> None:
-    assert a.keys() == b.keys()
-    for name in a:
-        if atol == 0:
-            assert torch.equal(a[name], b[name]), f"{name} differs bitwise"
-        else:
-            torch.testing.assert_close(a[name], b[name], atol=atol, rtol=0, msg=f"{name} differs")
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL a process and all its descendants (torchrun puts workers in their own group)."""
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        family = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    for process in family:
-        try:
-            process.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(family, timeout=60)
-
-
-def run_killed_after_checkpoint(args: list[str], *, nproc: int, step: int, marker: Path, kind: str,
-                                **extra_env: str) -> None:
-    """Start the recipe with a fault at checkpoint ``step``, wait for it, SIGKILL everything."""
-    env = clean_env(CVDIST_FAULT=f"{kind}:{step}", CVDIST_FAULT_MARKER=str(marker), **extra_env)
-    process = subprocess.Popen(recipe_command(nproc=nproc, script=FAULT_SCRIPT) + args, cwd=REPO, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 240
-    while not marker.exists():
-        if process.poll() is not None:
-            raise AssertionError(f"run ended before the fault:\n{process.stdout.read()[-5000:]}")
-        if time.time() > deadline:
-            kill_tree(process.pid)
-            raise AssertionError("fault point not reached in time")
-        time.sleep(0.2)
-    kill_tree(process.pid)  # every rank and the launcher; no handler runs
-    process.wait(timeout=60)
-    process.stdout.close()
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +26,7 @@ def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("strategies")
     common = [f"output_dir={out}", f"train.max_steps={STEPS}", "checkpoint.every_steps=3", "checkpoint.keep_last=5",
               "optim.grad_clip_norm=0.1"]
-    from tests.conftest import TINY
+    from tests.helpers.recipes import TINY
 
     run_recipe([*TINY, *common, "name=single"], nproc=1)
     run_recipe([*TINY, *common, "name=single-accum", "optim.accum_steps=2"], nproc=1)
@@ -193,7 +142,7 @@ def test_cvdist_export_cli_writes_weights_that_load_strictly(runs, tmp_path, suf
 def test_deepspeed_zero_to_fp32_loads_into_torchvision_resnet(tmp_path):
     import torchvision
 
-    from tests.conftest import TINY
+    from tests.helpers.recipes import TINY
 
     args = [*TINY, f"output_dir={tmp_path}", "name=r18", "model.name=resnet18", "dist.strategy=zero3",
             "train.max_steps=2", "data.num_train_samples=64", "data.num_eval_samples=16", "data.global_batch_size=8"]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
 from tests.helpers.import_contract import contract_violations, imported_modules, unit_of
+from tests.helpers.recipes import REPO
 
 # A fixture tree that keeps every rule; each case below adds one file that breaks one.
 CLEAN_TREE = {

@@ -28,7 +28,7 @@ from cvdist.models.multitask import AuxHeadsModel
 from cvdist.models.transfer import find_head_name, split_parameters
 from cvdist.tasks.longtail.config import LongtailRunConfig, validate_longtail
 from cvdist.tasks.longtail.step import LongtailTrainStep
-from tests.conftest import REPO, TINY, run_recipe
+from tests.helpers.recipes import REPO, TINY, run_recipe
 
 SCRIPT = REPO / "recipes" / "longtail.py"
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"

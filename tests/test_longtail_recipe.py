@@ -25,7 +25,7 @@ from cvdist.models.transfer import find_head_name, freeze_trunk, parameter_group
 from cvdist.optim import build_optimizer
 from cvdist.tasks.longtail.config import LongtailRunConfig, validate_longtail
 from cvdist.tasks.longtail.step import LongtailTrainStep, WeightEma, mix_batch
-from tests.conftest import REPO, TINY, run_recipe
+from tests.helpers.recipes import LONGTAIL_TINY, REPO, run_recipe
 
 SCRIPT = REPO / "recipes" / "longtail.py"
 slow = pytest.mark.slow
@@ -227,12 +227,6 @@ def test_tau_search_picks_the_tau_that_balances_the_classifier():
 
 # --- end to end ------------------------------------------------------------------------------------
 
-LONGTAIL_TINY = [
-    *[arg for arg in TINY if not arg.startswith("data.num_train_samples")], "data.num_train_samples=600",
-    "longtail.imbalance_factor=10", "longtail.holdout_per_class=5", "longtail.tau_norm=true",
-    "longtail.posthoc_tau=1.0", "longtail.shot_many=200", "longtail.shot_few=80",  # non-empty groups at this size
-    "train.eval_every_steps=4",
-]
 GROUP_KEYS = {f"eval/{m}" for m in ("top1", "balanced_acc", "many", "medium", "few")}
 
 
@@ -290,7 +284,7 @@ def test_two_processes_report_the_same_metrics(stage_one, tmp_path):
 
 @slow
 def test_weights_ema_resumes_exactly(tmp_path):
-    from tests.test_engine_strategies import run_killed_after_checkpoint
+    from tests.helpers.runs import run_killed_after_checkpoint
 
     args = [*LONGTAIL_TINY, f"output_dir={tmp_path}", "train.max_steps=8", "checkpoint.every_steps=4",
             "regularization.ema_decay=0.9", "longtail.tau_norm=false", "train.eval_every_steps=0"]

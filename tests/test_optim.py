@@ -65,8 +65,8 @@ def test_every_optimizer_reduces_a_loss(name):
 
 
 def test_warmup_longer_than_the_run_is_warned_about(tmp_path):
-    from tests.conftest import TINY
-    from tests.conftest import run_recipe as run_recipe_process
+    from tests.helpers.recipes import TINY
+    from tests.helpers.recipes import run_recipe as run_recipe_process
 
     result = run_recipe_process([*TINY, f"output_dir={tmp_path}", "train.max_steps=2", "schedule.warmup_steps=5"])
     assert "schedule.warmup_steps=5 >= the run's 2 steps" in result.stdout

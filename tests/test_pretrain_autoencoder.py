@@ -13,7 +13,7 @@ from PIL import Image
 
 from cvdist.engine.transfer import load_backbone
 from cvdist.models.vit import build_vit
-from tests.conftest import REPO, run_recipe
+from tests.helpers.recipes import REPO, run_recipe
 
 SCRIPT = REPO / "recipes" / "pretrain_autoencoder.py"
 slow = pytest.mark.slow

@@ -17,7 +17,7 @@ from cvdist.engine.session import seed_everything
 from cvdist.eval.knn import KnnEvaluator
 from cvdist.tasks.contrastive.config import ContrastiveRunConfig
 from cvdist.tasks.contrastive.step import build_contrastive_model
-from tests.conftest import REPO, run_recipe
+from tests.helpers.recipes import REPO, run_recipe
 
 SCRIPT = REPO / "recipes" / "pretrain_contrastive.py"
 slow = pytest.mark.slow
@@ -77,7 +77,7 @@ def test_ddp_simclr_beats_random_init_on_knn_and_transfers(tmp_path):
 
 @slow
 def test_moco_v3_resumes_exactly_after_a_kill(tmp_path):
-    from tests.test_engine_strategies import run_killed_after_checkpoint
+    from tests.helpers.runs import run_killed_after_checkpoint
 
     args = [*TINY, *QUIET, "ssl.method=moco_v3", "train.max_steps=8",
             "train.eval_every_steps=4", "checkpoint.every_steps=4", f"output_dir={tmp_path}"]

@@ -1,5 +1,5 @@
 """The SLURM and torchrun launch scripts, run for real: `sbatch slurm/supervised.sh` on a two-node
-SLURM cluster on this machine (tests/slurm_cluster.py), pre-emption with requeue and exact
+SLURM cluster on this machine (tests/helpers/slurm_cluster.py), pre-emption with requeue and exact
 resume, and launch/torchrun.sh as two nodes and with elastic restarts."""
 
 from __future__ import annotations
@@ -16,15 +16,14 @@ import pytest
 import torch
 
 from cvdist.tracking.records import read_metrics
-from tests.conftest import BIN, REPO, TINY, clean_env
-from tests.test_engine_strategies import assert_same, kill_tree, weights
-from tests.test_longtail_recipe import LONGTAIL_TINY
+from tests.helpers.recipes import BIN, LONGTAIL_TINY, REPO, TINY, clean_env
+from tests.helpers.runs import assert_same, kill_tree, weights
 
 if TYPE_CHECKING:
-    from tests.slurm_cluster import SlurmCluster
+    from tests.helpers.slurm_cluster import SlurmCluster
 
 pytestmark = pytest.mark.slow
-pytest_plugins = ["tests.slurm_cluster"]  # the session-scoped `slurm_cluster` fixture
+pytest_plugins = ["tests.helpers.slurm_cluster"]  # the session-scoped `slurm_cluster` fixture
 
 SBATCH_SCRIPT = REPO / "slurm" / "supervised.sh"
 TORCHRUN_SCRIPT = REPO / "launch" / "torchrun.sh"

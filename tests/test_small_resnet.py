@@ -11,7 +11,7 @@ from cvdist.config import ConfigError, load_recipe_config
 from cvdist.models import MODEL_NAMES, build_backbone, build_model
 from cvdist.models.small_resnet import BasicBlock, build_small_resnet
 from cvdist.tasks.supervised.config import SupervisedRunConfig, validate_supervised
-from tests.conftest import RECIPE, TINY, run_recipe
+from tests.helpers.recipes import RECIPE, TINY, run_recipe
 
 
 def test_small_resnet_shapes_size_and_backbone_keys():

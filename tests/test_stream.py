@@ -3,9 +3,7 @@ re-sampling and the shard forms users have."""
 
 from __future__ import annotations
 
-import io
 import pickle
-import tarfile
 from collections import Counter
 from pathlib import Path
 
@@ -19,24 +17,9 @@ from cvdist.data.resampling import target_distribution
 from cvdist.data.sharding import consumed_per_worker, expand_shard_pattern, plan_epoch
 from cvdist.data.stream import DataError, Decoder, ShardSet, ShardStream
 from cvdist.data.transforms import build_transform
+from tests.helpers.shards import UNEVEN, png_bytes, write_tar
 
 NUM_CLASSES = 4
-
-
-def png_bytes(value: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.full((8, 8), value % 256, dtype=np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> Path:
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for key, members in samples:
-            for extension, data in members.items():
-                info = tarfile.TarInfo(f"{key}.{extension}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    return path
 
 
 def write_uneven_shards(directory: Path, sizes: list[int], *, label_of=lambda i: i % NUM_CLASSES) -> ShardSet:
@@ -68,9 +51,6 @@ def make_stream(source: ShardSet, **overrides) -> ShardStream:
 
 def epoch_keys(stream: ShardStream, epoch: int = 0) -> list[list[str]]:
     return [batch["key"] for batch in stream.iterate(epoch=epoch)]
-
-
-UNEVEN = [3, 41, 7, 22, 15]  # 88 samples in 5 shards of very different sizes
 
 
 def test_very_uneven_shards_fall_back_to_sample_striding():

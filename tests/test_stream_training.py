@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from cvdist.tracking.records import read_metrics
-from tests.conftest import run_recipe
-from tests.test_engine_strategies import assert_same, run_killed_after_checkpoint, weights
-from tests.test_stream import UNEVEN, png_bytes, write_tar
+from tests.helpers.recipes import run_recipe
+from tests.helpers.runs import assert_same, run_killed_after_checkpoint, weights
+from tests.helpers.shards import UNEVEN, png_bytes, write_tar
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from cvdist.tracking.records import read_metrics
-from tests.conftest import BIN, RECIPE, REPO, clean_env, run_recipe
-from tests.test_engine_strategies import run_killed_after_checkpoint
+from tests.helpers.recipes import BIN, RECIPE, REPO, clean_env, run_recipe
+from tests.helpers.runs import run_killed_after_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ binary is a test failure with that hint, not a skip, so CI cannot silently lose 
 
 Teardown stops everything even when a test failed: ``scontrol shutdown``, the daemons it
 started, ``munged``, and any job process left behind (found by this cluster's ``SLURM_CONF``
-in its environment). For manual experiments, ``python -m tests.slurm_cluster`` starts one and
+in its environment). For manual experiments, ``python -m tests.helpers.slurm_cluster`` starts one and
 prints the ``SLURM_CONF`` to export, until Ctrl-C.
 """
 
