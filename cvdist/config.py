@@ -9,9 +9,10 @@ dataclasses below; :func:`validate` then checks choices and combinations. Every 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -53,11 +54,11 @@ class DataConfig:
     """Samples per epoch for sources without a manifest (remote shards), as in OpenCLIP; 0 = from manifests."""
     shuffle_buffer: int = 1000
     """Samples held per reader for shuffling (0 = no sample shuffling; shards are still shuffled)."""
-    sampling: str = "instance"
+    sampling: Literal["instance", "class_balanced", "sqrt", "progressive"] = "instance"
     """Class-aware re-sampling: ``instance``, ``class_balanced``, ``sqrt`` or ``progressive``."""
     max_corrupt: int = 100
     """Corrupt samples / shards a rank may skip per epoch before the run stops."""
-    augment: str = "flip"
+    augment: Literal["none", "flip", "standard", "strong"] = "flip"
     """Augmentation preset for training: ``none``, ``flip``, ``standard``, ``strong``."""
     image_size: int = 28
     """Side of the (square) training and evaluation images."""
@@ -67,7 +68,7 @@ class DataConfig:
     """Normalisation std per channel."""
     multi_scale: list[float] = field(default_factory=list)
     """Multi-scale training: each batch resized to one of these multiples of ``image_size`` (empty = off)."""
-    dataset: str = "fashion_mnist"
+    dataset: Literal["fashion_mnist", "synthetic"] = "fashion_mnist"
     """Built-in data set when ``train_shards`` is empty: ``fashion_mnist`` (Debian package files) or ``synthetic``."""
     root: str = "/usr/share/datasets/fashion-mnist"
     """Directory with the Fashion-MNIST IDX files (``*-ubyte`` or ``*-ubyte.gz``)."""
@@ -88,7 +89,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"
+    name: Literal["sgd", "adamw", "lars"] = "sgd"
     """Optimiser: ``sgd``, ``adamw`` or ``lars``."""
     lr: float = 0.1
     """Peak learning rate (after warmup)."""
@@ -108,7 +109,7 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = "cosine"
+    name: Literal["constant", "cosine", "step", "onecycle"] = "cosine"
     """Learning-rate schedule: ``constant``, ``cosine``, ``step`` or ``onecycle``."""
     warmup_steps: int = 0
     """Linear warmup from 0 to ``optim.lr`` (constant, cosine, step)."""
@@ -124,9 +125,9 @@ class ScheduleConfig:
 
 @dataclass
 class DistConfig:
-    strategy: str = "auto"
+    strategy: Literal["auto", "none", "ddp", "zero1", "zero2", "zero3"] = "auto"
     """``auto`` (ddp with several processes, else none), ``none``, ``ddp``, ``zero1``, ``zero2``, ``zero3``."""
-    precision: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """``auto`` (bf16 on GPUs that support it, else fp32), ``fp32``, ``bf16``, ``fp16`` (GPU only)."""
     deepspeed_config: str = ""
     """ZeRO only: a DeepSpeed JSON file merged into cvdist's config (offload, buckets, ...); batch
@@ -150,7 +151,7 @@ class CheckpointConfig:
 
 @dataclass
 class TrackingConfig:
-    wandb_mode: str = ""
+    wandb_mode: Literal["", "online", "offline", "disabled"] = ""
     """W&B mode: ``online``, ``offline`` or ``disabled``; empty = ``$WANDB_MODE``, else ``offline``."""
     project: str = "cvdist"
     """W&B project."""
@@ -200,20 +201,6 @@ class RunConfig:
         return Path(self.output_dir) / self.name
 
 
-# Allowed values of every string field that is a choice; checked by validate().
-CHOICES: dict[str, tuple[str, ...]] = {
-    "model.name": MODEL_NAMES,
-    "data.dataset": ("fashion_mnist", "synthetic"),
-    "data.sampling": ("instance", "class_balanced", "sqrt", "progressive"),
-    "data.augment": ("none", "flip", "standard", "strong"),
-    "optim.name": ("sgd", "adamw", "lars"),
-    "schedule.name": ("constant", "cosine", "step", "onecycle"),
-    "dist.strategy": ("auto", "none", "ddp", "zero1", "zero2", "zero3"),
-    "dist.precision": ("auto", "fp32", "bf16", "fp16"),
-    "tracking.wandb_mode": ("", "online", "offline", "disabled"),
-}
-
-
 def load_config(
     *, yaml_paths: Sequence[str | Path] = (), overrides: Sequence[str] = (), schema: type = RunConfig
 ) -> Any:
@@ -249,24 +236,42 @@ def load_config(
         raise ConfigError(_explain_omegaconf_error(error, schema)) from None
 
 
+def not_allowed(key: str, value: Any, allowed: Sequence[Any], *, also: str = "") -> str:
+    """The one message for a value outside a choice field's allowed values."""
+    return f"{key}={value!r} is not allowed; choose one of {', '.join(repr(a) for a in allowed)}{also}"
+
+
 def _explain_omegaconf_error(error: OmegaConfBaseException, schema: type) -> str:
     key = getattr(error, "full_key", None) or "?"
     message = str(error).splitlines()[0]
     if type(error).__name__ == "ConfigKeyError":
         parent = key.rsplit(".", 1)[0] if "." in key else ""
-        allowed = _keys_of(schema, parent)
+        section = _section_class(schema, parent)
+        allowed = [f.name for f in dataclasses.fields(section)] if section else []
         return f"unknown config key {key!r}; allowed keys{' under ' + parent if parent else ''}: {', '.join(allowed)}"
+    choices = _choices_of(schema, key)
+    if choices is not None and hasattr(error, "value"):
+        return not_allowed(key, error.value, choices)
     return f"bad value for config key {key!r}: {message}"
 
 
-def _keys_of(schema: type, dotted_parent: str) -> list[str]:
+def _section_class(schema: type, dotted: str) -> Optional[type]:
+    """The dataclass of the config section at ``dotted`` (``""`` = ``schema``), or None."""
     config_class = schema
-    for part in filter(None, dotted_parent.split(".")):
-        hints = {f.name: f for f in dataclasses.fields(config_class)}
-        if part not in hints:
-            return []
-        config_class = type(hints[part].default_factory())  # type: ignore[misc]
-    return [f.name for f in dataclasses.fields(config_class)]
+    for part in filter(None, dotted.split(".")):
+        hint = typing.get_type_hints(config_class).get(part)
+        if not (isinstance(hint, type) and dataclasses.is_dataclass(hint)):
+            return None
+        config_class = hint
+    return config_class
+
+
+def _choices_of(schema: type, key: str) -> Optional[tuple]:
+    """The allowed values of the choice field (a ``Literal``) at ``key``, or None."""
+    parent, _, name = key.rpartition(".")
+    section = _section_class(schema, parent)
+    hint = typing.get_type_hints(section).get(name) if section else None
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
 
 
 def get_by_path(config: Any, dotted: str) -> Any:
@@ -278,47 +283,44 @@ def get_by_path(config: Any, dotted: str) -> Any:
 
 
 def validate(config: RunConfig, *, world_size: int) -> None:
-    """Check choices and combinations that types cannot express; raise ConfigError on the first."""
-    for key, allowed in CHOICES.items():
-        value = get_by_path(config, key)
-        if value not in allowed and not (key == "model.name" and str(value).startswith("timm:")):
-            shown = ", ".join(repr(a) for a in allowed)
-            raise ConfigError(f"{key}={value!r} is not allowed; choose one of {shown}"
-                              + (" or timm:<name>" if key == "model.name" else ""))
-    positive = {
-        "data.global_batch_size": config.data.global_batch_size,
-        "optim.accum_steps": config.optim.accum_steps,
-        "optim.lr": config.optim.lr,
-        "checkpoint.keep_last": config.checkpoint.keep_last,
-        "tracking.log_every_steps": config.tracking.log_every_steps,
-        "model.num_classes": config.model.num_classes,
-        "model.in_channels": config.model.in_channels,
-        "data.image_size": config.data.image_size,
-        "data.eval_batch_size": config.data.eval_batch_size,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{key}={value} must be > 0")
-    non_negative = {
-        "data.num_workers": config.data.num_workers,
-        "data.num_samples": config.data.num_samples,
-        "data.shuffle_buffer": config.data.shuffle_buffer,
-        "data.max_corrupt": config.data.max_corrupt,
-        "data.num_train_samples": config.data.num_train_samples,
-        "data.num_eval_samples": config.data.num_eval_samples,
-        "train.max_steps": config.train.max_steps,
-        "train.epochs": config.train.epochs,
-        "train.eval_every_steps": config.train.eval_every_steps,
-        "checkpoint.every_steps": config.checkpoint.every_steps,
-        "schedule.warmup_steps": config.schedule.warmup_steps,
-        "optim.grad_clip_norm": config.optim.grad_clip_norm,
-        "optim.weight_decay": config.optim.weight_decay,
-    }
-    for key, value in non_negative.items():
-        if value < 0:
-            raise ConfigError(f"{key}={value} must be >= 0")
+    """Check what types cannot express (choice fields are ``Literal`` types, checked when the
+    config loads): ranges, combinations and the launch; raise ConfigError on the first problem."""
+    name = config.model.name
+    if name not in MODEL_NAMES and not name.startswith("timm:"):
+        raise ConfigError(not_allowed("model.name", name, MODEL_NAMES, also=" or timm:<name>"))
+    _check_ranges(config)
+    _check_launch(config, world_size=world_size)
+    _check_data_and_schedule(config)
+    resume = config.checkpoint.resume
+    if resume not in ("none", "auto") and not Path(resume).exists():
+        raise ConfigError(
+            f"checkpoint.resume={resume!r}: no such checkpoint; use 'none', 'auto' or an existing path"
+        )
+    if "/" in config.name or config.name in ("", ".", ".."):
+        raise ConfigError(f"name={config.name!r} must be a plain directory name (no '/')")
+
+
+_POSITIVE = ("data.global_batch_size", "optim.accum_steps", "optim.lr", "checkpoint.keep_last",
+             "tracking.log_every_steps", "model.num_classes", "model.in_channels", "data.image_size",
+             "data.eval_batch_size")
+_NON_NEGATIVE = ("data.num_workers", "data.num_samples", "data.shuffle_buffer", "data.max_corrupt",
+                 "data.num_train_samples", "data.num_eval_samples", "train.max_steps", "train.epochs",
+                 "train.eval_every_steps", "checkpoint.every_steps", "schedule.warmup_steps",
+                 "optim.grad_clip_norm", "optim.weight_decay")
+
+
+def _check_ranges(config: RunConfig) -> None:
+    for key in _POSITIVE:
+        if get_by_path(config, key) <= 0:
+            raise ConfigError(f"{key}={get_by_path(config, key)} must be > 0")
+    for key in _NON_NEGATIVE:
+        if get_by_path(config, key) < 0:
+            raise ConfigError(f"{key}={get_by_path(config, key)} must be >= 0")
     if config.train.max_steps == 0 and config.train.epochs == 0:
         raise ConfigError("train.max_steps and train.epochs are both 0; set one of them > 0")
+
+
+def _check_launch(config: RunConfig, *, world_size: int) -> None:
     divisor = world_size * config.optim.accum_steps
     if config.data.global_batch_size % divisor != 0:
         raise ConfigError(
@@ -334,6 +336,9 @@ def validate(config: RunConfig, *, world_size: int) -> None:
             f"dist.strategy='none' runs one process but {world_size} were started; "
             "use dist.strategy=ddp (or auto, zero1, zero2, zero3)"
         )
+
+
+def _check_data_and_schedule(config: RunConfig) -> None:
     for key in ("data.mean", "data.std"):
         if len(get_by_path(config, key)) != config.model.in_channels:
             raise ConfigError(f"{key}={get_by_path(config, key)} needs one value per channel "
@@ -351,13 +356,6 @@ def validate(config: RunConfig, *, world_size: int) -> None:
         raise ConfigError(f"schedule.pct_start={config.schedule.pct_start} must lie in (0, 1)")
     if sorted(config.schedule.milestones) != list(config.schedule.milestones):
         raise ConfigError(f"schedule.milestones={config.schedule.milestones} must be increasing")
-    resume = config.checkpoint.resume
-    if resume not in ("none", "auto") and not Path(resume).exists():
-        raise ConfigError(
-            f"checkpoint.resume={resume!r}: no such checkpoint; use 'none', 'auto' or an existing path"
-        )
-    if "/" in config.name or config.name in ("", ".", ".."):
-        raise ConfigError(f"name={config.name!r} must be a plain directory name (no '/')")
 
 
 def to_yaml(config: Any) -> str:

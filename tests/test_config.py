@@ -112,3 +112,39 @@ def test_timm_model_names_pass_validation():
     validate(config, world_size=1)
     with pytest.raises(ConfigError, match="or timm:<name>"):
         validate(load_config(yaml_paths=[], overrides=["model.name=resnet7"], schema=RunConfig), world_size=1)
+
+
+def _choice_fields(schema: type, prefix: str = "") -> list[tuple[str, tuple]]:
+    """Every ``Literal`` field of ``schema`` and its sections: ``(dotted key, allowed values)``."""
+    import dataclasses
+    import typing
+
+    found = []
+    for name, hint in typing.get_type_hints(schema).items():
+        if typing.get_origin(hint) is typing.Literal:
+            found.append((prefix + name, typing.get_args(hint)))
+        elif isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            found += _choice_fields(hint, prefix + name + ".")
+    return found
+
+
+def test_every_choice_field_of_every_task_fails_with_one_message():
+    from cvdist.tasks.autoencoder.config import AutoencoderRunConfig
+    from cvdist.tasks.compress.run import CompressRunConfig
+    from cvdist.tasks.contrastive.config import ContrastiveRunConfig
+    from cvdist.tasks.distill.config import DistillRunConfig
+    from cvdist.tasks.longtail.config import LongtailRunConfig
+
+    checked = set()
+    for schema in (SupervisedRunConfig, LongtailRunConfig, ContrastiveRunConfig, AutoencoderRunConfig,
+                   DistillRunConfig, CompressRunConfig):
+        for key, allowed in _choice_fields(schema):
+            expected = f"{key}='bogus' is not allowed; choose one of {', '.join(repr(a) for a in allowed)}"
+            with pytest.raises(ConfigError) as error:
+                load_config(schema=schema, overrides=[f"{key}=bogus"])
+            assert str(error.value) == expected
+            load_config(schema=schema, overrides=[f"{key}={allowed[-1]}"])  # every allowed value loads
+            checked.add(key)
+    # the choice fields of the shared sections and of each task are all Literal types
+    assert {"data.sampling", "data.augment", "optim.name", "dist.strategy", "loss.name", "longtail.stage",
+            "ssl.method", "ae.kind", "ae.vit", "kd.feature_loss", "prune.method", "report.balanced"} <= checked

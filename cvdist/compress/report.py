@@ -27,7 +27,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
 from torch import nn
@@ -51,7 +51,7 @@ class ReportConfig:
     num_threads: int = 1
     """``torch.set_num_threads`` while timing (1 = comparable across machines and free of
     contention with other processes; a deployment may use more)."""
-    balanced: str = "auto"
+    balanced: Literal["auto", "always", "never"] = "auto"
     """Balanced accuracy and many / medium / few columns: ``auto`` (when the training classes are
     long-tailed, see :func:`is_long_tailed`), ``always`` or ``never``."""
 
@@ -241,5 +241,3 @@ def check_report(report: ReportConfig) -> None:
             raise ConfigError(f"report.{key}={getattr(report, key)} must be >= 1")
     if report.warmup_batches < 0:
         raise ConfigError(f"report.warmup_batches={report.warmup_batches} must be >= 0")
-    if report.balanced not in ("auto", "always", "never"):
-        raise ConfigError(f"report.balanced={report.balanced!r} is not allowed; choose 'auto', 'always' or 'never'")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
 
@@ -21,7 +21,7 @@ class LossConfig:
     """The training loss (``cvdist.losses.longtail.build_longtail_loss``); each option applies to
     the losses named in its docstring and is refused, when changed, for any other loss."""
 
-    name: str = "balanced_softmax"
+    name: Literal[LOSS_NAMES] = "balanced_softmax"
     """``ce``, ``weighted_ce``, ``class_balanced``, ``focal``, ``ldam``, ``balanced_softmax``, ``logit_adjusted``."""
     label_smoothing: float = 0.0
     """Label smoothing in [0, 1) (ce, weighted_ce, class_balanced, logit_adjusted)."""
@@ -29,7 +29,7 @@ class LossConfig:
     """weighted_ce: one weight per class (empty = inverse frequency, mean 1)."""
     beta: float = 0.9999
     """class_balanced: effective-number beta in [0, 1)."""
-    base: str = "ce"
+    base: Literal["ce", "focal"] = "ce"
     """class_balanced: ``ce`` or ``focal``."""
     gamma: float = 2.0
     """focal, class_balanced with base=focal: focusing exponent."""
@@ -45,7 +45,7 @@ class LossConfig:
     """ldam: class-balanced beta of the DRW weights."""
     tau: float = 1.0
     """logit_adjusted: offset scale tau >= 0."""
-    reduction: str = "mean"
+    reduction: Literal["mean", "weighted_mean"] = "mean"
     """weighted_ce, class_balanced, focal, ldam: ``mean`` (plain batch mean) or ``weighted_mean``."""
 
 

@@ -5,11 +5,13 @@ and a ``multitask`` section (which losses, with which weights)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from cvdist.config import ConfigError, RunConfig
 from cvdist.models.vit import VIT_PRESETS
 
 AE_KINDS = ("conv", "mae")
+VIT_NAMES = tuple(VIT_PRESETS)
 TASK_NAMES = ("reconstruction", "rotation", "contrastive")
 
 
@@ -18,12 +20,12 @@ class AutoencoderConfig:
     """The autoencoder: ``conv`` (trunk of ``model.name`` + transposed-conv decoder, MSE on every
     pixel) or ``mae`` (ViT ``ae.vit`` on the visible patches, light decoder, MSE on masked patches)."""
 
-    kind: str = "conv"
+    kind: Literal[AE_KINDS] = "conv"
     """``conv`` or ``mae``."""
     decoder_channels: list[int] = field(default_factory=lambda: [128, 64, 32])
     """conv: widths of the decoder's feature maps, first to last; it starts at ``image_size / 2^(n-1)``
     and doubles n-1 times (``data.image_size`` must be divisible by 2^(n-1))."""
-    vit: str = "vit_micro"
+    vit: Literal[VIT_NAMES] = "vit_micro"
     """mae: the encoder's ViT preset (``vit_micro``, ``vit_tiny``, ``vit_small``, ``*_p8`` for 64 px);
     ``model.name`` is not used by the mae kind."""
     mask_ratio: float = 0.75
@@ -116,8 +118,6 @@ def _check_multitask(config: AutoencoderRunConfig) -> None:
 
 def _check_ae(config: AutoencoderRunConfig) -> None:
     ae, size = config.ae, config.data.image_size
-    if ae.kind not in AE_KINDS:
-        raise ConfigError(f"ae.kind={ae.kind!r} is not allowed; choose one of {', '.join(map(repr, AE_KINDS))}")
     if ae.num_grid_images < 0:
         raise ConfigError(f"ae.num_grid_images={ae.num_grid_images} must be >= 0 (0 = no reconstruction grids)")
     if ae.knn_k < 0 or ae.knn_bank_size < 0 or ae.knn_temperature <= 0:
@@ -132,8 +132,6 @@ def _check_ae(config: AutoencoderRunConfig) -> None:
                               f"{len(ae.decoder_channels) - 1} times, so data.image_size={size} must be divisible "
                               f"by {factor}; drop a decoder width or change the image size")
         return
-    if ae.vit not in VIT_PRESETS:
-        raise ConfigError(f"ae.vit={ae.vit!r} is not allowed; choose one of {', '.join(map(repr, VIT_PRESETS))}")
     patch = VIT_PRESETS[ae.vit].patch_size
     if size % patch:
         raise ConfigError(f"data.image_size={size} is not a multiple of ae.vit={ae.vit!r}'s patch size {patch}; "

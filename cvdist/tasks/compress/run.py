@@ -21,7 +21,7 @@ import itertools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Literal, Optional
 
 import torch
 from torch import nn
@@ -47,7 +47,7 @@ from cvdist.tracking.wandb_run import WandbRun, resolve_wandb_mode
 class PruneConfig:
     """Pruning of the models named by ``compress`` (``cvdist.compress.pruning``)."""
 
-    method: str = "global_l1"
+    method: Literal[("none", *PRUNE_METHODS)] = "global_l1"
     """``none``, ``l1_unstructured`` (per layer), ``global_l1`` or ``ln_structured`` (conv channels)."""
     sparsity: float = 0.5
     """Target fraction of zeros among the prunable weights, in [0, 1)."""
@@ -121,9 +121,6 @@ def validate_compress(config: CompressRunConfig) -> list[str]:
     for label in labels:
         if label not in config.models:
             raise ConfigError(f"compress: {label!r} is not one of the models' labels: {', '.join(config.models)}")
-    if config.prune.method not in ("none", *PRUNE_METHODS):
-        raise ConfigError(f"prune.method={config.prune.method!r} is not allowed; choose one of 'none', "
-                          + ", ".join(repr(m) for m in PRUNE_METHODS))
     if not 0 <= config.prune.sparsity < 1:
         raise ConfigError(f"prune.sparsity={config.prune.sparsity} must lie in [0, 1)")
     for key in ("prune.steps", "prune.norm", "quantize.calibration_batches", "data.global_batch_size"):

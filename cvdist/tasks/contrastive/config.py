@@ -5,6 +5,7 @@ linear probe)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from cvdist.config import ConfigError, RunConfig
 
@@ -15,7 +16,7 @@ SSL_METHODS = ("simclr", "moco_v3", "triplet")
 class SSLConfig:
     """The self-supervised method and its evaluation."""
 
-    method: str = "simclr"
+    method: Literal[SSL_METHODS] = "simclr"
     """``simclr`` (NT-Xent, negatives from all ranks), ``moco_v3`` (predictor + momentum encoder,
     InfoNCE against all ranks' momentum keys) or ``triplet`` (margin loss, hardest negative of all ranks)."""
     temperature: float = 0.2
@@ -72,8 +73,6 @@ def validate_contrastive(config: ContrastiveRunConfig) -> None:
     """Check the ``ssl`` section; raise ConfigError naming the key on the first problem. Run it
     before :func:`cvdist.engine.start_session`, which checks the common sections."""
     ssl = config.ssl
-    if ssl.method not in SSL_METHODS:
-        raise ConfigError(f"ssl.method={ssl.method!r} is not allowed; choose one of {', '.join(map(repr, SSL_METHODS))}")
     positive = {"temperature": ssl.temperature, "triplet_margin": ssl.triplet_margin,
                 "projection_dim": ssl.projection_dim, "projection_hidden_dim": ssl.projection_hidden_dim,
                 "projection_layers": ssl.projection_layers, "prediction_hidden_dim": ssl.prediction_hidden_dim,
