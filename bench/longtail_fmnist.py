@@ -65,7 +65,7 @@ def run_factor(imbalance: float, *, out: Path, epochs: int, crt_epochs: int, job
                extra: list[str], reuse: bool) -> list[tuple[str, dict]]:
     """All methods at one imbalance factor; ``[(row label, {column: value})]`` in table order."""
     root = out / f"if{imbalance:g}"
-    common = [f"output_dir={root}", "tracking.wandb_mode=disabled", f"longtail.imbalance_factor={imbalance}",
+    common = [f"output_dir={root}", "tracking.wandb_mode=disabled", f"data.imbalance_factor={imbalance}",
               f"train.seed={seed}", "train.eval_every_steps=0", "checkpoint.every_steps=0",
               "tracking.log_every_steps=50", *extra]
     threads = max(1, (os.cpu_count() or 2) // jobs)

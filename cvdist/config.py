@@ -76,6 +76,11 @@ class DataConfig:
     """Built-in data: use only the first N training samples (0 = all)."""
     num_eval_samples: int = 0
     """Built-in data: use only the first N evaluation samples (0 = all)."""
+    imbalance_factor: float = 1.0
+    """Built-in data only (ignored with ``train_shards``, like ``dataset``): keep
+    ``floor(n_max * IF^(-c/(C-1)))`` training samples of class c (``cvdist shards longtail``'s
+    profile, class 0 the head; 1 = keep all). For shards, write a long-tailed set with
+    ``cvdist shards longtail``."""
     cache_dir: str = ""
     """Built-in data: where it is written as shards on first use (empty = ``$CVDIST_CACHE_DIR``,
     else ``$XDG_CACHE_HOME/cvdist``, else ``~/.cache/cvdist``); see ``cvdist/data/builtin_shards.py``."""
@@ -343,6 +348,8 @@ def _check_data_and_schedule(config: RunConfig) -> None:
         if len(get_by_path(config, key)) != config.model.in_channels:
             raise ConfigError(f"{key}={get_by_path(config, key)} needs one value per channel "
                               f"(model.in_channels={config.model.in_channels})")
+    if config.data.imbalance_factor < 1:
+        raise ConfigError(f"data.imbalance_factor={config.data.imbalance_factor} must be >= 1 (1 = keep all samples)")
     if any(scale <= 0 for scale in config.data.multi_scale):
         raise ConfigError(f"data.multi_scale={config.data.multi_scale} must hold positive factors, e.g. [0.5, 1.0, 1.5]")
     if config.data.train_weights and len(config.data.train_weights) != len(config.data.train_shards):

@@ -2,8 +2,11 @@
 and gains in size and CPU latency, beside any other trained models (teacher, student, ...).
 
     python recipes/compress.py models.student_kd=runs/distill                       # global L1 50 %, int8
-    python recipes/compress.py models.teacher=runs/teacher models.student=runs/student         models.student_kd=runs/distill prune.method=ln_structured prune.sparsity=0.3         prune.steps=3 prune.finetune_steps=50 quantize.qat_steps=100
-    cvdist compress --model teacher=runs/teacher --model student_kd=runs/distill prune.sparsity=0.7         "compress=[teacher,student_kd]"                                           # compress both
+    python recipes/compress.py models.teacher=runs/teacher models.student=runs/student \
+        models.student_kd=runs/distill prune.method=ln_structured prune.sparsity=0.3 \
+        prune.steps=3 prune.finetune_steps=50 quantize.qat_steps=100
+    cvdist compress --model teacher=runs/teacher --model student_kd=runs/distill prune.sparsity=0.7 \
+        "compress=[teacher,student_kd]"                                           # compress both
 
 Every model and variant is evaluated on the same test split (``data``: the built-in data or
 shards) in one CPU process. INT8 uses PyTorch's eager-mode ``torch.ao.quantization`` with the

@@ -5,7 +5,8 @@ on WebDataset shards or the built-in data, under any strategy (one process, DDP,
     torchrun --nproc_per_node 2 recipes/distill.py teacher.path=runs/teacher dist.strategy=zero2
     python recipes/distill.py teacher.path=runs/teacher kd.feature_weight=1 kd.teacher_hint=4 kd.student_hint=1
     python recipes/distill.py teacher.path=runs/teacher name=student kd.alpha=0  # the student alone, same budget
-    python recipes/distill.py teacher.path=runs/lt-teacher longtail.imbalance_factor=100         loss.name=balanced_softmax kd.logit_adjust_tau=1                     # long-tail aware KD
+    python recipes/distill.py teacher.path=runs/lt-teacher data.imbalance_factor=100 \
+        loss.name=balanced_softmax kd.logit_adjust_tau=1                     # long-tail aware KD
 
 The teacher (``teacher.path``: a cvdist run / checkpoint directory, ZeRO included, or a weights
 file) is **replicated**: every process holds a full, frozen fp32 copy (eval mode, no gradients),

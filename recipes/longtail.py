@@ -2,9 +2,12 @@
 decoupled classifier re-training (cRT) and tau-normalisation; long-tail metrics at every eval.
 
     python recipes/longtail.py                                         # Fashion-MNIST-LT (IF 100), balanced softmax
-    accelerate launch --config_file launch/accelerate/ddp.yaml --num_processes 2 recipes/longtail.py loss.name=ldam         loss.drw_epoch=20 "data.train_shards=[data/fmnist-lt100]"
-    python recipes/longtail.py name=crt longtail.stage=crt transfer.from_path=runs/longtail         data.sampling=class_balanced loss.name=ce longtail.tau_norm=true   # stage 2 on the stage-1 run
-    python recipes/longtail.py transfer.from_path=resnet18.pth model.name=resnet18 model.small_stem=false         model.in_channels=3 transfer.trunk_lr_scale=0.1 ...                 # fine-tune torchvision weights
+    accelerate launch --config_file launch/accelerate/ddp.yaml --num_processes 2 recipes/longtail.py loss.name=ldam \
+        loss.drw_epoch=20 "data.train_shards=[data/fmnist-lt100]"
+    python recipes/longtail.py name=crt longtail.stage=crt transfer.from_path=runs/longtail \
+        data.sampling=class_balanced loss.name=ce longtail.tau_norm=true   # stage 2 on the stage-1 run
+    python recipes/longtail.py transfer.from_path=resnet18.pth model.name=resnet18 model.small_stem=false \
+        model.in_channels=3 transfer.trunk_lr_scale=0.1 ...                 # fine-tune torchvision weights
     python recipes/longtail.py multitask.labels.coarse=0.5 "data.multi_scale=[0.75,1.0,1.25]"
         # an auxiliary coarse-label head on the trunk (train/loss_coarse, eval/coarse_top1), multi-scale batches
 

@@ -128,7 +128,7 @@ def test_distillation_under_ddp_and_zero2_then_one_compression_report(tmp_path):
     run_recipe([*common, "name=kd_ddp", teacher, "kd.feature_weight=0.5", "kd.teacher_hint=4", "kd.student_hint=1",
                 "dist.strategy=ddp"], nproc=2, script=DISTILL)
     # ZeRO-2: logit KD, long-tail aware (long-tailed built-in data, balanced-softmax label loss)
-    run_recipe([*common, "name=kd_zero2", teacher, "dist.strategy=zero2", "longtail.imbalance_factor=4",
+    run_recipe([*common, "name=kd_zero2", teacher, "dist.strategy=zero2", "data.imbalance_factor=4",
                 "loss.name=balanced_softmax", "kd.logit_adjust_tau=1"], nproc=2, script=DISTILL)
     for name, strategy in (("kd_ddp", "ddp"), ("kd_zero2", "zero2")):
         summary = json.loads((runs / name / "summary.json").read_text())

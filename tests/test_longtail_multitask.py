@@ -124,8 +124,8 @@ def test_multitask_config_errors(overrides, message):
 
 def builtin(dataset: str, cache_dir, **data: object):
     config = DataConfig(dataset=dataset, num_train_samples=600, num_eval_samples=50, root=FASHION_MNIST,
-                        cache_dir=str(cache_dir), **data)
-    return build_longtail_data(config, num_classes=10, in_channels=1, imbalance_factor=10, holdout_per_class=5,
+                        imbalance_factor=10, cache_dir=str(cache_dir), **data)
+    return build_longtail_data(config, num_classes=10, in_channels=1, holdout_per_class=5,
                                need_holdout=True, rank=0, world_size=1, micro_batch_size=16, seed=0, num_epochs=1,
                                aux_labels=("coarse",))
 
@@ -195,7 +195,7 @@ def fmnist_shards(tmp_path):
 
 MULTITASK_TINY = [
     *[arg for arg in TINY if not arg.startswith("data.num_train_samples")], "data.num_train_samples=600",
-    "longtail.imbalance_factor=10", "longtail.holdout_per_class=5", "longtail.shot_many=200", "longtail.shot_few=80",
+    "data.imbalance_factor=10", "longtail.holdout_per_class=5", "longtail.shot_many=200", "longtail.shot_few=80",
     "multitask.labels.coarse=0.5",
 ]
 

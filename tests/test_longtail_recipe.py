@@ -12,7 +12,7 @@ import torch
 import torchvision
 from torch import nn
 
-from cvdist.config import ConfigError, DataConfig, load_config
+from cvdist.config import ConfigError, DataConfig, load_config, validate
 from cvdist.data.builtin_shards import split_holdout_and_longtail
 from cvdist.data.longtail_data import build_longtail_data
 from cvdist.engine import Progress
@@ -141,13 +141,14 @@ def test_layerwise_learning_rates_and_frozen_groups():
     (["longtail.tau_norm=true"], "longtail.holdout_per_class=N"),
     (["transfer.freeze_trunk=true", "transfer.from_path=.", "transfer.trunk_lr_scale=0.1"], "contradict"),
     (["transfer.from_path=/no/such/weights.pth"], "transfer.from_path='/no/such/weights.pth' does not exist"),
-    (["longtail.imbalance_factor=0.5"], "longtail.imbalance_factor=0.5 must be >= 1"),
+    (["data.imbalance_factor=0.5"], "data.imbalance_factor=0.5 must be >= 1"),
     (["regularization.ema_decay=0.99", "dist.strategy=zero3"], "ZeRO-3"),
 ])
 def test_config_errors_name_the_key_and_the_fix(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
         config = load_config(schema=LongtailRunConfig, overrides=overrides)  # choice fields fail here
         validate_longtail(config)
+        validate(config, world_size=1)  # the shared sections (data.imbalance_factor)
 
 
 # --- training parts --------------------------------------------------------------------------------
@@ -164,9 +165,9 @@ def test_holdout_is_balanced_disjoint_and_the_rest_long_tailed():
 def test_builtin_long_tailed_data_class_balanced_sampling(tmp_path):
     # the built-in set goes through the shard pipeline: its re-sampling is the stream's
     data = build_longtail_data(DataConfig(dataset="synthetic", num_train_samples=1000, num_eval_samples=100,
-                                          sampling="class_balanced", cache_dir=str(tmp_path)),
+                                          sampling="class_balanced", imbalance_factor=9, cache_dir=str(tmp_path)),
                                num_classes=2, in_channels=1, rank=0, world_size=1, micro_batch_size=10, seed=0,
-                               num_epochs=1, imbalance_factor=9)
+                               num_epochs=1)
     assert data.class_counts == [500, 55]
     drawn = torch.cat([torch.cat([b["label"] for b in data.train.iterate(epoch=e)]) for e in range(4)])
     assert abs(float((drawn == 1).float().mean()) - 0.5) < 0.06

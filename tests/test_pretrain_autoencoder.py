@@ -59,7 +59,7 @@ def test_multitask_ddp_run_learns_logs_each_loss_writes_grids_and_transfers(tmp_
 
     # the trunk carries into the long-tail recipe with a new head
     result = run_recipe(["model.name=tiny_cnn", f"transfer.from_path={run_dir}", "data.num_train_samples=1000",
-                         "longtail.imbalance_factor=10", "data.num_eval_samples=64", "data.global_batch_size=32", "train.max_steps=2",
+                         "data.imbalance_factor=10", "data.num_eval_samples=64", "data.global_batch_size=32", "train.max_steps=2",
                          "tracking.wandb_mode=disabled", f"output_dir={tmp_path / 'lt'}"],
                         script=REPO / "recipes" / "longtail.py")
     assert f"loaded trunk weights from {run_dir} (new head '4')" in result.stdout
@@ -84,7 +84,7 @@ def test_mae_zero2_run_learns_and_its_encoder_loads_into_the_vit(tmp_path):
     assert vit(torch.randn(2, 1, 28, 28)).shape == (2, 10)
     # and through the long-tail recipe, by model name
     result = run_recipe(["model.name=vit_micro", f"transfer.from_path={run_dir}", "data.num_train_samples=1000",
-                         "longtail.imbalance_factor=10", "data.num_eval_samples=64", "data.global_batch_size=32",
+                         "data.imbalance_factor=10", "data.num_eval_samples=64", "data.global_batch_size=32",
                          "train.max_steps=2", "tracking.wandb_mode=disabled", f"output_dir={tmp_path / 'lt'}"],
                         script=REPO / "recipes" / "longtail.py")
     assert f"loaded trunk weights from {run_dir} (new head 'head')" in result.stdout

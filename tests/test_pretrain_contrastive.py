@@ -69,7 +69,7 @@ def test_ddp_simclr_beats_random_init_on_knn_and_transfers(tmp_path):
 
     # the trunk carries into the long-tail recipe with a new head (projector left behind)
     result = run_recipe(["model.name=small_cnn", f"transfer.from_path={run_dir}", "data.num_train_samples=1000",
-                         "longtail.imbalance_factor=10", "data.num_eval_samples=64", "data.global_batch_size=32",
+                         "data.imbalance_factor=10", "data.num_eval_samples=64", "data.global_batch_size=32",
                          "train.max_steps=2", "tracking.wandb_mode=disabled", f"output_dir={tmp_path / 'lt'}"],
                         script=REPO / "recipes" / "longtail.py")
     assert f"loaded trunk weights from {run_dir} (new head '9')" in result.stdout

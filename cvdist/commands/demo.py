@@ -123,7 +123,7 @@ def build_steps(*, budget: Budget, nproc: int, data_dir: Path, runs_dir: Path, r
                                            "--sort", "eval/balanced_acc", "--out", str(runs_dir / "compare"),
                                            # built-in-data options, not used with shards: noise in the table
                                            "--ignore", "data.num_train_samples", "--ignore",
-                                           "longtail.imbalance_factor"]))
+                                           "data.imbalance_factor"]))
     return steps
 
 

@@ -19,15 +19,15 @@ from cvdist.data.transforms import MultiScaleBatch
 
 
 def with_builtin_shards(data: DataConfig, *, num_classes: int, in_channels: int, seed: int,
-                        imbalance_factor: float = 1.0, holdout_per_class: int = 0) -> DataConfig:
+                        holdout_per_class: int = 0) -> DataConfig:
     """``data`` itself when it names shards; else a copy that names the built-in set's shard
     directory (written on first use): ``train`` / ``test`` splits, and ``val`` with
-    ``holdout_per_class`` (the long-tail cut ``imbalance_factor`` applies to ``train``)."""
+    ``holdout_per_class`` (the long-tail cut ``data.imbalance_factor`` applies to ``train``)."""
     if data.train_shards:
         return data
     spec = BuiltinSpec(dataset=data.dataset, root=data.root, num_classes=num_classes, in_channels=in_channels,
                        num_train_samples=data.num_train_samples, num_eval_samples=data.num_eval_samples, seed=seed,
-                       imbalance_factor=float(imbalance_factor), holdout_per_class=holdout_per_class)
+                       imbalance_factor=float(data.imbalance_factor), holdout_per_class=holdout_per_class)
     directory = builtin_shard_dir(spec, cache_dir=data.cache_dir or None)
     return dataclasses.replace(data, train_shards=[str(directory)], train_weights=[], eval_shards="",
                                train_split="train", eval_split="test")

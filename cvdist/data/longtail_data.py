@@ -61,16 +61,16 @@ def shard_aux_classes(data: DataConfig, aux_labels: Sequence[str]) -> dict[str, 
 
 
 def build_longtail_data(data: DataConfig, *, num_classes: int, in_channels: int, rank: int, world_size: int,
-                        micro_batch_size: int, seed: int, num_epochs: int, imbalance_factor: float = 1.0,
+                        micro_batch_size: int, seed: int, num_epochs: int,
                         holdout_per_class: int = 0, holdout_shards: str = "", holdout_split: str = "val",
                         need_holdout: bool = False, aux_labels: Sequence[str] = ()) -> LongtailData:
     """:func:`cvdist.data.from_config.build_labelled_data` (with the extra labels ``aux_labels``
     decoded into the batches), the training class counts, and the held-out split when
-    ``need_holdout``. Shards are used as written; the built-in set is cut to ``imbalance_factor``
+    ``need_holdout``. Shards are used as written; the built-in set is cut to ``data.imbalance_factor``
     with ``holdout_per_class`` samples per class held out as its ``val`` split (see the module doc)."""
     if not data.train_shards:
         data = with_builtin_shards(data, num_classes=num_classes, in_channels=in_channels, seed=seed,
-                                   imbalance_factor=imbalance_factor, holdout_per_class=holdout_per_class)
+                                   holdout_per_class=holdout_per_class)
         holdout_shards, holdout_split = "", "val"
     aux_classes = shard_aux_classes(data, aux_labels)
     labelled = build_labelled_data(data, in_channels=in_channels, num_classes=num_classes, rank=rank,

@@ -50,7 +50,7 @@ def run_recipe(args: list[str], *, nproc: int = 1, timeout: float = 300, env: di
 # The long-tail recipe on TINY's settings: a long-tailed synthetic set with tau-norm and post-hoc adjustment.
 LONGTAIL_TINY = [
     *[arg for arg in TINY if not arg.startswith("data.num_train_samples")], "data.num_train_samples=600",
-    "longtail.imbalance_factor=10", "longtail.holdout_per_class=5", "longtail.tau_norm=true",
+    "data.imbalance_factor=10", "longtail.holdout_per_class=5", "longtail.tau_norm=true",
     "longtail.posthoc_tau=1.0", "longtail.shot_many=200", "longtail.shot_few=80",  # non-empty groups at this size
     "train.eval_every_steps=4",
 ]

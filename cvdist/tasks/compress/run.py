@@ -99,8 +99,6 @@ class CompressRunConfig:
     """Architecture of weights-file sources (run directories say their own; a value given here must agree)."""
     data: DataConfig = field(default_factory=DataConfig)
     """Test split to evaluate on; training split for calibration and fine-tuning."""
-    imbalance_factor: float = 1.0
-    """Built-in data: the long-tail profile the models were trained with (1 = all data)."""
     prune: PruneConfig = field(default_factory=PruneConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
@@ -131,8 +129,8 @@ def validate_compress(config: CompressRunConfig) -> list[str]:
             raise ConfigError(f"{key}={config_module.get_by_path(config, key)} must be >= 0")
     if config.quantize.after_pruning and config.prune.method == "none":
         raise ConfigError("quantize.after_pruning=true but prune.method=none; choose a pruning method or set it false")
-    if config.imbalance_factor < 1:
-        raise ConfigError(f"imbalance_factor={config.imbalance_factor} must be >= 1 (1 = all data)")
+    if config.data.imbalance_factor < 1:
+        raise ConfigError(f"data.imbalance_factor={config.data.imbalance_factor} must be >= 1 (1 = all data)")
     check_report(config.report)
     return labels
 
@@ -228,7 +226,7 @@ def run_compress(config: CompressRunConfig) -> dict:
                           f"{specs[mismatched[0]].in_channels} channels but models.{label} has {spec.num_classes} / "
                           f"{spec.in_channels}; one report compares models of the same task")
     data = build_longtail_data(config.data, num_classes=spec.num_classes, in_channels=spec.in_channels,
-                                     imbalance_factor=config.imbalance_factor, rank=0, world_size=1,
+                                     rank=0, world_size=1,
                                      micro_batch_size=config.data.global_batch_size, seed=config.seed, num_epochs=1)
     thresholds = scaled_shot_thresholds(data.class_counts)
     with_balanced = is_long_tailed(data.class_counts, setting=config.report.balanced)

@@ -16,26 +16,20 @@ from typing import Literal
 from torch import nn
 
 from cvdist.compress.report import ReportConfig, check_report
-from cvdist.config import ConfigError, RunConfig, get_by_path
+from cvdist.config import ConfigError, ModelConfig, RunConfig, get_by_path
 from cvdist.losses.distill import FEATURE_LOSSES
 from cvdist.tasks.common import LossConfig, check_loss_options
 
 
 @dataclass
-class TeacherConfig:
-    """Where the teacher comes from; it is never trained."""
+class TeacherConfig(ModelConfig):
+    """Where the teacher comes from (it is never trained) and, for a weights file, its architecture:
+    the ``model`` fields (declared once, in ``ModelConfig``). Empty / 0 fields take the run's values;
+    a weights file needs ``name`` (``num_classes`` / ``in_channels`` 0 = the student's)."""
 
     path: str = ""
     """A cvdist run or checkpoint directory (DDP or ZeRO), or a ``.pth`` / ``.pt`` / ``.safetensors``
     state_dict (e.g. torchvision weights)."""
-    name: str = ""
-    """Architecture (``cvdist.models.MODEL_NAMES``); empty = the run's. Needed for a weights file."""
-    num_classes: int = 0
-    """Classes of the teacher's head; 0 = the run's (a weights file: the student's ``model.num_classes``)."""
-    in_channels: int = 0
-    """Image channels; 0 = the run's (a weights file: the student's ``model.in_channels``)."""
-    small_stem: bool = True
-    """ResNets given as a weights file: the small-image stem (a run's own setting wins)."""
 
 
 @dataclass
@@ -62,12 +56,9 @@ class KdConfig:
 
 @dataclass
 class DistillLongtailConfig:
-    """Long-tailed built-in data and the many / medium / few split of the metrics."""
+    """The many / medium / few split of the long-tail metrics (the built-in data's long-tail cut is
+    ``data.imbalance_factor``)."""
 
-    imbalance_factor: float = 1.0
-    """Built-in data only: cut the training split to an exponential profile with this ratio of
-    the largest to the smallest class (1 = keep all; as ``longtail.imbalance_factor`` of the
-    long-tail recipe). Shards are used as written."""
     shot_many: float = 100.0
     """Many-shot: more training samples than this (scaled for small sets)."""
     shot_few: float = 20.0
@@ -79,7 +70,7 @@ class DistillRunConfig(RunConfig):
     """RunConfig (``model`` = the student) plus ``teacher``, ``kd``, ``loss``, ``longtail``, ``report``."""
 
     recipe: str = "distill"
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    teacher: TeacherConfig = field(default_factory=lambda: TeacherConfig(name="", num_classes=0, in_channels=0))
     kd: KdConfig = field(default_factory=KdConfig)
     loss: LossConfig = field(default_factory=lambda: LossConfig(name="ce"))
     """The label loss (weighted ``1 - kd.alpha``): ``ce`` or any long-tail loss of the long-tail recipe."""
@@ -114,8 +105,6 @@ def validate_distill(config: DistillRunConfig) -> None:
     if any(hints) and kd.feature_weight == 0:
         raise ConfigError("kd.teacher_hint / kd.student_hint are set but kd.feature_weight=0, so they would be "
                           "ignored; set kd.feature_weight > 0 (e.g. 1.0) or remove the hints")
-    if config.longtail.imbalance_factor < 1:
-        raise ConfigError(f"longtail.imbalance_factor={config.longtail.imbalance_factor} must be >= 1 (1 = all data)")
     if not 0 <= config.longtail.shot_few <= config.longtail.shot_many:
         raise ConfigError("longtail.shot_few and longtail.shot_many need 0 <= shot_few <= shot_many")
     check_report(config.report)

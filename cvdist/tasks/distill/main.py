@@ -31,7 +31,7 @@ def main(argv: Sequence[str], *, default_yaml: str | Path) -> int:
     env, kd = session.env, config.kd
     data = build_longtail_data(
         config.data, num_classes=config.model.num_classes, in_channels=config.model.in_channels,
-        imbalance_factor=config.longtail.imbalance_factor, rank=env.rank, world_size=env.world_size,
+        rank=env.rank, world_size=env.world_size,
         micro_batch_size=session.micro_batch_size, seed=config.train.seed, num_epochs=config.train.epochs)
     teacher = load_teacher(config, env.device)
     session.add_input(config.teacher.path)

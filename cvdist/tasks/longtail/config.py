@@ -18,10 +18,6 @@ class LongtailConfig:
     stage: Literal["joint", "crt"] = "joint"
     """``joint`` (train the whole model) or ``crt`` (classifier re-training: the backbone loaded from
     ``transfer.from_path`` is frozen, the head re-initialised; needs ``data.sampling`` != instance)."""
-    imbalance_factor: float = 1.0
-    """Built-in data only (ignored with ``data.train_shards``, like ``data.dataset``): keep
-    ``floor(n_max * IF^(-c/(C-1)))`` training samples of class c (``cvdist shards longtail``'s
-    profile; 1 = keep all). For shards, write a long-tailed set with ``cvdist shards longtail``."""
     holdout_per_class: int = 0
     """Built-in data only (ignored with shards): samples per class taken out of the training split
     (before the long-tail subset, so they are never trained on) as the balanced held-out split for
@@ -100,8 +96,6 @@ class LongtailRunConfig(RunConfig):
 
 def _check_longtail_data(config: LongtailRunConfig) -> None:
     lt, shards = config.longtail, bool(config.data.train_shards)
-    if lt.imbalance_factor < 1:
-        raise ConfigError(f"longtail.imbalance_factor={lt.imbalance_factor} must be >= 1 (1 = keep all samples)")
     if lt.holdout_per_class < 0:
         raise ConfigError(f"longtail.holdout_per_class={lt.holdout_per_class} must be >= 0")
     if lt.tau_norm and not shards and lt.holdout_per_class == 0:

@@ -29,7 +29,7 @@ def build_data(config: LongtailRunConfig, session):
     return build_longtail_data(
         config.data, num_classes=config.model.num_classes, in_channels=config.model.in_channels,
         rank=session.env.rank, world_size=session.env.world_size, micro_batch_size=session.micro_batch_size,
-        seed=config.train.seed, num_epochs=config.train.epochs, imbalance_factor=lt.imbalance_factor,
+        seed=config.train.seed, num_epochs=config.train.epochs,
         holdout_per_class=lt.holdout_per_class, holdout_shards=lt.holdout_shards, holdout_split=lt.holdout_split,
         need_holdout=lt.tau_norm, aux_labels=tuple(config.multitask.labels))
 
