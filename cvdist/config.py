@@ -146,7 +146,7 @@ class DistConfig:
 
 @dataclass
 class CheckpointConfig:
-    every_steps: int = 0
+    every_steps: int = 200
     """Save every N optimiser steps (0 = only at the end and on a stop signal)."""
     keep_last: int = 2
     """How many complete checkpoints to keep (older ones are deleted)."""
@@ -168,7 +168,7 @@ class TrackingConfig:
     """W&B job type; None = the recipe name."""
     tags: list[str] = field(default_factory=list)
     """W&B tags."""
-    log_every_steps: int = 10
+    log_every_steps: int = 20
     """Log training metrics every N optimiser steps."""
 
 
@@ -204,6 +204,14 @@ class RunConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
+
+
+def section(schema: type, **values: Any) -> Any:
+    """A dataclass field whose default is ``schema(**values)``: how a task states its own defaults
+    for a shared section (e.g. ``model: ModelConfig = section(ModelConfig, name="small_cnn")``).
+    A task's defaults live in its schema; its recipe YAML repeats them for reading and a test
+    keeps the two equal."""
+    return field(default_factory=lambda: schema(**values))
 
 
 def load_config(

@@ -148,3 +148,27 @@ def test_every_choice_field_of_every_task_fails_with_one_message():
     # the choice fields of the shared sections and of each task are all Literal types
     assert {"data.sampling", "data.augment", "optim.name", "dist.strategy", "loss.name", "longtail.stage",
             "ssl.method", "ae.kind", "ae.vit", "kd.feature_loss", "prune.method", "report.balanced"} <= checked
+
+
+RECIPE_SCHEMAS = {
+    "supervised": "cvdist.tasks.supervised.config:SupervisedRunConfig",
+    "longtail": "cvdist.tasks.longtail.config:LongtailRunConfig",
+    "pretrain_contrastive": "cvdist.tasks.contrastive.config:ContrastiveRunConfig",
+    "pretrain_autoencoder": "cvdist.tasks.autoencoder.config:AutoencoderRunConfig",
+    "distill": "cvdist.tasks.distill.config:DistillRunConfig",
+    "compress": "cvdist.tasks.compress.run:CompressRunConfig",
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPE_SCHEMAS))
+def test_a_task_schema_holds_its_recipe_defaults_and_the_yaml_agrees(recipe):
+    import importlib
+
+    from cvdist.config import to_dict
+
+    module, name = RECIPE_SCHEMAS[recipe].split(":")
+    schema = getattr(importlib.import_module(module), name)
+    from_schema = to_dict(load_config(schema=schema))
+    from_yaml = to_dict(load_config(schema=schema, yaml_paths=[REPO / "recipes" / f"{recipe}.yaml"]))
+    assert from_yaml == from_schema  # one set of defaults: the schema's, repeated in the YAML for reading
+    assert sorted(path.stem for path in (REPO / "recipes").glob("*.py")) == sorted(RECIPE_SCHEMAS)

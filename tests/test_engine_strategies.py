@@ -24,8 +24,11 @@ STEPS = 6
 def runs(tmp_path_factory):
     """Straight 6-step runs of every strategy, and the single-process baselines."""
     out = tmp_path_factory.mktemp("strategies")
+    # One shard (the built-in set's 256 samples) read without a shuffle buffer: one process reads it
+    # in order, two processes each keep every other sample, so each 2-process step sees exactly the
+    # samples of the 1-process step with twice the batch (see README, "Epoch semantics").
     common = [f"output_dir={out}", f"train.max_steps={STEPS}", "checkpoint.every_steps=3", "checkpoint.keep_last=5",
-              "optim.grad_clip_norm=0.1"]
+              "optim.grad_clip_norm=0.1", "data.shuffle_buffer=0", "data.augment=none"]
     from tests.helpers.recipes import TINY
 
     run_recipe([*TINY, *common, "name=single"], nproc=1)

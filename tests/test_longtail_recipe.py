@@ -138,7 +138,7 @@ def test_layerwise_learning_rates_and_frozen_groups():
     (["loss.name=nope"], "loss.name='nope' is not allowed"),
     (["longtail.stage=crt"], "longtail.stage=crt needs trained weights"),
     (["longtail.stage=crt", "transfer.from_path=."], "set data.sampling=class_balanced"),
-    (["longtail.tau_norm=true"], "longtail.holdout_per_class=N"),
+    (["longtail.tau_norm=true", "longtail.holdout_per_class=0"], "longtail.holdout_per_class=N"),
     (["transfer.freeze_trunk=true", "transfer.from_path=.", "transfer.trunk_lr_scale=0.1"], "contradict"),
     (["transfer.from_path=/no/such/weights.pth"], "transfer.from_path='/no/such/weights.pth' does not exist"),
     (["data.imbalance_factor=0.5"], "data.imbalance_factor=0.5 must be >= 1"),

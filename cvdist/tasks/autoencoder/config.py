@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from cvdist.config import ConfigError, RunConfig
+from cvdist.config import (ConfigError, DataConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig, TrainConfig,
+                           section)
 from cvdist.models.vit import VIT_PRESETS
 
 AE_KINDS = ("conv", "mae")
@@ -78,6 +79,12 @@ class AutoencoderRunConfig(RunConfig):
     """The autoencoder recipe's config: RunConfig plus ``ae`` and ``multitask``."""
 
     recipe: str = "pretrain_autoencoder"
+    name: str = "pretrain_autoencoder"
+    model: ModelConfig = section(ModelConfig, name="small_cnn")
+    data: DataConfig = section(DataConfig, augment="none", num_eval_samples=2000)
+    optim: OptimConfig = section(OptimConfig, name="adamw", lr=0.002, weight_decay=0.05)
+    schedule: ScheduleConfig = section(ScheduleConfig, warmup_steps=50)
+    train: TrainConfig = section(TrainConfig, epochs=2, eval_every_steps=200)
     ae: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     multitask: MultitaskConfig = field(default_factory=MultitaskConfig)
 

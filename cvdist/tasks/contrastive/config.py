@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from cvdist.config import ConfigError, RunConfig
+from cvdist.config import (ConfigError, DataConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig, TrainConfig,
+                           section)
 
 SSL_METHODS = ("simclr", "moco_v3", "triplet")
 
@@ -61,6 +62,12 @@ class ContrastiveRunConfig(RunConfig):
     """The contrastive recipe's config: RunConfig plus ``ssl``."""
 
     recipe: str = "pretrain_contrastive"
+    name: str = "pretrain_contrastive"
+    model: ModelConfig = section(ModelConfig, name="small_cnn")
+    data: DataConfig = section(DataConfig, augment="none", num_eval_samples=2000, global_batch_size=256)
+    optim: OptimConfig = section(OptimConfig, name="adamw", lr=0.002, weight_decay=0.0001)
+    schedule: ScheduleConfig = section(ScheduleConfig, warmup_steps=50)
+    train: TrainConfig = section(TrainConfig, epochs=2, eval_every_steps=200)
     ssl: SSLConfig = field(default_factory=SSLConfig)
 
 

@@ -16,7 +16,7 @@ from typing import Literal
 from torch import nn
 
 from cvdist.compress.report import ReportConfig, check_report
-from cvdist.config import ConfigError, ModelConfig, RunConfig, get_by_path
+from cvdist.config import ConfigError, ModelConfig, RunConfig, ScheduleConfig, get_by_path, section
 from cvdist.losses.distill import FEATURE_LOSSES
 from cvdist.tasks.common import LossConfig, check_loss_options
 
@@ -70,6 +70,8 @@ class DistillRunConfig(RunConfig):
     """RunConfig (``model`` = the student) plus ``teacher``, ``kd``, ``loss``, ``longtail``, ``report``."""
 
     recipe: str = "distill"
+    name: str = "distill"
+    schedule: ScheduleConfig = section(ScheduleConfig, warmup_steps=50)
     teacher: TeacherConfig = field(default_factory=lambda: TeacherConfig(name="", num_classes=0, in_channels=0))
     kd: KdConfig = field(default_factory=KdConfig)
     loss: LossConfig = field(default_factory=lambda: LossConfig(name="ce"))

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from cvdist.config import ConfigError, RunConfig
+from cvdist.config import ConfigError, DataConfig, ModelConfig, RunConfig, ScheduleConfig, TrainConfig, section
 from cvdist.tasks.common import LossConfig, check_loss_options
 
 
@@ -85,8 +85,13 @@ class LongtailRunConfig(RunConfig):
     ``regularization``, ``multitask``."""
 
     recipe: str = "longtail"
+    name: str = "longtail"
+    model: ModelConfig = section(ModelConfig, name="small_cnn")
+    data: DataConfig = section(DataConfig, num_train_samples=10000, imbalance_factor=100.0)
+    schedule: ScheduleConfig = section(ScheduleConfig, warmup_steps=50)
+    train: TrainConfig = section(TrainConfig, epochs=30, eval_every_steps=100)
     loss: LossConfig = field(default_factory=LossConfig)
-    longtail: LongtailConfig = field(default_factory=LongtailConfig)
+    longtail: LongtailConfig = section(LongtailConfig, holdout_per_class=20)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
     multitask: MultitaskConfig = field(default_factory=MultitaskConfig)

@@ -6,9 +6,9 @@ section, so a setting moves between the two recipes unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from cvdist.config import ConfigError, RunConfig
+from cvdist.config import ConfigError, ModelConfig, RunConfig, ScheduleConfig, TrainConfig, section
 
 
 @dataclass
@@ -26,7 +26,11 @@ class SupervisedRunConfig(RunConfig):
     """RunConfig plus the ``loss`` section."""
 
     recipe: str = "supervised"
-    loss: SupervisedLossConfig = field(default_factory=SupervisedLossConfig)
+    name: str = "supervised"
+    model: ModelConfig = section(ModelConfig, name="small_resnet")
+    schedule: ScheduleConfig = section(ScheduleConfig, name="onecycle", pct_start=0.25)
+    train: TrainConfig = section(TrainConfig, epochs=6)
+    loss: SupervisedLossConfig = section(SupervisedLossConfig, label_smoothing=0.1)
 
 
 def validate_supervised(config: SupervisedRunConfig) -> None:
