@@ -60,9 +60,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from cvdist.data.converters import Sample, build_fashion_mnist_source
+from cvdist.data.decode import Decoder
 from cvdist.data.shard_writer import write_dataset_shards, write_split_shards
-from cvdist.data.sources import Sample, build_fashion_mnist_source
-from cvdist.data.stream import Decoder, ShardSet, ShardStream
+from cvdist.data.stream import ShardSet, ShardStream
 from cvdist.data.tar_samples import iter_samples
 from cvdist.data.transforms import build_transform
 

@@ -12,8 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+from cvdist.data.decode import Decoder
 from cvdist.data.fast_decode import FastDecoder
-from cvdist.data.stream import Decoder, ShardSet, ShardStream
+from cvdist.data.stream import ShardSet, ShardStream
 from cvdist.data.transforms import build_transform
 
 

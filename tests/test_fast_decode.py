@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+from cvdist.data.decode import Decoder
 from cvdist.data.fast_decode import FastDecoder, build_decoder
-from cvdist.data.stream import Decoder
 from cvdist.data.transforms import build_transform
 
 

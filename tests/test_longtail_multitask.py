@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from cvdist.config import ConfigError, DataConfig, load_config
+from cvdist.data.converters import FASHION_MNIST_COARSE, build_fashion_mnist_source
 from cvdist.data.longtail_data import LongtailData, build_longtail_data, shard_aux_classes
 from cvdist.data.shard_writer import write_dataset_shards
-from cvdist.data.sources import FASHION_MNIST_COARSE, build_fashion_mnist_source
 from cvdist.data.transforms import MultiScaleBatch
 from cvdist.engine import Progress
 from cvdist.engine.export import consolidated_state_dict, export_checkpoint

@@ -7,23 +7,22 @@ import gzip
 import io
 import json
 import os
-import pickle
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-import webdataset as wds
 from PIL import Image
 
 from cvdist.commands.shards import add_shards_commands
 from cvdist.data import shard_writer
 from cvdist.data.builtin import FASHION_MNIST_CLASSES
+from cvdist.data.converters import (FASHION_MNIST_COARSE, Sample, SourceDataset, SourceSplit,
+                                    build_fashion_mnist_source, build_folder_source)
 from cvdist.data.longtail import longtail_counts, write_longtail_shards
 from cvdist.data.manifest import ManifestError, load_manifest, write_manifest
 from cvdist.data.shard_writer import write_dataset_shards
-from cvdist.data.sources import (FASHION_MNIST_COARSE, Sample, SourceDataset, SourceSplit, build_cifar_source,
-                                 build_fashion_mnist_source, build_folder_source)
+from tests.helpers.shards import make_cifar10, read_webdataset
 
 REAL_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -48,10 +47,6 @@ def fake_fashion_mnist(root: Path, *, num_train: int = 25, num_test: int = 7) ->
         write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
         data[split] = (images, labels)
     return data
-
-
-def read_webdataset(paths: list[str]) -> list[dict]:
-    return list(wds.WebDataset(paths, shardshuffle=False).decode("pil"))
 
 
 def tar_class_counts(path: str, num_classes: int) -> list[int]:
@@ -225,100 +220,6 @@ def test_image_folder_errors(tmp_path):
     with pytest.raises(ValueError, match=r"cannot read image .*x\.png"):
         write_dataset_shards(source=source, out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()
-
-
-# ------------------------------------------------------------------------------------------ CIFAR
-
-
-def cifar_batch(rng, count: int, label_keys: dict[bytes, int]) -> dict:
-    batch = {b"data": rng.integers(0, 256, size=(count, 3072), dtype=np.uint8), b"batch_label": b"fake"}
-    batch.update({key: rng.integers(0, bound, size=count).tolist() for key, bound in label_keys.items()})
-    return batch
-
-
-def make_cifar10(directory: Path) -> dict[str, list[dict]]:
-    """The real cifar-10-batches-py layout (pickle protocol 2, like the original files)."""
-    rng = np.random.default_rng(0)
-    directory.mkdir(parents=True)
-    batches = {"train": [cifar_batch(rng, 3, {b"labels": 10}) for _ in range(5)],
-               "test": [cifar_batch(rng, 4, {b"labels": 10})]}
-    files = {f"data_batch_{i + 1}": b for i, b in enumerate(batches["train"])}
-    files["test_batch"] = batches["test"][0]
-    files["batches.meta"] = {b"label_names": [f"name{i}".encode() for i in range(10)], b"num_vis": 3072}
-    for name, value in files.items():
-        # The original files name numpy's pre-2.0 module, as a numpy 1.x pickle does.
-        data = pickle.dumps(value, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
-        (directory / name).write_bytes(data)
-    return batches
-
-
-def tar_gz(source: Path, archive: Path) -> Path:
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(source, arcname=source.name)
-    return archive
-
-
-def test_cifar10_archive_and_extracted_directory(tmp_path):
-    batches = make_cifar10(tmp_path / "cifar-10-batches-py")
-    archive = tar_gz(tmp_path / "cifar-10-batches-py", tmp_path / "cifar-10-python.tar.gz")
-    manifest = write_dataset_shards(source=build_cifar_source(archive=archive), out_dir=tmp_path / "out",
-                                    samples_per_shard=4)
-    assert manifest.class_names == [f"name{i}" for i in range(10)] and manifest.extra_labels == {}
-    for split in ("train", "test"):
-        data = np.concatenate([b[b"data"] for b in batches[split]])
-        labels = sum((b[b"labels"] for b in batches[split]), [])
-        samples = read_webdataset(manifest.shard_paths(split))
-        assert [s["cls"] for s in samples] == labels
-        for sample, row in zip(samples, data):
-            expected = row.reshape(3, 32, 32).transpose(1, 2, 0)  # channel-major rows
-            assert np.array_equal(np.asarray(sample["png"]), expected)
-    assert manifest.shard_sample_counts("train") == [4, 4, 4, 3]
-    for root in (tmp_path, tmp_path / "cifar-10-batches-py"):  # parent or the batches directory itself
-        other = write_dataset_shards(source=build_cifar_source(archive=root), samples_per_shard=4,
-                                     out_dir=tmp_path / f"dir{len(root.parts)}")
-        for a, b in zip(manifest.shard_paths("train"), other.shard_paths("train")):
-            assert Path(a).read_bytes() == Path(b).read_bytes()
-
-
-def test_cifar100_coarse_labels(tmp_path):
-    rng = np.random.default_rng(1)
-    root = tmp_path / "cifar-100-python"
-    root.mkdir()
-    keys = {b"fine_labels": 100, b"coarse_labels": 20}
-    train, test = cifar_batch(rng, 6, keys), cifar_batch(rng, 2, keys)
-    meta = {b"fine_label_names": [f"f{i}".encode() for i in range(100)],
-            b"coarse_label_names": [f"c{i}".encode() for i in range(20)]}
-    for name, value in (("train", train), ("test", test), ("meta", meta)):
-        (root / name).write_bytes(pickle.dumps(value))  # the current default protocol also loads
-    manifest = write_dataset_shards(source=build_cifar_source(archive=tar_gz(root, tmp_path / "c100.tar.gz")),
-                                    out_dir=tmp_path / "out")
-    assert len(manifest.class_names) == 100 and manifest.extra_labels == {"coarse": [f"c{i}" for i in range(20)]}
-    samples = read_webdataset(manifest.shard_paths("train"))
-    assert [s["cls"] for s in samples] == train[b"fine_labels"]
-    assert [s["json"] for s in samples] == [{"coarse": c} for c in train[b"coarse_labels"]]
-
-
-class _NotCifar:
-    def __reduce__(self):
-        return (os.getcwd, ())
-
-
-def test_cifar_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'missing.tar.gz'} does not exist"):
-        build_cifar_source(archive=tmp_path / "missing.tar.gz")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="neither CIFAR-10"):
-        build_cifar_source(archive=tmp_path / "empty")
-    (tmp_path / "garbage.tar.gz").write_bytes(b"not an archive")
-    with pytest.raises(ValueError, match="not a readable tar archive"):
-        build_cifar_source(archive=tmp_path / "garbage.tar.gz")
-    make_cifar10(tmp_path / "evil")
-    (tmp_path / "evil" / "batches.meta").write_bytes(pickle.dumps({b"label_names": _NotCifar()}))
-    with pytest.raises(ValueError, match="getcwd, which a CIFAR batch never holds"):
-        build_cifar_source(archive=tmp_path / "evil")
-    os.remove(tmp_path / "evil" / "data_batch_3")
-    with pytest.raises(FileNotFoundError, match="lacks data_batch_3"):
-        build_cifar_source(archive=tmp_path / "evil")
 
 
 # --------------------------------------------------------------------------------------- long tail

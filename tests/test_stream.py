@@ -13,9 +13,10 @@ import torch
 import webdataset
 from PIL import Image
 
+from cvdist.data.decode import Decoder
 from cvdist.data.resampling import target_distribution
 from cvdist.data.sharding import consumed_per_worker, expand_shard_pattern, plan_epoch
-from cvdist.data.stream import DataError, Decoder, ShardSet, ShardStream
+from cvdist.data.stream import DataError, ShardSet, ShardStream
 from cvdist.data.transforms import build_transform
 from tests.helpers.shards import UNEVEN, png_bytes, write_tar
 
@@ -260,9 +261,9 @@ def test_two_sources_mix_by_weight(tmp_path):
 
 def test_shards_written_by_cvdist_read_through_the_config_path(tmp_path):
     from cvdist.config import load_config
+    from cvdist.data.converters import build_folder_source
     from cvdist.data.from_config import build_labelled_data
     from cvdist.data.shard_writer import write_dataset_shards
-    from cvdist.data.sources import build_folder_source
 
     for split, count in (("train", 30), ("test", 9)):
         for label, name in enumerate(("cat", "dog", "eel")):

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 
+from cvdist.data.converters import build_cifar_source, build_fashion_mnist_source, build_folder_source
 from cvdist.data.longtail import write_longtail_shards
 from cvdist.data.manifest import IMAGE_FORMATS, Manifest
 from cvdist.data.shard_writer import DEFAULT_QUALITY, DEFAULT_SAMPLES_PER_SHARD, write_dataset_shards
-from cvdist.data.sources import build_cifar_source, build_fashion_mnist_source, build_folder_source
 
 DEFAULT_FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 

@@ -1,7 +1,7 @@
 """The built-in data sets as WebDataset shards: written once into a cache, then read like any
 user's shards.
 
-Every recipe reads its data through one path, the shard pipeline (``cvdist.data.pipeline``). A
+Every recipe reads its data through one path, the shard pipeline (``cvdist.data.shard_sources`` and ``cvdist.data.stream``). A
 built-in set (Fashion-MNIST from its IDX files, or the synthetic set) is therefore written on first
 use as shards with a manifest, into ``<cache>/<dataset>-<digest>/``, where the digest covers
 everything that decides the content (data set, source files, sample limits, seed, classes,
@@ -34,10 +34,10 @@ import numpy as np
 import torch
 
 from cvdist.data.builtin import FASHION_MNIST_CLASSES, load_fashion_mnist, make_synthetic
+from cvdist.data.converters import FASHION_MNIST_COARSE, FASHION_MNIST_COARSE_NAMES, SourceDataset, array_source_split
 from cvdist.data.longtail import longtail_counts, select_longtail_indices
 from cvdist.data.manifest import MANIFEST_NAME
 from cvdist.data.shard_writer import write_dataset_shards
-from cvdist.data.sources import FASHION_MNIST_COARSE, FASHION_MNIST_COARSE_NAMES, SourceDataset, array_source_split
 
 CACHE_FORMAT = 1
 """Bump when the content written for the same settings changes, so old caches are not reused."""

@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from cvdist.data.stream import BatchNormalise, Decoder, split_normalisation, unpack_sample
+from cvdist.data.decode import BatchNormalise, Decoder, split_normalisation, unpack_sample
 from cvdist.data.transforms import PRESET_DEFAULTS, build_transform
 
 FAST_PRESETS = ("none", "flip")

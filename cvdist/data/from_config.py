@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator, Optional
 from cvdist.config import DataConfig
 from cvdist.data.builtin_shards import BuiltinSpec, builtin_shard_dir
 from cvdist.data.fast_decode import build_decoder
-from cvdist.data.pipeline import build_train_stream, iterate_eval_shards, limit_samples, resolve_source
+from cvdist.data.shard_sources import build_train_stream, iterate_eval_shards, limit_samples, resolve_source
 from cvdist.data.transforms import MultiScaleBatch
 
 

@@ -32,9 +32,9 @@ from typing import Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from cvdist.data.converters import Sample
 from cvdist.data.manifest import MANIFEST_NAME, LongtailInfo, Manifest, load_manifest, write_manifest
 from cvdist.data.shard_writer import DEFAULT_SAMPLES_PER_SHARD, check_output_dir, staged_output_dir, write_split_shards
-from cvdist.data.sources import Sample
 
 LONGTAIL_SPLIT = "train"
 """The split that is made long-tailed; every other split is copied unchanged."""

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 from cvdist.config import DataConfig
 from cvdist.data.fast_decode import build_decoder
 from cvdist.data.from_config import build_labelled_data, with_builtin_shards
-from cvdist.data.pipeline import iterate_eval_shards, resolve_source
+from cvdist.data.shard_sources import iterate_eval_shards, resolve_source
 
 
 @dataclass

@@ -29,8 +29,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from cvdist.data.converters import Sample, SourceDataset
 from cvdist.data.manifest import IMAGE_FORMATS, MANIFEST_NAME, Manifest, ShardInfo, SplitInfo, write_manifest
-from cvdist.data.sources import Sample, SourceDataset
 from cvdist.io import fsync_directory
 
 DEFAULT_SAMPLES_PER_SHARD = 1000

@@ -17,9 +17,10 @@ from typing import Any, Iterator, Optional, Sequence
 
 import torch
 
+from cvdist.data.decode import Decoder
 from cvdist.data.manifest import MANIFEST_NAME, Manifest, load_manifest
 from cvdist.data.sharding import expand_shard_pattern, is_remote
-from cvdist.data.stream import DataError, Decoder, ShardSet, ShardStream, collate_samples, read_shard_samples
+from cvdist.data.stream import DataError, ShardSet, ShardStream, collate_samples, read_shard_samples
 from cvdist.data.tar_samples import iter_samples
 
 
