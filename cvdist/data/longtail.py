@@ -14,7 +14,8 @@ fixed seed a larger IF keeps a subset of what a smaller IF keeps. Kept samples s
 order with their source keys and their original image bytes (nothing is re-encoded). Other splits
 (``test``, ...) are copied byte for byte, so evaluation stays balanced.
 
-Source shards are read with ``tarfile``: only the image, ``.cls`` and ``.json`` members, and
+Source shards are read by the one tar reader (``cvdist.data.tar_samples``): only the image, ``.cls`` and
+``.json`` members, and
 nothing is ever unpickled; any other member is refused.
 """
 
@@ -25,7 +26,6 @@ import math
 import os
 import shutil
 import sys
-import tarfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -35,6 +35,7 @@ from tqdm import tqdm
 from cvdist.data.converters import Sample
 from cvdist.data.manifest import MANIFEST_NAME, LongtailInfo, Manifest, load_manifest, write_manifest
 from cvdist.data.shard_writer import DEFAULT_SAMPLES_PER_SHARD, check_output_dir, staged_output_dir, write_split_shards
+from cvdist.data.tar_samples import CorruptShard, iter_tar_members
 
 LONGTAIL_SPLIT = "train"
 """The split that is made long-tailed; every other split is copied unchanged."""
@@ -68,15 +69,15 @@ def select_longtail_indices(*, labels: Sequence[int], kept_per_class: Sequence[i
 
 
 def _shard_members(path: Path, image_format: str, *, read_images: bool) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Yield ``(key, {extension: bytes})`` per sample, in tar order (image bytes only if asked)."""
+    """Yield ``(key, {extension: bytes})`` per sample, in tar order (image bytes only if asked),
+    through the one tar reader every shard path uses (:mod:`cvdist.data.tar_samples`)."""
     allowed = (image_format, "cls", "json")
     try:
-        with tarfile.open(path, "r:") as tar:
+        with open(path, "rb") as stream:
             key, members = None, {}
-            for info in tar:
-                name = info.name
+            for name, data in iter_tar_members(stream):
                 base, _, ext = name.partition(".")
-                if not info.isfile() or "/" in name or ext not in allowed:
+                if data is None or "/" in name or ext not in allowed:
                     raise ValueError(f"source shard {path} holds member {name!r}, which `cvdist shards` never writes "
                                      f"(only <key>.{image_format}, .cls, .json); longtail reads only cvdist shards")
                 if base != key:
@@ -86,10 +87,10 @@ def _shard_members(path: Path, image_format: str, *, read_images: bool) -> Itera
                 if ext in members:
                     raise ValueError(f"source shard {path} holds {name!r} twice")
                 if read_images or ext != image_format:
-                    members[ext] = tar.extractfile(info).read()
+                    members[ext] = data
             if key is not None:
                 yield key, members
-    except tarfile.TarError as error:
+    except CorruptShard as error:
         raise ValueError(f"source shard {path} is not a readable tar file ({error}); re-write the source") from None
 
 
