@@ -1,5 +1,5 @@
 """Glue that several tasks share (and nothing task-specific): the long-tail loss section used by
-the long-tail and distillation tasks, the label-loss builder they share,
+the long-tail and distillation tasks, the label-loss builder they share, a run's labelled data,
 and a helper to take a few images out of a batch stream. A task imports this module, never
 another task; what grows beyond glue moves down into a building block.
 """
@@ -13,6 +13,7 @@ from typing import Any, Literal, Optional
 import torch
 
 from cvdist.config import ConfigError
+from cvdist.data.from_config import LabelledData, build_labelled_data
 from cvdist.losses.longtail import LOSS_NAMES, build_longtail_loss, loss_options
 
 
@@ -86,3 +87,12 @@ def first_images(batches, count: int) -> torch.Tensor:
         if total >= count:
             break
     return torch.cat(taken)
+
+
+def build_run_data(config: Any, session: Any) -> LabelledData:
+    """The labelled training stream and evaluation batches of a run: ``config.data`` for
+    ``config.model``'s classes and channels, sharded for ``session``'s rank."""
+    env = session.env
+    return build_labelled_data(config.data, in_channels=config.model.in_channels, num_classes=config.model.num_classes,
+                               rank=env.rank, world_size=env.world_size, micro_batch_size=session.micro_batch_size,
+                               seed=config.train.seed, num_epochs=config.train.epochs)

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Sequence
 
 from cvdist.config import load_recipe_config
-from cvdist.data.from_config import build_labelled_data
 from cvdist.engine import TrainTask, fit, start_session
 from cvdist.tasks.autoencoder.config import AutoencoderRunConfig, validate_autoencoder
 from cvdist.tasks.autoencoder.step import (ReconstructionEvaluator, build_knn_monitor, build_pretrain_model,
                                            build_train_step)
+from cvdist.tasks.common import build_run_data
 
 
 def main(argv: Sequence[str], *, default_yaml: str | Path) -> int:
@@ -24,10 +24,7 @@ def main(argv: Sequence[str], *, default_yaml: str | Path) -> int:
     validate_autoencoder(config)
     session = start_session(config)
     env = session.env
-    data = build_labelled_data(config.data, in_channels=config.model.in_channels,
-                               num_classes=config.model.num_classes, rank=env.rank, world_size=env.world_size,
-                               micro_batch_size=session.micro_batch_size, seed=config.train.seed,
-                               num_epochs=config.train.epochs)  # labels only feed the kNN monitor
+    data = build_run_data(config, session)  # labels only feed the kNN monitor
     model = build_pretrain_model(config)
     ae = config.ae
     knn = build_knn_monitor(config, eval_batches=data.eval_batches, to_device=session.backend.to_device,

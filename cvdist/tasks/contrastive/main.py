@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Sequence
 
 from cvdist.config import load_recipe_config
-from cvdist.data.from_config import build_bank_batches, build_labelled_data
+from cvdist.data.from_config import build_bank_batches
 from cvdist.engine import TrainTask, fit, start_session
 from cvdist.eval.knn import KnnEvaluator
+from cvdist.tasks.common import build_run_data
 from cvdist.tasks.contrastive.config import ContrastiveRunConfig, validate_contrastive
 from cvdist.tasks.contrastive.step import ContrastiveStep, build_contrastive_model
 
@@ -24,10 +25,7 @@ def main(argv: Sequence[str], *, default_yaml: str | Path) -> int:
     validate_contrastive(config)
     session = start_session(config)
     env, ssl = session.env, config.ssl
-    data = build_labelled_data(config.data, in_channels=config.model.in_channels,
-                               num_classes=config.model.num_classes, rank=env.rank, world_size=env.world_size,
-                               micro_batch_size=session.micro_batch_size, seed=config.train.seed,
-                               num_epochs=config.train.epochs)  # labels only feed the kNN monitor
+    data = build_run_data(config, session)  # labels only feed the kNN monitor
     model = build_contrastive_model(config)
     step = ContrastiveStep(model=model, ssl=ssl, data=config.data, seed=config.train.seed, rank=env.rank,
                            world_size=env.world_size)

@@ -12,10 +12,10 @@ from typing import Sequence
 from torch.nn import functional as F
 
 from cvdist.config import load_recipe_config
-from cvdist.data.from_config import build_labelled_data
 from cvdist.engine import TrainTask, fit, start_session
 from cvdist.eval.classification import evaluate_classifier
 from cvdist.models import build_model
+from cvdist.tasks.common import build_run_data
 from cvdist.tasks.supervised.config import SupervisedRunConfig, validate_supervised
 
 
@@ -26,10 +26,7 @@ def main(argv: Sequence[str], *, default_yaml: str | Path) -> int:
     validate_supervised(config)
     session = start_session(config)
     env = session.env
-    data = build_labelled_data(config.data, in_channels=config.model.in_channels,
-                               num_classes=config.model.num_classes, rank=env.rank, world_size=env.world_size,
-                               micro_batch_size=session.micro_batch_size, seed=config.train.seed,
-                               num_epochs=config.train.epochs)
+    data = build_run_data(config, session)
     model = build_model(name=config.model.name, num_classes=config.model.num_classes,
                         in_channels=config.model.in_channels, small_stem=config.model.small_stem)
 
