@@ -9,6 +9,7 @@ dataclasses below; :func:`validate` then checks choices and combinations. Every 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,9 +245,23 @@ def load_config(
                 "holding braces, commas or colons, e.g. data.train_shards=['shards/train-{000000..000009}.tar']"
             ) from None
     try:
-        return OmegaConf.to_object(OmegaConf.merge(*layers))
+        config = OmegaConf.to_object(OmegaConf.merge(*layers))
     except OmegaConfBaseException as error:
         raise ConfigError(_explain_omegaconf_error(error, schema)) from None
+    _refuse_non_finite(config)
+    return config
+
+
+def _refuse_non_finite(value: Any, key: str = "") -> None:
+    """ConfigError for a NaN or infinite number anywhere in the config (YAML reads ``.nan`` /
+    ``.inf`` and overrides ``nan`` / ``inf`` as floats, which no field means)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}={value} must be a finite number")
+    items = ({f.name: getattr(value, f.name) for f in dataclasses.fields(value)}.items()
+             if dataclasses.is_dataclass(value) else value.items() if isinstance(value, dict)
+             else enumerate(value) if isinstance(value, list) else ())
+    for name, item in items:
+        _refuse_non_finite(item, f"{key}[{name}]" if isinstance(name, int) else f"{key}.{name}" if key else name)
 
 
 def not_allowed(key: str, value: Any, allowed: Sequence[Any], *, also: str = "") -> str:
@@ -363,14 +378,21 @@ def _check_data_and_schedule(config: RunConfig) -> None:
     if config.data.train_weights and len(config.data.train_weights) != len(config.data.train_shards):
         raise ConfigError(f"data.train_weights has {len(config.data.train_weights)} values for "
                           f"{len(config.data.train_shards)} data.train_shards sources; give one per source")
-    if len(config.optim.betas) != 2:
-        raise ConfigError(f"optim.betas={config.optim.betas} must have two values, e.g. [0.9, 0.999]")
+    if len(config.optim.betas) != 2 or not all(0 <= b < 1 for b in config.optim.betas):
+        raise ConfigError(f"optim.betas={config.optim.betas} must be two values in [0, 1), e.g. [0.9, 0.999]")
+    if not 0 <= config.optim.momentum < 1:
+        raise ConfigError(f"optim.momentum={config.optim.momentum} must lie in [0, 1) (e.g. 0.9)")
+    if any(s <= 0 for s in config.data.std):
+        raise ConfigError(f"data.std={config.data.std} must be > 0 per channel (it divides the pixels)")
+    if any(w < 0 for w in config.data.train_weights) or (config.data.train_weights and not sum(config.data.train_weights)):
+        raise ConfigError(f"data.train_weights={config.data.train_weights} must be >= 0 with a positive sum")
     if not 0.0 <= config.schedule.min_lr_ratio <= 1.0:
         raise ConfigError(f"schedule.min_lr_ratio={config.schedule.min_lr_ratio} must lie in [0, 1]")
     if not 0.0 < config.schedule.pct_start < 1.0:
         raise ConfigError(f"schedule.pct_start={config.schedule.pct_start} must lie in (0, 1)")
-    if sorted(config.schedule.milestones) != list(config.schedule.milestones):
-        raise ConfigError(f"schedule.milestones={config.schedule.milestones} must be increasing")
+    milestones = list(config.schedule.milestones)
+    if sorted(set(milestones)) != milestones or any(m <= 0 for m in milestones):
+        raise ConfigError(f"schedule.milestones={milestones} must be positive and strictly increasing")
 
 
 def to_yaml(config: Any) -> str:

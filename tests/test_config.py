@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 
 import pytest
@@ -172,3 +173,53 @@ def test_a_task_schema_holds_its_recipe_defaults_and_the_yaml_agrees(recipe):
     from_yaml = to_dict(load_config(schema=schema, yaml_paths=[REPO / "recipes" / f"{recipe}.yaml"]))
     assert from_yaml == from_schema  # one set of defaults: the schema's, repeated in the YAML for reading
     assert sorted(path.stem for path in (REPO / "recipes").glob("*.py")) == sorted(RECIPE_SCHEMAS)
+
+
+def _float_fields(schema: type, prefix: str = "") -> list[str]:
+    """Every ``float`` field (scalar or list) of ``schema`` and its sections, as dotted keys."""
+    import dataclasses
+    import typing
+
+    found = []
+    for name, hint in typing.get_type_hints(schema).items():
+        if hint is float or hint in (list[float], typing.Optional[float]):
+            found.append(prefix + name)
+        elif isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            found += _float_fields(hint, prefix + name + ".")
+    return found
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPE_SCHEMAS))
+def test_nan_and_inf_are_refused_in_every_float_field(recipe):
+    import importlib
+
+    module, name = RECIPE_SCHEMAS[recipe].split(":")
+    schema = getattr(importlib.import_module(module), name)
+    keys = _float_fields(schema)
+    assert keys and ("optim.lr" in keys or recipe == "compress")
+    for key in keys:
+        for bad in ("nan", "inf", "-inf"):
+            value = f"[{bad}]" if "list" in repr(typing_hint(schema, key)) else bad
+            with pytest.raises(ConfigError, match=r"must be a finite number"):
+                load_config(schema=schema, overrides=[f"{key}={value}"])
+
+
+def typing_hint(schema: type, key: str):
+    import typing
+
+    for part in key.split(".")[:-1]:
+        schema = typing.get_type_hints(schema)[part]
+    return typing.get_type_hints(schema)[key.split(".")[-1]]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optim.momentum=1.5", "optim.momentum=1.5 must lie in [0, 1)"),
+    ("optim.betas=[0.9,1.0]", "optim.betas=[0.9, 1.0] must be two values in [0, 1)"),
+    ("data.std=[0]", "data.std=[0.0] must be > 0"),
+    ("schedule.milestones=[5,5]", "must be positive and strictly increasing"),
+    ("schedule.milestones=[0,5]", "must be positive and strictly increasing"),
+])
+def test_numeric_ranges_name_the_key(override, message):
+    config = load_config(overrides=[override])
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(config, world_size=1)
