@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from cvdist.config import DataConfig
 from cvdist.data.builtin_shards import BuiltinSpec, builtin_shard_dir
 from cvdist.data.fast_decode import build_decoder
 from cvdist.data.shard_sources import build_train_stream, iterate_eval_shards, limit_samples, resolve_source
+from cvdist.data.stream import ShardSet
 from cvdist.data.transforms import MultiScaleBatch
 
 
@@ -59,11 +60,9 @@ def build_labelled_data(data: DataConfig, *, in_channels: int, num_classes: int,
 
 def _from_shards(data: DataConfig, *, in_channels: int, rank: int, world_size: int, micro_batch_size: int,
                  seed: int, num_epochs: int, extra_label_keys: tuple[str, ...]) -> LabelledData:
-    grey = in_channels == 1
-    common = dict(image_size=data.image_size, mean=data.mean, std=data.std, grey=grey)
     # The fast decoder where the preset allows (none / flip): same tensors, ~2.5x the throughput.
-    train_decoder = build_decoder(preset=data.augment, train=True, extra_label_keys=extra_label_keys, **common)
-    eval_decoder = build_decoder(preset="none", train=False, extra_label_keys=extra_label_keys, **common)
+    train_decoder = build_decoder(preset=data.augment, train=True, extra_label_keys=extra_label_keys,
+                                  image_size=data.image_size, mean=data.mean, std=data.std, grey=in_channels == 1)
     multi_scale = _multi_scale(data, seed)
     stream, manifests = build_train_stream(
         shards=data.train_shards, weights=data.train_weights, split=data.train_split, rank=rank,
@@ -78,11 +77,8 @@ def _from_shards(data: DataConfig, *, in_channels: int, rank: int, world_size: i
     else:
         raise ValueError("data.eval_shards is empty and the first training source has no manifest to take "
                          "the evaluation split from; set data.eval_shards")
-
-    def eval_batches() -> Iterator[dict]:
-        return iterate_eval_shards(eval_source, rank=rank, world_size=world_size, batch_size=data.eval_batch_size,
-                                   decoder=eval_decoder)
-
+    eval_batches = plain_batches(eval_source, data, in_channels=in_channels, rank=rank, world_size=world_size,
+                                 extra_label_keys=extra_label_keys)
     return LabelledData(train=stream, eval_batches=eval_batches,
                         class_counts=stream.sources[0].class_counts if len(stream.sources) == 1 else None,
                         class_names=list(first_manifest.class_names) if first_manifest else None)
@@ -102,7 +98,14 @@ def build_bank_batches(data: DataConfig, *, in_channels: int, num_classes: int, 
     source, _ = resolve_source(data.train_shards[0], split=data.train_split)
     if bank_size:
         source = limit_samples(source, bank_size)
-    decoder = build_decoder(preset="none", train=False, image_size=data.image_size, mean=data.mean,
-                            std=data.std, grey=in_channels == 1)
+    return plain_batches(source, data, in_channels=in_channels, rank=rank, world_size=world_size)
+
+
+def plain_batches(source: ShardSet, data: DataConfig, *, in_channels: int, rank: int, world_size: int,
+                  extra_label_keys: Sequence[str] = ()) -> Callable[[], Iterator[dict]]:
+    """Fresh passes over this rank's share of ``source`` without augmentation, in batches of
+    ``data.eval_batch_size`` with a ``valid`` mask: the evaluation, held-out and kNN-bank reader."""
+    decoder = build_decoder(preset="none", train=False, image_size=data.image_size, mean=data.mean, std=data.std,
+                            grey=in_channels == 1, extra_label_keys=tuple(extra_label_keys))
     return lambda: iterate_eval_shards(source, rank=rank, world_size=world_size, batch_size=data.eval_batch_size,
                                        decoder=decoder)

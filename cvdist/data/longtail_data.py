@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from cvdist.config import DataConfig
-from cvdist.data.fast_decode import build_decoder
-from cvdist.data.from_config import build_labelled_data, with_builtin_shards
-from cvdist.data.shard_sources import iterate_eval_shards, resolve_source
+from cvdist.data.from_config import build_labelled_data, plain_batches, with_builtin_shards
+from cvdist.data.shard_sources import resolve_source
 
 
 @dataclass
@@ -94,9 +93,7 @@ def build_longtail_data(data: DataConfig, *, num_classes: int, in_channels: int,
         except ValueError as error:
             raise ValueError(f"longtail.tau_norm needs a held-out split: {error}. Write one (e.g. `cvdist shards "
                              "folder --split-name val`) or set longtail.holdout_shards / longtail.holdout_split") from None
-        decoder = build_decoder(preset="none", train=False, image_size=data.image_size, mean=data.mean,
-                                std=data.std, grey=in_channels == 1, extra_label_keys=tuple(aux_labels))
-        holdout = lambda: iterate_eval_shards(source, rank=rank, world_size=world_size,  # noqa: E731
-                                              batch_size=data.eval_batch_size, decoder=decoder)
+        holdout = plain_batches(source, data, in_channels=in_channels, rank=rank, world_size=world_size,
+                                extra_label_keys=aux_labels)
     return LongtailData(train=labelled.train, eval_batches=labelled.eval_batches, holdout_batches=holdout,
                         class_counts=counts, class_names=labelled.class_names, aux_classes=aux_classes)
