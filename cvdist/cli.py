@@ -16,6 +16,7 @@ from cvdist.commands.shards import add_shards_commands
 from cvdist.config import ConfigError
 from cvdist.data.stream import DataError
 from cvdist.engine.dist import LaunchError
+from cvdist.redact import redact_text
 from cvdist.tracking.records import RunExistsError
 
 # Errors that mean "the user asked for something wrong" (cvdist raises ValueError for those, by
@@ -30,7 +31,7 @@ def run_recipe(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] 
     except USER_ERRORS as error:
         if os.environ.get("CVDIST_DEBUG"):
             traceback.print_exc()
-        print(f"cvdist: error: {error}", file=sys.stderr, flush=True)
+        print(f"cvdist: error: {redact_text(str(error))}", file=sys.stderr, flush=True)
         return 2
 
 
@@ -63,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except USER_ERRORS as error:
-        print(f"cvdist: error: {error}", file=sys.stderr)
+        print(f"cvdist: error: {redact_text(str(error))}", file=sys.stderr)
         return 2
 
 

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Iterator, Literal, Optional, Sequence
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cvdist.models.classifiers import MODEL_NAMES
+from cvdist.redact import redact, redact_text
 
 
 class ConfigError(ValueError):
@@ -91,6 +93,9 @@ class DataConfig:
     """Evaluation batch per process."""
     num_workers: int = 0
     """DataLoader worker processes per training process."""
+    allow_pipe: bool = False
+    """Allow ``pipe:`` sources, which run a shell command from the config (each command is
+    logged once); off by default so a config from elsewhere cannot run code."""
 
 
 @dataclass
@@ -216,13 +221,16 @@ def section(schema: type, **values: Any) -> Any:
 
 
 def load_config(
-    *, yaml_paths: Sequence[str | Path] = (), overrides: Sequence[str] = (), schema: type = RunConfig
+    *, yaml_paths: Sequence[str | Path] = (), overrides: Sequence[str] = (), schema: type = RunConfig,
+    allow_interpolation: bool = False,
 ) -> Any:
     """Build a typed config: ``schema`` defaults, then each YAML file in order, then ``key=value``
     overrides.
 
-    Raises ConfigError for a missing or malformed file, an unknown key or a wrong type.
-    Returns an instance of ``schema`` (a plain dataclass, not an OmegaConf object).
+    Raises ConfigError for a missing or malformed file, an unknown key or a wrong type, and for
+    an OmegaConf interpolation (``${oc.env:VAR}``, ``${other.key}``) in a file or an override
+    unless ``allow_interpolation``: it would copy environment variables (tokens, passwords) into
+    ``config.yaml`` and the W&B config. Returns an instance of ``schema`` (a plain dataclass).
     """
     layers = [OmegaConf.structured(schema)]
     for yaml_path in yaml_paths:
@@ -233,6 +241,8 @@ def load_config(
             layers.append(OmegaConf.load(path))
         except Exception as error:  # yaml.YAMLError and friends
             raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from None
+        if not allow_interpolation:
+            _refuse_interpolation(layers[-1], where=f"config file {str(path)!r}")
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=0.05)")
@@ -244,6 +254,8 @@ def load_config(
                 f"override {item!r}: the value is not valid YAML ({str(error).splitlines()[0]}); quote values "
                 "holding braces, commas or colons, e.g. data.train_shards=['shards/train-{000000..000009}.tar']"
             ) from None
+        if not allow_interpolation:
+            _refuse_interpolation(layers[-1], where=f"override {redact_text(item)!r}")
     try:
         config = OmegaConf.to_object(OmegaConf.merge(*layers))
     except OmegaConfBaseException as error:
@@ -252,16 +264,39 @@ def load_config(
     return config
 
 
-def _refuse_non_finite(value: Any, key: str = "") -> None:
-    """ConfigError for a NaN or infinite number anywhere in the config (YAML reads ``.nan`` /
-    ``.inf`` and overrides ``nan`` / ``inf`` as floats, which no field means)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{key}={value} must be a finite number")
+def leaf_values(value: Any, key: str = "") -> Iterator[tuple[str, Any]]:
+    """``(dotted key, value)`` of every leaf of a config (dataclasses, dicts, lists, nested):
+    ``("optim.lr", 0.1)``, ``("data.train_shards[0]", "shards/x")``."""
     items = ({f.name: getattr(value, f.name) for f in dataclasses.fields(value)}.items()
              if dataclasses.is_dataclass(value) else value.items() if isinstance(value, dict)
-             else enumerate(value) if isinstance(value, list) else ())
+             else enumerate(value) if isinstance(value, list) else None)
+    if items is None:
+        yield key, value
+        return
     for name, item in items:
-        _refuse_non_finite(item, f"{key}[{name}]" if isinstance(name, int) else f"{key}.{name}" if key else name)
+        yield from leaf_values(item, f"{key}[{name}]" if isinstance(name, int) else f"{key}.{name}" if key else str(name))
+
+
+_INTERPOLATION = re.compile(r"(?<!\\)\$\{")  # a "${" that is not escaped as "\${"
+
+
+def _refuse_interpolation(layer: Any, *, where: str) -> None:
+    """ConfigError naming the first value of ``layer`` (an OmegaConf container) that holds an
+    interpolation."""
+    for key, value in leaf_values(OmegaConf.to_container(layer, resolve=False)):
+        if isinstance(value, str) and _INTERPOLATION.search(value):
+            raise ConfigError(
+                f"{where}: {key}={redact_text(value)!r} uses an interpolation, which can copy environment "
+                "variables (tokens, passwords) into config.yaml and W&B; write the value itself, escape it "
+                "as \\${...}, or pass --allow-interpolation if you trust this config")
+
+
+def _refuse_non_finite(config: Any) -> None:
+    """ConfigError for a NaN or infinite number anywhere in the config (YAML reads ``.nan`` /
+    ``.inf`` and overrides ``nan`` / ``inf`` as floats, which no field means)."""
+    for key, value in leaf_values(config):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}={value} must be a finite number")
 
 
 def not_allowed(key: str, value: Any, allowed: Sequence[Any], *, also: str = "") -> str:
@@ -310,6 +345,17 @@ def get_by_path(config: Any, dotted: str) -> Any:
     return value
 
 
+def _check_pipe_sources(config: Any) -> None:
+    """ConfigError naming the first field (of any section) that holds a ``pipe:`` shard source
+    while ``data.allow_pipe`` is off."""
+    if config.data.allow_pipe:
+        return
+    for key, value in leaf_values(config):
+        if isinstance(value, str) and any(part.startswith("pipe:") for part in value.split("::")):
+            raise ConfigError(f"{key}={redact_text(value)!r} runs a shell command (a pipe: source); set "
+                              "data.allow_pipe=true if you trust this config, or copy the shards to a local directory")
+
+
 def validate(config: RunConfig, *, world_size: int) -> None:
     """Check what types cannot express (choice fields are ``Literal`` types, checked when the
     config loads): ranges, combinations and the launch; raise ConfigError on the first problem."""
@@ -319,6 +365,7 @@ def validate(config: RunConfig, *, world_size: int) -> None:
     _check_ranges(config)
     _check_launch(config, world_size=world_size)
     _check_data_and_schedule(config)
+    _check_pipe_sources(config)
     resume = config.checkpoint.resume
     if resume not in ("none", "auto") and not Path(resume).exists():
         raise ConfigError(
@@ -396,19 +443,24 @@ def _check_data_and_schedule(config: RunConfig) -> None:
 
 
 def to_yaml(config: Any) -> str:
-    """The resolved config as YAML text (what is written to ``config.yaml``)."""
-    return OmegaConf.to_yaml(OmegaConf.structured(config))
+    """The resolved config as YAML text (what is written to ``config.yaml``), credentials in
+    URLs and commands redacted (:mod:`cvdist.redact`)."""
+    return OmegaConf.to_yaml(OmegaConf.create(to_dict(config)))
 
 
 def to_dict(config: Any) -> dict:
-    """The resolved config as plain nested dicts (for W&B and run records)."""
-    return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)  # type: ignore[return-value]
+    """The resolved config as plain nested dicts (for W&B and run records), credentials in URLs
+    and commands redacted (:mod:`cvdist.redact`)."""
+    # (resolve=False: the dataclass holds plain values; a "${" left in one is a user's escaped text)
+    return redact(OmegaConf.to_container(OmegaConf.structured(config), resolve=False))
 
 
-RECIPE_USAGE = """usage: {prog} [--config FILE.yaml] [key=value ...]
+RECIPE_USAGE = """usage: {prog} [--config FILE.yaml] [--allow-interpolation] [key=value ...]
 
 Runs the recipe with its defaults ({defaults}), then FILE.yaml, then the overrides,
 e.g. optim.lr=0.05 dist.strategy=zero2 train.max_steps=100 name=my-run.
+--allow-interpolation lets values use OmegaConf interpolations such as ${{oc.env:VAR}}
+(refused by default: they copy environment variables into config.yaml and W&B).
 Config sections: {sections}."""
 
 
@@ -419,7 +471,7 @@ def load_recipe_config(argv: Sequence[str], *, default_yaml: str | Path, recipe:
     The recipe's own YAML is applied first, then ``--config`` files, then overrides. ``-h``
     prints the usage and the top-level sections and exits.
     """
-    overrides, yaml_paths = [], [default_yaml]
+    overrides, yaml_paths, allow_interpolation = [], [default_yaml], False
     items = list(argv)
     while items:
         item = items.pop(0)
@@ -433,10 +485,13 @@ def load_recipe_config(argv: Sequence[str], *, default_yaml: str | Path, recipe:
             yaml_paths.append(items.pop(0))
         elif item.startswith("--config="):
             yaml_paths.append(item.split("=", 1)[1])
+        elif item == "--allow-interpolation":
+            allow_interpolation = True
         elif item.startswith("-"):
             raise ConfigError(f"unknown option {item!r}; pass settings as key=value (e.g. optim.lr=0.05)")
         else:
             overrides.append(item)
-    config = load_config(yaml_paths=yaml_paths, overrides=overrides, schema=schema)
+    config = load_config(yaml_paths=yaml_paths, overrides=overrides, schema=schema,
+                         allow_interpolation=allow_interpolation)
     config.recipe = recipe
     return config

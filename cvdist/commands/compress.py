@@ -33,6 +33,9 @@ def add_compress_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
                              "the last one is compressed unless compress=[LABEL,...])")
     parser.add_argument("--config", action="append", default=[], metavar="FILE.yaml",
                         help="YAML file(s) with settings, applied before the key=value overrides")
+    parser.add_argument("--allow-interpolation", action="store_true",
+                        help="let values use OmegaConf interpolations such as ${oc.env:VAR} (refused by default: "
+                             "they copy environment variables into config.yaml and W&B)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings, e.g. prune.sparsity=0.7")
     parser.set_defaults(handler=run_compress_command)
     return parser
@@ -49,7 +52,8 @@ def config_from_args(args: argparse.Namespace):
         if not sep or not label or not source:
             raise ConfigError(f"--model {item!r} is not of the form LABEL=SOURCE (e.g. --model student=runs/student)")
         model_overrides.append(f"models.{label}={source}")
-    return load_config(yaml_paths=args.config, overrides=[*model_overrides, *args.overrides], schema=CompressRunConfig)
+    return load_config(yaml_paths=args.config, overrides=[*model_overrides, *args.overrides], schema=CompressRunConfig,
+                       allow_interpolation=args.allow_interpolation)
 
 
 def run_compress_command(args: argparse.Namespace) -> int:

@@ -37,7 +37,8 @@ def _run_config(source: Path) -> dict[str, Any]:
         return {}
     for candidate in (source / "config.yaml", source.parent.parent / "config.yaml"):  # run dir, run/checkpoints/step-N
         if candidate.is_file():
-            return OmegaConf.to_container(OmegaConf.load(candidate), resolve=True)  # type: ignore[return-value]
+            # (resolve=False: never resolve ${oc.env:...} out of a run directory from elsewhere)
+            return OmegaConf.to_container(OmegaConf.load(candidate), resolve=False)  # type: ignore[return-value]
     return {}
 
 
@@ -58,7 +59,8 @@ def _configs(args: argparse.Namespace) -> tuple[ModelConfig, DataConfig, int]:
         "num_classes": args.num_classes})
     data = _section(DataConfig, run.get("data", {}), {
         "dataset": args.dataset, "train_shards": args.train_shards, "eval_shards": args.eval_shards,
-        "num_eval_samples": args.num_eval, "eval_batch_size": args.batch_size})
+        "num_eval_samples": args.num_eval, "eval_batch_size": args.batch_size,
+        "allow_pipe": args.allow_pipe})  # from the command line only, never from a run's config.yaml
     if args.train_shards is None and args.dataset is None and not run:
         data.dataset = "fashion_mnist"
     if len(data.mean) != model.in_channels:  # a weights file with 3 channels and the grey defaults
@@ -120,6 +122,8 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                         help="built-in data: training images in the bank / probe set (0 = all; default 10000)")
     parser.add_argument("--num-eval", type=int, default=None, help="built-in data: evaluation images (0 = all)")
     parser.add_argument("--batch-size", type=int, default=None, help="feature-extraction batch size")
+    parser.add_argument("--allow-pipe", action="store_true",
+                        help="allow pipe: shard sources (they run a shell command)")
     parser.add_argument("--out", default=None, help="also write the metrics as JSON to this file")
     parser.set_defaults(handler=run_eval)
     return parser

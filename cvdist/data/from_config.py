@@ -68,12 +68,13 @@ def _from_shards(data: DataConfig, *, in_channels: int, rank: int, world_size: i
         shards=data.train_shards, weights=data.train_weights, split=data.train_split, rank=rank,
         world_size=world_size, num_workers=data.num_workers, batch_size=micro_batch_size, seed=seed,
         decoder=train_decoder, shuffle_buffer=data.shuffle_buffer, num_samples=data.num_samples,
-        sampling=data.sampling, num_epochs=num_epochs, max_corrupt=data.max_corrupt, multi_scale=multi_scale)
+        sampling=data.sampling, num_epochs=num_epochs, max_corrupt=data.max_corrupt, multi_scale=multi_scale,
+        allow_pipe=data.allow_pipe)
     first_manifest = manifests[0]
     if data.eval_shards:
-        eval_source, _ = resolve_source(data.eval_shards, split=data.eval_split)
+        eval_source, _ = resolve_source(data.eval_shards, split=data.eval_split, allow_pipe=data.allow_pipe)
     elif first_manifest is not None:
-        eval_source, _ = resolve_source(data.train_shards[0], split=data.eval_split)
+        eval_source, _ = resolve_source(data.train_shards[0], split=data.eval_split, allow_pipe=data.allow_pipe)
     else:
         raise ValueError("data.eval_shards is empty and the first training source has no manifest to take "
                          "the evaluation split from; set data.eval_shards")
@@ -95,7 +96,7 @@ def build_bank_batches(data: DataConfig, *, in_channels: int, num_classes: int, 
     rank's share: the first ``bank_size`` samples (0 = all) of ``data.train_split`` of the first
     training source (the built-in set's training split when there are no shards)."""
     data = with_builtin_shards(data, num_classes=num_classes, in_channels=in_channels, seed=seed)
-    source, _ = resolve_source(data.train_shards[0], split=data.train_split)
+    source, _ = resolve_source(data.train_shards[0], split=data.train_split, allow_pipe=data.allow_pipe)
     if bank_size:
         source = limit_samples(source, bank_size)
     return plain_batches(source, data, in_channels=in_channels, rank=rank, world_size=world_size)

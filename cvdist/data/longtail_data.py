@@ -48,7 +48,7 @@ def shard_aux_classes(data: DataConfig, aux_labels: Sequence[str]) -> dict[str, 
     first training source; ValueError naming what is missing."""
     if not aux_labels:
         return {}
-    _, manifest = resolve_source(data.train_shards[0], split=data.train_split)
+    _, manifest = resolve_source(data.train_shards[0], split=data.train_split, allow_pipe=data.allow_pipe)
     if manifest is None:
         raise ValueError(f"multitask.labels needs the extra labels' classes from a manifest, but "
                          f"{data.train_shards[0]} has none; give a shard directory written by `cvdist shards`")
@@ -89,7 +89,7 @@ def build_longtail_data(data: DataConfig, *, num_classes: int, in_channels: int,
             raise ValueError(f"longtail.holdout_split={holdout_split!r} of {spec} is the evaluation (test) split; "
                              "tau must be chosen on held-out training data: give another split or holdout_shards")
         try:
-            source, _ = resolve_source(spec, split=holdout_split)
+            source, _ = resolve_source(spec, split=holdout_split, allow_pipe=data.allow_pipe)
         except ValueError as error:
             raise ValueError(f"longtail.tau_norm needs a held-out split: {error}. Write one (e.g. `cvdist shards "
                              "folder --split-name val`) or set longtail.holdout_shards / longtail.holdout_split") from None

@@ -53,8 +53,10 @@ def _scan_local_shards(urls: list[str]) -> tuple[list[int], list[int]]:
     return sizes, [labels[c] for c in range(num_classes)]
 
 
-def resolve_source(spec: str, *, split: str, weight: float = 1.0) -> tuple[ShardSet, Optional[Manifest]]:
-    """The shards of ``split`` named by ``spec`` (see module doc), with their counts if known."""
+def resolve_source(spec: str, *, split: str, weight: float = 1.0,
+                   allow_pipe: bool = False) -> tuple[ShardSet, Optional[Manifest]]:
+    """The shards of ``split`` named by ``spec`` (see module doc), with their counts if known;
+    ``pipe:`` sources only with ``allow_pipe`` (``data.allow_pipe``)."""
     manifest_path = _manifest_path(spec)
     if manifest_path is not None:
         manifest = load_manifest(manifest_path)
@@ -62,7 +64,7 @@ def resolve_source(spec: str, *, split: str, weight: float = 1.0) -> tuple[Shard
             raise ValueError(f"{manifest_path} has no split {split!r}; it has {', '.join(manifest.splits)}")
         return ShardSet(urls=manifest.shard_paths(split), shard_sizes=manifest.shard_sample_counts(split),
                         class_counts=manifest.class_counts(split), weight=weight), manifest
-    urls = expand_shard_pattern(spec)
+    urls = expand_shard_pattern(spec, allow_pipe=allow_pipe)
     if any(is_remote(url) for url in urls):
         return ShardSet(urls=urls, weight=weight), None
     sizes, class_counts = _scan_local_shards(urls)
@@ -72,11 +74,11 @@ def resolve_source(spec: str, *, split: str, weight: float = 1.0) -> tuple[Shard
 def build_train_stream(*, shards: Sequence[str], weights: Sequence[float], split: str, rank: int, world_size: int,
                        num_workers: int, batch_size: int, seed: int, decoder: Decoder, shuffle_buffer: int,
                        num_samples: int, sampling: str, num_epochs: int, max_corrupt: int,
-                       multi_scale: Any = None) -> tuple[ShardStream, list[Optional[Manifest]]]:
+                       multi_scale: Any = None, allow_pipe: bool = False) -> tuple[ShardStream, list[Optional[Manifest]]]:
     """The training stream over one or several (weighted) sources, and their manifests."""
     if weights and len(weights) != len(shards):
         raise ValueError(f"data.train_weights has {len(weights)} values for {len(shards)} data.train_shards sources")
-    resolved = [resolve_source(spec, split=split, weight=float(weights[i]) if weights else 1.0)
+    resolved = [resolve_source(spec, split=split, weight=float(weights[i]) if weights else 1.0, allow_pipe=allow_pipe)
                 for i, spec in enumerate(shards)]
     stream = ShardStream(sources=[source for source, _ in resolved], rank=rank, world_size=world_size,
                          num_workers=num_workers, batch_size=batch_size, seed=seed, decoder=decoder,

@@ -33,6 +33,8 @@ from typing import Optional, Sequence
 
 import braceexpand
 
+from cvdist.redact import redact_text
+
 REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://", "ais://", "hf://", "sftp://", "scp://")
 
 
@@ -40,15 +42,33 @@ def is_remote(url: str) -> bool:
     return url.startswith(REMOTE_PREFIXES)
 
 
-def expand_shard_pattern(pattern: str) -> list[str]:
+_LOGGED_COMMANDS: set[str] = set()
+
+
+def check_pipe_command(url: str, *, allow_pipe: bool) -> None:
+    """A ``pipe:`` source runs a shell command: refuse it unless the user opted in
+    (``data.allow_pipe``), and log each command once per process when it is allowed."""
+    if not url.startswith("pipe:"):
+        return
+    if not allow_pipe:
+        raise ValueError(f"shard source {redact_text(url)!r} runs a shell command; set data.allow_pipe=true if you "
+                         "trust the config it came from (or copy the shards to a local directory)")
+    if url not in _LOGGED_COMMANDS:
+        _LOGGED_COMMANDS.add(url)
+        print(f"[cvdist] data.allow_pipe: reading shards from the shell command {redact_text(url[5:])!r}", flush=True)
+
+
+def expand_shard_pattern(pattern: str, *, allow_pipe: bool = False) -> list[str]:
     """Brace patterns (``train-{000000..000099}.tar``), globs and ``::``-joined lists into URLs.
 
     Local names that match nothing are an error naming the pattern; remote URLs (``pipe:``,
-    ``http(s)://``) are passed through for webdataset's opener.
+    ``http(s)://``) are passed through for webdataset's opener, ``pipe:`` only with
+    ``allow_pipe`` (:func:`check_pipe_command`).
     """
     urls: list[str] = []
     for part in pattern.split("::"):
         for expanded in braceexpand.braceexpand(part):
+            check_pipe_command(expanded, allow_pipe=allow_pipe)
             if is_remote(expanded):
                 urls.append(expanded)
             elif any(ch in expanded for ch in "*?["):

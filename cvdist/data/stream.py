@@ -26,6 +26,7 @@ from cvdist.data.decode import Decoder
 from cvdist.data.resampling import repeat_factors
 from cvdist.data.sharding import EpochPlan, SlotPlan, consumed_per_worker, plan_epoch
 from cvdist.data.tar_samples import CorruptShard, iter_samples
+from cvdist.redact import redact_text
 
 
 class DataError(RuntimeError):
@@ -70,7 +71,7 @@ def read_shard_samples(url: str, errors: list[str]) -> Iterator[dict]:
         with _open_shard(url) as stream:
             yield from iter_samples(stream)
     except (CorruptShard, OSError, ValueError) as error:
-        errors.append(f"{url}: {error}")
+        errors.append(redact_text(f"{url}: {error}"))  # the URL and the opener's command may hold credentials
 
 
 # Marks the end of one pass over a slot's shards: the shuffle buffer empties itself before the
@@ -346,7 +347,7 @@ class ShardStream:
 
     def _note_corrupt(self, messages: list[str], epoch_total: int) -> None:
         for message in messages:
-            print(f"[cvdist] rank {self.rank}: skipped corrupt data: {message}", flush=True)
+            print(f"[cvdist] rank {self.rank}: skipped corrupt data: {redact_text(message)}", flush=True)
         self.total_corrupt += len(messages)
         self._position["corrupt"] = epoch_total
         if epoch_total > self.max_corrupt:

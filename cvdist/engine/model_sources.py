@@ -47,7 +47,8 @@ def run_config_of(source: str | Path) -> Optional[dict]:
     checkpoint = resolve_checkpoint_dir(path)
     for candidate in (checkpoint.parent.parent, checkpoint.parent, path):
         if (candidate / "config.yaml").is_file():
-            return OmegaConf.to_container(OmegaConf.load(candidate / "config.yaml"), resolve=True)
+            # (resolve=False: cvdist writes plain values; never resolve ${oc.env:...} from another's file)
+            return OmegaConf.to_container(OmegaConf.load(candidate / "config.yaml"), resolve=False)
     raise FileNotFoundError(f"{source}: found checkpoint {checkpoint} but no config.yaml of its run (looked in "
                             f"{checkpoint.parent.parent}); give a weights file and the architecture instead")
 
