@@ -101,7 +101,7 @@ def cvdist_overrides(*, name: str, output_dir: Path, world_size: int, num_steps:
 
 def overhead_worker(args: argparse.Namespace) -> None:
     """Alternate plain and cvdist rounds (ABBA order against drift); report medians and the ratio."""
-    from cvdist.config import load_config
+    from cvdist.config_loading import load_config
     from cvdist.data.builtin import make_synthetic
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the in-memory batch source lives with the tests
     from tests.helpers.tensor_batches import TensorBatches

@@ -402,7 +402,7 @@ def run_all(args: argparse.Namespace, out: Path) -> tuple[list[Result], dict[str
 
 def recipe_defaults() -> dict:
     """Model and batch of ``recipes/supervised.yaml`` (what the cvdist row runs)."""
-    from cvdist.config import load_recipe_config
+    from cvdist.config_loading import load_recipe_config
     from cvdist.tasks.supervised.config import SupervisedRunConfig
 
     config = load_recipe_config([], default_yaml=RECIPE.with_suffix(".yaml"), recipe="supervised",

@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cvdist.config import ConfigError, load_config
+from cvdist.config import ConfigError
+from cvdist.config_loading import load_config
 from cvdist.data.builtin import make_synthetic
 from cvdist.engine import Progress
 from cvdist.engine.transfer import load_backbone

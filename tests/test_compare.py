@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from cvdist.commands.compare import add_compare_command
-from cvdist.config import load_config, to_dict, to_yaml
+from cvdist.config import to_dict, to_yaml
+from cvdist.config_loading import load_config
 from cvdist.tracking import compare
 from cvdist.tracking.records import RunRecord
 from cvdist.tracking.wandb_source import build_wandb_filters, load_wandb_runs

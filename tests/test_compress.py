@@ -189,7 +189,7 @@ def test_report_has_every_row_and_column(tmp_path):
 
 
 def _compress_config(*overrides: str):
-    from cvdist.config import load_config
+    from cvdist.config_loading import load_config
     from cvdist.tasks.compress.run import CompressRunConfig
 
     return load_config(overrides=list(overrides), schema=CompressRunConfig)

@@ -9,7 +9,8 @@ import subprocess
 import pytest
 
 from cvdist.cli import run_recipe
-from cvdist.config import ConfigError, RunConfig, load_config, load_recipe_config, to_yaml, validate
+from cvdist.config import ConfigError, RunConfig, to_yaml, validate
+from cvdist.config_loading import load_config, load_recipe_config
 from cvdist.tasks.supervised.config import SupervisedRunConfig
 from tests.helpers.recipes import RECIPE, REPO, TINY, clean_env, recipe_command
 
@@ -107,7 +108,8 @@ def test_bad_input_through_the_recipe_exits_nonzero_and_keeps_an_existing_run(tm
 
 
 def test_timm_model_names_pass_validation():
-    from cvdist.config import RunConfig, load_config, validate
+    from cvdist.config import RunConfig, validate
+    from cvdist.config_loading import load_config
 
     config = load_config(yaml_paths=[], overrides=["model.name=timm:resnet10t"], schema=RunConfig)
     validate(config, world_size=1)

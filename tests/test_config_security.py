@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cvdist.config import ConfigError, load_config, load_recipe_config, to_dict, to_yaml, validate
+from cvdist.config import ConfigError, to_dict, to_yaml, validate
+from cvdist.config_loading import load_config, load_recipe_config
 from cvdist.data.sharding import expand_shard_pattern
 from cvdist.redact import MASK, redact, redact_text
 from cvdist.tasks.supervised.config import SupervisedRunConfig

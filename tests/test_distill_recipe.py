@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from cvdist.commands.compress import add_compress_command
-from cvdist.config import ConfigError, load_config
+from cvdist.config import ConfigError
+from cvdist.config_loading import load_config
 from cvdist.engine import Progress
 from cvdist.engine.export import consolidated_state_dict
 from cvdist.engine.model_sources import ModelSpec, load_trained_model

@@ -15,7 +15,7 @@ SCRIPT = r'''
 import json, sys
 import torch
 from torch.nn import functional as F
-from cvdist.config import load_config
+from cvdist.config_loading import load_config
 from tests.helpers.tensor_batches import TensorBatches
 from cvdist.engine import AfterTraining, TrainTask, fit, start_session
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from cvdist.config import ConfigError, DataConfig, load_config
+from cvdist.config import ConfigError, DataConfig
+from cvdist.config_loading import load_config
 from cvdist.data.converters import FASHION_MNIST_COARSE, build_fashion_mnist_source
 from cvdist.data.longtail_data import LongtailData, build_longtail_data, shard_aux_classes
 from cvdist.data.shard_writer import write_dataset_shards

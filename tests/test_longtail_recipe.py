@@ -12,7 +12,8 @@ import torch
 import torchvision
 from torch import nn
 
-from cvdist.config import ConfigError, DataConfig, load_config, validate
+from cvdist.config import ConfigError, DataConfig, validate
+from cvdist.config_loading import load_config
 from cvdist.data.builtin_shards import split_holdout_and_longtail
 from cvdist.data.longtail_data import build_longtail_data
 from cvdist.engine import Progress

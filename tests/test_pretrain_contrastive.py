@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from cvdist.config import load_config
+from cvdist.config_loading import load_config
 from cvdist.data.from_config import build_bank_batches, build_labelled_data
 from cvdist.engine.export import consolidated_state_dict
 from cvdist.engine.session import seed_everything

@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from cvdist.config import ConfigError, load_recipe_config
+from cvdist.config import ConfigError
+from cvdist.config_loading import load_recipe_config
 from cvdist.models import MODEL_NAMES, build_backbone, build_model
 from cvdist.models.small_resnet import BasicBlock, build_small_resnet
 from cvdist.tasks.supervised.config import SupervisedRunConfig, validate_supervised

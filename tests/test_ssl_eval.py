@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from cvdist.commands.eval import add_eval_command
-from cvdist.config import ConfigError, load_config
+from cvdist.config import ConfigError
+from cvdist.config_loading import load_config
 from cvdist.data.batch_views import ViewAugmentation, two_views
 from cvdist.eval.knn import gather_features, knn_predict, knn_top1
 from cvdist.eval.linear_probe import linear_probe_top1

@@ -260,7 +260,7 @@ def test_two_sources_mix_by_weight(tmp_path):
 
 
 def test_shards_written_by_cvdist_read_through_the_config_path(tmp_path):
-    from cvdist.config import load_config
+    from cvdist.config_loading import load_config
     from cvdist.data.converters import build_folder_source
     from cvdist.data.from_config import build_labelled_data
     from cvdist.data.shard_writer import write_dataset_shards

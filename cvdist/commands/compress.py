@@ -43,7 +43,8 @@ def add_compress_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
 
 def config_from_args(args: argparse.Namespace):
     """The :class:`cvdist.tasks.compress.run.CompressRunConfig` the arguments describe."""
-    from cvdist.config import ConfigError, load_config
+    from cvdist.config import ConfigError
+    from cvdist.config_loading import load_config
     from cvdist.tasks.compress.run import CompressRunConfig
 
     model_overrides = []

@@ -2,8 +2,10 @@
 
 Each view of each image is a random resized crop (area fraction in ``scale``, aspect ratio in
 ``ratio``, log-uniform) resampled to the input size with bilinear interpolation, a horizontal
-flip with probability 1/2, and optionally brightness / contrast jitter. Crop and flip are one
-``affine_grid`` + ``grid_sample`` over the whole batch, so the views cost one pass on the device.
+flip with probability 1/2, and optionally a vertical flip (probability 1/2), a rotation about the
+crop centre (uniform in +-``rotation_degrees``; the corners are filled by reflection) and
+brightness / contrast jitter. Crop, flips and rotation are one ``affine_grid`` + ``grid_sample``
+over the whole batch, so the views cost one pass on the device.
 
 The random draws come from a CPU ``torch.Generator`` seeded with ``(seed, rank, index)``, where
 ``index`` counts the batches this rank has augmented: a resumed run that restores the count draws
@@ -29,6 +31,10 @@ class ViewAugmentation:
     """Crop aspect ratio range (log-uniform)."""
     flip: bool = True
     """Horizontal flip with probability 1/2."""
+    vflip: bool = False
+    """Vertical flip with probability 1/2."""
+    rotation_degrees: float = 0.0
+    """Rotation about the crop centre by an angle uniform in ``[-r, r]`` degrees (0 = off)."""
     brightness: float = 0.0
     """Multiply pixel values by a factor in ``[1 - b, 1 + b]`` (0 = off)."""
     contrast: float = 0.0
@@ -40,6 +46,8 @@ class ViewAugmentation:
             raise ValueError(f"view scale={self.scale} must satisfy 0 < min <= max <= 1")
         if not 0 < self.ratio[0] <= self.ratio[1]:
             raise ValueError(f"view ratio={self.ratio} must satisfy 0 < min <= max")
+        if not 0 <= self.rotation_degrees <= 180:
+            raise ValueError(f"rotation_degrees={self.rotation_degrees} must lie in [0, 180]")
         if not (0 <= self.brightness < 1 and 0 <= self.contrast < 1):
             raise ValueError(f"brightness={self.brightness} and contrast={self.contrast} must lie in [0, 1)")
 
@@ -79,19 +87,39 @@ def _jitter(images: torch.Tensor, aug: ViewAugmentation, generator: torch.Genera
     return (pixels.clamp(0, 1) - mean) / std
 
 
+def _signs(count: int, enabled: bool, generator: torch.Generator) -> torch.Tensor:
+    """-1 (flip) with probability 1/2 where ``enabled``, else +1; nothing is drawn when off, so
+    enabling one option does not change the draws of a configuration without it."""
+    if not enabled:
+        return torch.ones(count, dtype=torch.float64)
+    return torch.where(torch.rand(count, generator=generator) < 0.5, -1.0, 1.0).double()
+
+
+def _view_transforms(count: int, boxes: torch.Tensor, aug: ViewAugmentation,
+                     generator: torch.Generator) -> torch.Tensor:
+    """``(count, 2, 3)`` affine maps for ``affine_grid``: output coordinates in [-1, 1] to input
+    coordinates. Scale by the crop size (a flip negates that axis), rotate, shift to the crop
+    centre: ``input = centre + R(angle) @ diag(sx * width, sy * height) @ output``."""
+    scale_x = boxes[:, 2] * _signs(count, aug.flip, generator)
+    scale_y = boxes[:, 3] * _signs(count, aug.vflip, generator)
+    angle = torch.zeros(count, dtype=torch.float64)
+    if aug.rotation_degrees:
+        angle = (torch.rand(count, generator=generator, dtype=torch.float64) * 2 - 1) * math.radians(aug.rotation_degrees)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.zeros(count, 2, 3, dtype=torch.float64)
+    theta[:, 0, 0], theta[:, 0, 1] = cos * scale_x, -sin * scale_y
+    theta[:, 1, 0], theta[:, 1, 1] = sin * scale_x, cos * scale_y
+    theta[:, 0, 2] = boxes[:, 0] * 2 - 1
+    theta[:, 1, 2] = boxes[:, 1] * 2 - 1
+    return theta
+
+
 def augment_view(images: torch.Tensor, aug: ViewAugmentation, generator: torch.Generator, *,
                  mean: list[float], std: list[float]) -> torch.Tensor:
     """One augmented view of a normalised batch ``(B, C, H, W)`` (same shape, same device)."""
     count = images.shape[0]
     boxes = _crop_boxes(count, aug, generator)
-    flips = torch.rand(count, generator=generator) < 0.5 if aug.flip else torch.zeros(count, dtype=torch.bool)
-    theta = torch.zeros(count, 2, 3, dtype=torch.float64)
-    # affine_grid maps output coordinates in [-1, 1] to input coordinates: scale by the crop size,
-    # shift to the crop centre; a flip negates the x scale.
-    theta[:, 0, 0] = boxes[:, 2] * torch.where(flips, -1.0, 1.0).double()
-    theta[:, 0, 2] = boxes[:, 0] * 2 - 1
-    theta[:, 1, 1] = boxes[:, 3]
-    theta[:, 1, 2] = boxes[:, 1] * 2 - 1
+    theta = _view_transforms(count, boxes, aug, generator)
     theta = theta.to(device=images.device, dtype=images.dtype)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     views = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)

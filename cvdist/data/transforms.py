@@ -35,7 +35,7 @@ from torchvision.transforms import v2
 PRESET_DEFAULTS: dict[str, dict[str, object]] = {
     "none": {},
     "flip": {"hflip": 0.5, "vflip": 0.0},
-    "standard": {"hflip": 0.5, "vflip": 0.0, "crop_scale": (0.35, 1.0)},
+    "standard": {"hflip": 0.5, "vflip": 0.0, "crop_scale": (0.35, 1.0), "rotation_degrees": 0.0},
     "strong": {"hflip": 0.5, "vflip": 0.0, "crop_scale": (0.35, 1.0), "rotation_degrees": 15.0,
                "color_jitter": 0.4},
 }
@@ -142,7 +142,10 @@ def _train_ops(options: dict, *, image_size: int, grey: bool) -> list[v2.Transfo
     return ops
 
 
-def _preset_options(preset: str, given: dict[str, object]) -> dict[str, object]:
+def preset_options(preset: str, given: dict[str, object]) -> dict[str, object]:
+    """The augmentation options of ``preset`` with ``given`` (None = the preset's default) on
+    top; ValueError for an unknown preset, an option the preset does not use, or a value out of
+    range."""
     if preset not in PRESET_DEFAULTS:
         raise ValueError(f"preset={preset!r} is unknown; allowed presets: {', '.join(PRESET_DEFAULTS)}")
     defaults = PRESET_DEFAULTS[preset]
@@ -170,7 +173,7 @@ def build_transform(*, preset: str, image_size: int, mean: Sequence[float], std:
     """A picklable callable mapping a PIL image to a normalised float32 ``C x image_size x image_size``.
 
     ``preset`` is one of ``PRESET_DEFAULTS``: ``none`` (resize + centre crop if needed),
-    ``flip`` (random flips), ``standard`` (RandomResizedCrop + flips), ``strong`` (crop + flips +
+    ``flip`` (random flips), ``standard`` (RandomResizedCrop + flips, optional rotation), ``strong`` (crop + flips +
     rotation + colour jitter; for grey images only brightness and contrast). ``train=False``
     gives the eval transform (resize shorter side to ``image_size``, centre crop) whatever the
     preset. Options left as ``None`` take the preset's default; setting one the preset does not
@@ -181,7 +184,7 @@ def build_transform(*, preset: str, image_size: int, mean: Sequence[float], std:
     """
     _check_positive_int("image_size", image_size)
     _check_stats(mean, std, grey)
-    options = _preset_options(preset, {"hflip": hflip, "vflip": vflip, "crop_scale": crop_scale,
+    options = preset_options(preset, {"hflip": hflip, "vflip": vflip, "crop_scale": crop_scale,
                                        "rotation_degrees": rotation_degrees,
                                        "color_jitter": color_jitter})
     ops = _train_ops(options, image_size=image_size, grey=grey) if train else _resize_center(image_size)

@@ -72,6 +72,10 @@ class MultitaskConfig:
     view_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])
     """contrastive: crop area range (fraction of the image) of the two views' random resized
     crops (plus a horizontal flip each)."""
+    view_vflip: bool = False
+    """contrastive: vertical flip of each view with probability 1/2."""
+    view_rotation_degrees: float = 0.0
+    """contrastive: rotation of each view about its crop centre, uniform in +-this many degrees (0 = off)."""
 
 
 @dataclass
@@ -114,6 +118,8 @@ def _check_multitask(config: AutoencoderRunConfig) -> None:
         if len(mt.view_scale) != 2 or not 0 < mt.view_scale[0] <= mt.view_scale[1] <= 1:
             raise ConfigError(f"multitask.view_scale={mt.view_scale} must be [min, max] with 0 < min <= max <= 1, "
                               "e.g. [0.2, 1.0]")
+        if not 0 <= mt.view_rotation_degrees <= 180:
+            raise ConfigError(f"multitask.view_rotation_degrees={mt.view_rotation_degrees} must lie in [0, 180]")
     if "reconstruction" not in tasks:
         raise ConfigError("multitask.weights.reconstruction must be > 0: this recipe always trains the autoencoder "
                           "(its evaluation and grids are reconstructions); for a contrastive-only run use "

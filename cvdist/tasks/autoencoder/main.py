@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from cvdist.config import load_recipe_config
+from cvdist.config_loading import load_recipe_config
 from cvdist.engine import TrainTask, fit, start_session
 from cvdist.tasks.autoencoder.config import AutoencoderRunConfig, validate_autoencoder
 from cvdist.tasks.autoencoder.step import (ReconstructionEvaluator, build_knn_monitor, build_pretrain_model,

@@ -141,7 +141,8 @@ def build_train_step(config: AutoencoderRunConfig, model: nn.Module, *, rank: in
     contrastive = None
     if "contrastive" in weights:
         contrastive = ContrastiveViews(
-            augmentation=ViewAugmentation(scale=(mt.view_scale[0], mt.view_scale[1])), temperature=mt.temperature,
+            augmentation=ViewAugmentation(scale=(mt.view_scale[0], mt.view_scale[1]), vflip=mt.view_vflip,
+                                          rotation_degrees=mt.view_rotation_degrees), temperature=mt.temperature,
             seed=config.train.seed, rank=rank, world_size=world_size, mean=config.data.mean, std=config.data.std)
     return MultitaskStep(weights=weights, contrastive=contrastive)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from cvdist.config import load_recipe_config
+from cvdist.config_loading import load_recipe_config
 from cvdist.tasks.compress.run import CompressRunConfig, run_compress
 
 

@@ -40,6 +40,10 @@ class SSLConfig:
     """Random resized crop: aspect ratio range."""
     view_flip: bool = True
     """Horizontal flip of each view with probability 1/2."""
+    view_vflip: bool = False
+    """Vertical flip of each view with probability 1/2."""
+    view_rotation_degrees: float = 0.0
+    """Rotation of each view about its crop centre, uniform in +-this many degrees (0 = off)."""
     view_brightness: float = 0.4
     """Brightness jitter strength in [0, 1) (0 = off)."""
     view_contrast: float = 0.4
@@ -100,6 +104,8 @@ def validate_contrastive(config: ContrastiveRunConfig) -> None:
     for key in ("view_brightness", "view_contrast"):
         if not 0 <= getattr(ssl, key) < 1:
             raise ConfigError(f"ssl.{key}={getattr(ssl, key)} must lie in [0, 1) (0 = off)")
+    if not 0 <= ssl.view_rotation_degrees <= 180:
+        raise ConfigError(f"ssl.view_rotation_degrees={ssl.view_rotation_degrees} must lie in [0, 180] (0 = off)")
     if config.data.augment != "none":
         raise ConfigError(f"data.augment={config.data.augment!r}: the recipe draws its two views itself "
                           "(ssl.view_*); set data.augment=none")

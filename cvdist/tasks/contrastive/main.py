@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from cvdist.config import load_recipe_config
+from cvdist.config_loading import load_recipe_config
 from cvdist.data.from_config import build_bank_batches
 from cvdist.engine import TrainTask, fit, start_session
 from cvdist.eval.knn import KnnEvaluator

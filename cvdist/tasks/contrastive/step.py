@@ -43,6 +43,7 @@ def build_contrastive_model(config: ContrastiveRunConfig) -> SSLModel:
 def view_augmentation(ssl: SSLConfig) -> ViewAugmentation:
     """The ``ssl.view_*`` settings."""
     return ViewAugmentation(scale=tuple(ssl.view_scale), ratio=tuple(ssl.view_ratio), flip=ssl.view_flip,
+                            vflip=ssl.view_vflip, rotation_degrees=ssl.view_rotation_degrees,
                             brightness=ssl.view_brightness, contrast=ssl.view_contrast)
 
 

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from cvdist.config import load_recipe_config
+from cvdist.config_loading import load_recipe_config
 from cvdist.data.longtail_data import build_longtail_data
 from cvdist.engine import AfterTraining, Progress, TrainTask, fit, start_session
 from cvdist.eval.longtail import scaled_shot_thresholds

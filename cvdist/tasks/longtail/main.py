@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from cvdist.config import load_recipe_config
+from cvdist.config_loading import load_recipe_config
 from cvdist.data.longtail_data import build_longtail_data
 from cvdist.engine import AfterTraining, TrainTask, fit, start_session
 from cvdist.engine.export import consolidated_state_dict

@@ -11,7 +11,7 @@ from typing import Sequence
 
 from torch.nn import functional as F
 
-from cvdist.config import load_recipe_config
+from cvdist.config_loading import load_recipe_config
 from cvdist.engine import TrainTask, fit, start_session
 from cvdist.eval.classification import evaluate_classifier
 from cvdist.models import build_model
