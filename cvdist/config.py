@@ -151,6 +151,10 @@ class DistConfig:
     deepspeed_config: str = ""
     """ZeRO only: a DeepSpeed JSON file merged into cvdist's config (offload, buckets, ...); batch
     sizes, precision, clipping, optimiser and schedule stay cvdist's (see launch/deepspeed/)."""
+    activation_checkpointing: bool = False
+    """Keep only the inputs of each residual block / transformer layer / conv block in the forward
+    pass and recompute its activations in the backward pass: less activation memory for about one
+    more forward pass of compute (``cvdist/models/checkpointing.py``, bench/activation_checkpointing.py)."""
     channels_last: bool = True
     """Keep conv weights and image batches in channels-last memory format: the layout oneDNN (CPU)
     and cuDNN's tensor cores (GPU) convolve fastest (1.27-1.62x per training step for cvdist's CNNs

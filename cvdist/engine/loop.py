@@ -24,6 +24,7 @@ from cvdist.config import ConfigError
 from cvdist.engine.checkpoint import (CheckpointMeta, checkpoint_name, load_rank_state, restore_rng_state,
                                       save_checkpoint)
 from cvdist.engine.session import Session
+from cvdist.models.checkpointing import checkpoint_blocks
 from cvdist.engine.signals import StopSignal
 from cvdist.optim import build_optimizer, lr_multiplier, set_learning_rate
 
@@ -325,6 +326,9 @@ class _Trainer:
 
 def fit(session: Session, task: TrainTask) -> FitResult:
     """Train ``task`` under ``session``'s config; return the final step and summary."""
+    if session.config.dist.activation_checkpointing:  # (a model without blocks fails before the run is written)
+        count = checkpoint_blocks(task.model)
+        session.print(f"[cvdist] activation checkpointing: {count} blocks recompute their activations in the backward pass")
     session.open_run()
     return _Trainer(session, task).run()
 
