@@ -183,6 +183,9 @@ class TrainConfig:
     """Evaluate every N optimiser steps (0 = only at the end)."""
     seed: int = 0
     """Seed for model initialisation, data order and augmentation."""
+    max_nonfinite_steps: int = 0
+    """Optimiser steps with a NaN / inf loss (on any rank) to skip without an update, as loss
+    scaling does; the next one stops the run with an error (0 = stop at the first). none / ddp only."""
 
 
 @dataclass
@@ -333,8 +336,8 @@ _POSITIVE = ("data.global_batch_size", "optim.accum_steps", "optim.lr", "checkpo
              "data.eval_batch_size")
 _NON_NEGATIVE = ("data.num_workers", "data.num_samples", "data.shuffle_buffer", "data.max_corrupt",
                  "data.num_train_samples", "data.num_eval_samples", "train.max_steps", "train.epochs",
-                 "train.eval_every_steps", "checkpoint.every_steps", "schedule.warmup_steps",
-                 "optim.grad_clip_norm", "optim.weight_decay")
+                 "train.eval_every_steps", "train.max_nonfinite_steps", "checkpoint.every_steps",
+                 "schedule.warmup_steps", "optim.grad_clip_norm", "optim.weight_decay")
 
 
 def _check_ranges(config: RunConfig) -> None:
@@ -359,6 +362,12 @@ def _check_launch(config: RunConfig, *, world_size: int) -> None:
     if config.dist.deepspeed_config and not config.dist.strategy.startswith("zero"):
         raise ConfigError(f"dist.deepspeed_config={config.dist.deepspeed_config!r} applies to ZeRO only but "
                           f"dist.strategy={config.dist.strategy!r}; set dist.strategy=zero1/zero2/zero3 or remove it")
+    if config.train.max_nonfinite_steps and config.dist.strategy.startswith("zero"):
+        # DeepSpeed steps its optimiser inside the accumulation boundary's backward, with no
+        # hook to drop one update; under ZeRO a non-finite loss always stops the run.
+        raise ConfigError(f"train.max_nonfinite_steps={config.train.max_nonfinite_steps} (skipping steps) is not "
+                          f"available under dist.strategy={config.dist.strategy}; set it to 0 (stop at the first "
+                          "NaN / inf loss) or use dist.strategy=ddp")
     if config.dist.strategy == "none" and world_size > 1:
         raise ConfigError(
             f"dist.strategy='none' runs one process but {world_size} were started; "

@@ -3,7 +3,8 @@
 Layout of ``<run>/checkpoints/step-00000100/`` (only ever created by renaming a finished
 ``.tmp-step-00000100`` directory, so a name without ``.tmp`` is always complete):
 
-- ``meta.json``: step, data position, W&B run id, strategy, world size (written last);
+- ``meta.json``: step, data position, W&B run id, strategy, world size, the model's and
+  optimiser's shapes a resume must match (written last);
 - ``rank-<R>.pt``: rank R's own state: every RNG (torch, CUDA, Python, NumPy) and its exact
   data position (each rank reads different shards, so positions differ per rank);
 - the backend's model and optimiser state: ``model.pt`` + ``optimizer.pt`` (none / DDP), or
@@ -41,6 +42,13 @@ class CheckpointMeta:
     strategy: str
     world_size: int
     wandb_run_id: Optional[str]
+    nonfinite_skipped: int = 0
+    """Steps skipped so far for a non-finite loss (``train.max_nonfinite_steps`` counts the whole run)."""
+    # What a resume must agree on (cvdist.engine.resume_check); None in checkpoints written before.
+    model_name: Optional[str] = None
+    optimizer_name: Optional[str] = None
+    param_group_sizes: Optional[list[int]] = None
+    parameter_shapes: Optional[dict[str, list[int]]] = None
 
 
 def checkpoint_name(step: int) -> str:

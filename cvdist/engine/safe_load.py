@@ -23,6 +23,10 @@ def _deepspeed_safe_globals() -> list:
     return [LossScaler, ZeroStageEnum, fragment_address]
 
 
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint file holds objects other than tensors and plain containers."""
+
+
 def load_weights_only(path: str | Path, map_location: Any = "cpu") -> Any:
     """``torch.load`` restricted to tensors and plain containers; a clear error otherwise."""
     try:
@@ -30,7 +34,7 @@ def load_weights_only(path: str | Path, map_location: Any = "cpu") -> Any:
     except FileNotFoundError:
         raise
     except Exception as error:
-        raise ValueError(
+        raise UnsafeCheckpointError(
             f"{path} holds objects other than tensors and plain containers, so cvdist will not "
             f"load it (weights_only=True). If you wrote it yourself, re-save it as a plain "
             f"state_dict. Details: {str(error).splitlines()[-1][:300]}"

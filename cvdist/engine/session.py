@@ -23,6 +23,7 @@ from cvdist.config import ConfigError, RunConfig
 from cvdist.engine.backends import Backend, build_backend, resolve_strategy
 from cvdist.engine.checkpoint import (CheckpointMeta, latest_checkpoint, read_meta,
                                       remove_partial_checkpoints)
+from cvdist.engine.resume_check import check_strategy_matches
 from cvdist.engine.dist import DistEnv, apply_accelerate_launch_settings, launched_world_size, prepare_launch_env
 from cvdist.tracking.records import RunRecord, check_run_dir_is_free
 from cvdist.engine.export import resolve_checkpoint_dir
@@ -150,7 +151,8 @@ def start_session(config: RunConfig) -> Session:
     resume_from = _find_resume_point(config)
     resume_meta = read_meta(resume_from) if resume_from is not None else None
     if resume_meta is not None:
-        _check_resume_compatible(resume_meta, strategy=strategy, world_size=world_size, path=resume_from)
+        check_strategy_matches(strategy=strategy, world_size=world_size, saved_strategy=resume_meta.strategy,
+                               saved_world_size=resume_meta.world_size, path=resume_from)
     wandb_mode = resolve_wandb_mode(config.tracking.wandb_mode, os.environ)
 
     backend = build_backend(strategy=strategy, precision=config.dist.precision,
@@ -170,13 +172,3 @@ def start_session(config: RunConfig) -> Session:
         + (f" | resuming from {resume_from}" if resume_from else "")
     )
     return session
-
-
-def _check_resume_compatible(meta: CheckpointMeta, *, strategy: str, world_size: int, path: Path) -> None:
-    zero = strategy.startswith("zero") or meta.strategy.startswith("zero")
-    if zero and (meta.strategy != strategy or meta.world_size != world_size):
-        raise ConfigError(
-            f"checkpoint {path} was written by {meta.strategy} with {meta.world_size} processes; a ZeRO "
-            f"checkpoint resumes only with the same strategy and process count (now {strategy}, "
-            f"{world_size}). Export it with `cvdist export` and start a new run from the weights instead."
-        )
