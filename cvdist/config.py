@@ -153,6 +153,10 @@ class CheckpointConfig:
     """How many complete checkpoints to keep (older ones are deleted)."""
     resume: str = "none"
     """``none`` (a new run), ``auto`` (newest complete checkpoint of this run, if any) or a checkpoint path."""
+    lock_stale_after_s: int = 3600
+    """A run directory's lock whose heartbeat (renewed at every log row and checkpoint) is older
+    than this is taken over as left by a dead job (dead processes on the same machine and a
+    requeue of the same SLURM job are recognised at once)."""
 
 
 @dataclass
@@ -332,7 +336,7 @@ def validate(config: RunConfig, *, world_size: int) -> None:
 
 
 _POSITIVE = ("data.global_batch_size", "optim.accum_steps", "optim.lr", "checkpoint.keep_last",
-             "tracking.log_every_steps", "model.num_classes", "model.in_channels", "data.image_size",
+             "checkpoint.lock_stale_after_s", "tracking.log_every_steps", "model.num_classes", "model.in_channels", "data.image_size",
              "data.eval_batch_size")
 _NON_NEGATIVE = ("data.num_workers", "data.num_samples", "data.shuffle_buffer", "data.max_corrupt",
                  "data.num_train_samples", "data.num_eval_samples", "train.max_steps", "train.epochs",

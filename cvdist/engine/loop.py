@@ -293,6 +293,7 @@ class _Trainer:
                         keep_last=self.config.checkpoint.keep_last,
                         extra_state=None if self.task.extra_state is None else self.task.extra_state.state_dict())
         self.newest_checkpoint = checkpoint_name(self.step)
+        self.session.heartbeat()
 
     def run(self) -> FitResult:
         session, config, total = self.session, self.config, self.total_steps
@@ -324,6 +325,7 @@ class _Trainer:
             if len(row) > 1:  # one row per step: train and eval metrics of a step share it
                 session.record.log(row)
                 session.wandb.log(row, step=step)
+                session.heartbeat()
             stop_requested = comm.any_rank_true(stop_signal.received, self.env.device)
             if (save_every and step % save_every == 0) or step == total or stop_requested:
                 self._checkpoint()
