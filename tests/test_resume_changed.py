@@ -9,6 +9,11 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cvdist.config import ConfigError
+from cvdist.engine.resume_check import check_same_training
 
 from tests.helpers.recipes import REPO, clean_env
 
@@ -105,3 +110,23 @@ def test_old_checkpoints_without_the_record_still_give_one_line(trained, tmp_pat
 def test_old_checkpoints_without_the_record_still_resume(trained, tmp_path):
     result = _resume(trained, tmp_path, "base", strip_meta=True)
     assert result.returncode == 0 and "FINISHED" in result.stdout, result.stderr[-3000:]
+
+
+_shapes = st.dictionaries(st.sampled_from(["a.weight", "a.bias", "b.weight", "bn.running_mean"]),
+                          st.lists(st.integers(1, 4), min_size=1, max_size=3), min_size=1)
+_facts = st.fixed_dictionaries({"model_name": st.sampled_from(["tiny_cnn", "resnet18"]),
+                                "optimizer_name": st.sampled_from(["sgd", "adamw"]),
+                                "param_group_sizes": st.lists(st.integers(1, 3), min_size=1, max_size=2),
+                                "parameter_shapes": _shapes})
+
+
+@given(saved=_facts, current=_facts)
+def test_the_check_refuses_exactly_the_changed_runs(saved, current, tmp_path_factory):
+    """Any difference is an error naming a changed field; identical facts always pass."""
+    if saved == current:
+        check_same_training(saved, current, path=tmp_path_factory.getbasetemp())
+        return
+    with pytest.raises(ConfigError) as error:
+        check_same_training(saved, current, path=tmp_path_factory.getbasetemp())
+    message = str(error.value)
+    assert "\n" not in message and ("changed" in message)

@@ -75,7 +75,7 @@ def test_old_heartbeat_is_stale_and_refresh_keeps_a_lock_fresh(tmp_path, live_pr
     assert json.loads((tmp_path / "run" / LOCK_FILE).read_text())["heartbeat"] > before
 
 
-def test_release_removes_only_our_lock_and_an_unused_directory(tmp_path, live_process):
+def test_release_removes_only_our_lock_and_an_unused_directory(tmp_path, live_process, capsys):
     lock = RunLock.acquire(tmp_path / "fresh", stale_after_s=60)
     lock.release()
     assert not (tmp_path / "fresh").exists()  # start-up failed before anything was written
@@ -86,6 +86,7 @@ def test_release_removes_only_our_lock_and_an_unused_directory(tmp_path, live_pr
     lock = RunLock.acquire(tmp_path / "run", stale_after_s=60)
     other = write_lock(tmp_path / "run", pid=live_process.pid)  # taken over by someone else meanwhile
     lock.refresh()
+    assert "is no longer this job's" in capsys.readouterr().out
     lock.release()
     assert json.loads((tmp_path / "run" / LOCK_FILE).read_text()) == other
 

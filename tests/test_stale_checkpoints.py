@@ -9,6 +9,8 @@ import os
 import subprocess
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cvdist.engine import checkpoint as checkpoint_module
 from cvdist.engine.checkpoint import (SUPERSEDED, complete_checkpoints, discard_checkpoint, latest_checkpoint,
@@ -49,6 +51,20 @@ def test_newer_checkpoints_are_set_aside_and_ignored(tmp_path):
     assert latest_checkpoint(tmp_path) == old
     other_run = fake_checkpoint(tmp_path / "elsewhere", 2)  # same step, another run's checkpoint
     assert set_aside_newer(tmp_path, resumed=other_run, step=2) == [tmp_path / SUPERSEDED / "step-00000002"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=st.sets(st.integers(1, 50), min_size=1, max_size=8), data=st.data())
+def test_after_setting_aside_auto_picks_the_resumed_one_and_nothing_is_lost(tmp_path_factory, steps, data):
+    root = tmp_path_factory.mktemp("aside")
+    resumed_step = data.draw(st.sampled_from(sorted(steps)))
+    for step in steps:
+        fake_checkpoint(root, step)
+    resumed = root / f"step-{resumed_step:08d}"
+    moved = set_aside_newer(root, resumed=resumed, step=resumed_step)
+    assert latest_checkpoint(root) == resumed
+    assert len(moved) == sum(step > resumed_step for step in steps)
+    assert len(complete_checkpoints(root)) + len(list((root / SUPERSEDED).glob("step-*"))) == len(steps)
 
 
 @pytest.mark.slow

@@ -83,6 +83,7 @@ class RunLock:
 
     def __init__(self, run_dir: Path, holder: dict[str, Any], *, made_dir: bool):
         self.run_dir, self.path, self.holder, self.made_dir = run_dir, run_dir / LOCK_FILE, holder, made_dir
+        self.lost = False
         atexit.register(self.release)
 
     @classmethod
@@ -114,10 +115,15 @@ class RunLock:
         return seen is not None and seen[1].get("token") == self.holder["token"]
 
     def refresh(self) -> None:
-        """Renew the heartbeat (rank 0, at log rows and checkpoints) while the lock is still ours."""
+        """Renew the heartbeat (rank 0, at log rows and checkpoints) while the lock is still ours;
+        warn once if another job took it over (our heartbeat had gone stale)."""
         if self.owned():
             self.holder["heartbeat"] = time.time()
             atomic_write_text(self.path, json.dumps(self.holder))
+        elif not self.lost:
+            self.lost = True
+            print(f"[cvdist] warning: the lock of {self.run_dir} is no longer this job's (taken over after no "
+                  "heartbeat for checkpoint.lock_stale_after_s); another job may be writing this run", flush=True)
 
     def release(self) -> None:
         """Remove the lock if it is still ours; a run directory this lock created and nothing else

@@ -23,10 +23,10 @@ from cvdist.config import ConfigError, RunConfig
 from cvdist.engine.backends import Backend, build_backend, resolve_strategy
 from cvdist.engine.checkpoint import (CheckpointMeta, latest_checkpoint, read_meta, remove_partial_checkpoints,
                                       set_aside_newer)
-from cvdist.engine.resume_check import check_strategy_matches
-from cvdist.engine.run_lock import RunLock, RunLockedError
 from cvdist.engine.dist import DistEnv, apply_accelerate_launch_settings, launched_world_size, prepare_launch_env
-from cvdist.tracking.records import RunExistsError, RunRecord, check_run_dir_is_free
+from cvdist.engine.resume_check import check_strategy_matches
+from cvdist.engine.run_lock import RunLock
+from cvdist.tracking.records import RunRecord, check_run_dir_is_free
 from cvdist.engine.export import resolve_checkpoint_dir
 from cvdist.io import atomic_write_json
 from cvdist.tracking.system_facts import system_facts
@@ -149,7 +149,7 @@ def _lock_and_find_resume_point(config: RunConfig, env: DistEnv) -> tuple[Option
             check_run_dir_is_free(config.run_dir, resume=config.checkpoint.resume)
             path = _find_resume_point(config)
             outcome = "resume:" + (str(path) if path else "")
-        except (ConfigError, RunExistsError, RunLockedError) as error:
+        except Exception as error:  # the other ranks wait for rank 0's word: always send it
             if lock is not None:
                 lock.release()
             comm.broadcast_text("error:" + str(error), env.device)
