@@ -25,8 +25,9 @@ def training_facts(*, model: nn.Module, model_name: str, optimizer_name: str,
                    param_group_sizes: list[int]) -> dict[str, Any]:
     """What a checkpoint must agree on with a resuming run; call before the backend wraps ``model``
     (ZeRO-3 replaces parameters by empty partitions)."""
+    shapes = {name: list(getattr(value, "shape", ())) for name, value in model.state_dict().items()}
     return {"model_name": model_name, "optimizer_name": optimizer_name, "param_group_sizes": param_group_sizes,
-            "parameter_shapes": {name: list(value.shape) for name, value in model.state_dict().items()}}
+            "parameter_shapes": shapes}
 
 
 def check_same_training(saved: dict[str, Any], current: dict[str, Any], *, path: Path) -> None:
