@@ -42,3 +42,18 @@ def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str,
     """Average scalar values over all ranks (every rank must pass the same keys)."""
     world_size = torch_dist.get_world_size() if is_distributed() else 1
     return {k: v / world_size for k, v in all_reduce_sum(values, device).items()}
+
+
+def broadcast_text(text: str, device: torch.device) -> str:
+    """Rank 0's ``text`` on every rank (e.g. a path that only rank 0 may choose: ranks on a
+    network file system can see different directory listings). Bytes in a tensor, no pickling."""
+    if not is_distributed():
+        return text
+    data = text.encode("utf-8") if torch_dist.get_rank() == 0 else b""
+    length = torch.tensor([len(data)], dtype=torch.int64, device=device)
+    torch_dist.broadcast(length, src=0)
+    buffer = torch.zeros(int(length.item()), dtype=torch.uint8, device=device)
+    if data:
+        buffer.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+    torch_dist.broadcast(buffer, src=0)
+    return bytes(buffer.cpu().tolist()).decode("utf-8")

@@ -170,6 +170,10 @@ class CheckpointConfig:
     """How many complete checkpoints to keep (older ones are deleted)."""
     resume: str = "none"
     """``none`` (a new run), ``auto`` (newest complete checkpoint of this run, if any) or a checkpoint path."""
+    lock_stale_after_s: int = 3600
+    """A run directory's lock whose heartbeat (renewed at every log row and checkpoint) is older
+    than this is taken over as left by a dead job (dead processes on the same machine and a
+    requeue of the same SLURM job are recognised at once)."""
 
 
 @dataclass
@@ -200,6 +204,9 @@ class TrainConfig:
     """Evaluate every N optimiser steps (0 = only at the end)."""
     seed: int = 0
     """Seed for model initialisation, data order and augmentation."""
+    max_nonfinite_steps: int = 0
+    """Optimiser steps with a NaN / inf loss (on any rank) to skip without an update, as loss
+    scaling does; the next one stops the run with an error (0 = stop at the first). none / ddp only."""
 
 
 @dataclass
@@ -289,12 +296,12 @@ def validate(config: RunConfig, *, world_size: int) -> None:
 
 
 _POSITIVE = ("data.global_batch_size", "optim.accum_steps", "optim.lr", "checkpoint.keep_last",
-             "tracking.log_every_steps", "model.num_classes", "model.in_channels", "data.image_size",
+             "checkpoint.lock_stale_after_s", "tracking.log_every_steps", "model.num_classes", "model.in_channels", "data.image_size",
              "data.eval_batch_size")
 _NON_NEGATIVE = ("data.num_workers", "data.num_samples", "data.shuffle_buffer", "data.max_corrupt",
                  "data.num_train_samples", "data.num_eval_samples", "train.max_steps", "train.epochs",
-                 "train.eval_every_steps", "checkpoint.every_steps", "schedule.warmup_steps",
-                 "optim.grad_clip_norm", "optim.weight_decay")
+                 "train.eval_every_steps", "train.max_nonfinite_steps", "checkpoint.every_steps",
+                 "schedule.warmup_steps", "optim.grad_clip_norm", "optim.weight_decay")
 
 
 def _check_ranges(config: RunConfig) -> None:
@@ -319,6 +326,12 @@ def _check_launch(config: RunConfig, *, world_size: int) -> None:
     if config.dist.deepspeed_config and not config.dist.strategy.startswith("zero"):
         raise ConfigError(f"dist.deepspeed_config={config.dist.deepspeed_config!r} applies to ZeRO only but "
                           f"dist.strategy={config.dist.strategy!r}; set dist.strategy=zero1/zero2/zero3 or remove it")
+    if config.train.max_nonfinite_steps and config.dist.strategy.startswith("zero"):
+        # DeepSpeed steps its optimiser inside the accumulation boundary's backward, with no
+        # hook to drop one update; under ZeRO a non-finite loss always stops the run.
+        raise ConfigError(f"train.max_nonfinite_steps={config.train.max_nonfinite_steps} (skipping steps) is not "
+                          f"available under dist.strategy={config.dist.strategy}; set it to 0 (stop at the first "
+                          "NaN / inf loss) or use dist.strategy=ddp")
     if config.dist.strategy == "none" and world_size > 1:
         raise ConfigError(
             f"dist.strategy='none' runs one process but {world_size} were started; "

@@ -52,6 +52,7 @@ def test_user_options_merge_key_by_key(tmp_path):
     ({"gradient_clipping": 0.5}, "gradient_clipping=0.5"),
     ({"optimizer": {"type": "Adam"}}, "sets 'optimizer'"),
     ({"scheduler": {"type": "WarmupLR"}}, "sets 'scheduler'"),
+    ({"checkpoint": {"load_universal": True}}, "sets 'checkpoint'; remove it: cvdist writes and loads checkpoints"),
     ({"bf16": {"enabled": True}}, "bf16.enabled=True but dist.precision resolved to fp32"),
     ({"zero_optimization": {"stage": 3}}, "zero_optimization.stage=3 but the run uses ZeRO-2"),
 ])

@@ -25,7 +25,7 @@ from torch import nn
 from cvdist.config import ConfigError
 from cvdist.engine.deepspeed_config import build_deepspeed_config
 from cvdist.engine.dist import DistEnv, collective_backend, current_env, launched_world_size
-from cvdist.engine.safe_load import WeightsOnlyCheckpointEngine, load_weights_only
+from cvdist.engine.safe_load import load_weights_only, weights_only_torch_load
 
 ZERO_STAGES = {"zero1": 1, "zero2": 2, "zero3": 3}
 
@@ -226,9 +226,6 @@ class DeepSpeedBackend:
                                         grad_clip_norm=grad_clip_norm, user_config=self.user_config)
         self.client_optimizer = optimizer
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
-        # DeepSpeed's own loader unpickles everything (weights_only=False); ours refuses
-        # anything but tensors and plain containers.
-        self.engine.checkpoint_engine = WeightsOnlyCheckpointEngine(self.engine.checkpoint_engine)
         return self.engine
 
     def to_device(self, batch: Any) -> Any:
@@ -257,8 +254,11 @@ class DeepSpeedBackend:
         self.engine.save_checkpoint(str(directory), tag="zero", client_state={})
 
     def load(self, directory: Path) -> None:
-        load_path, _ = self.engine.load_checkpoint(
-            str(directory), tag="zero", load_optimizer_states=True, load_lr_scheduler_states=False)
+        # DeepSpeed loads with weights_only=False (its checkpoint engine, and the universal and
+        # MoE paths call torch.load directly): every torch.load it makes here is weights-only.
+        with weights_only_torch_load():
+            load_path, _ = self.engine.load_checkpoint(
+                str(directory), tag="zero", load_optimizer_states=True, load_lr_scheduler_states=False)
         if load_path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}")
 

@@ -3,7 +3,8 @@
 Layout of ``<run>/checkpoints/step-00000100/`` (only ever created by renaming a finished
 ``.tmp-step-00000100`` directory, so a name without ``.tmp`` is always complete):
 
-- ``meta.json``: step, data position, W&B run id, strategy, world size (written last);
+- ``meta.json``: step, data position, W&B run id, strategy, world size, the model's and
+  optimiser's shapes a resume must match (written last);
 - ``rank-<R>.pt``: rank R's own state: every RNG (torch, CUDA, Python, NumPy) and its exact
   data position (each rank reads different shards, so positions differ per rank);
 - the backend's model and optimiser state: ``model.pt`` + ``optimizer.pt`` (none / DDP), or
@@ -29,6 +30,8 @@ from cvdist.engine.safe_load import load_weights_only
 from cvdist.io import atomic_write_json, fsync_directory
 
 _NAME = re.compile(r"^step-(\d{8})$")
+SUPERSEDED = "superseded"
+"""Where checkpoints newer than an explicitly resumed one are moved (discovery ignores it)."""
 
 
 @dataclass
@@ -41,6 +44,13 @@ class CheckpointMeta:
     strategy: str
     world_size: int
     wandb_run_id: Optional[str]
+    nonfinite_skipped: int = 0
+    """Steps skipped so far for a non-finite loss (``train.max_nonfinite_steps`` counts the whole run)."""
+    # What a resume must agree on (cvdist.engine.resume_check); None in checkpoints written before.
+    model_name: Optional[str] = None
+    optimizer_name: Optional[str] = None
+    param_group_sizes: Optional[list[int]] = None
+    parameter_shapes: Optional[dict[str, list[int]]] = None
 
 
 def checkpoint_name(step: int) -> str:
@@ -120,11 +130,11 @@ def save_checkpoint(*, root: Path, meta: CheckpointMeta, rank: int, write_backen
         atomic_write_json(temporary / "meta.json", asdict(meta))
         _fsync_tree(temporary)
         if final.exists():  # same step saved twice (e.g. a stop signal on a save step)
-            shutil.rmtree(final)
+            discard_checkpoint(final)
         temporary.rename(final)
         fsync_directory(root)
         for old in complete_checkpoints(root)[:-keep_last]:
-            shutil.rmtree(old)
+            discard_checkpoint(old)
     comm.barrier()
     return final
 
@@ -138,11 +148,41 @@ def _fsync_tree(directory: Path) -> None:
             fsync_directory(path)
 
 
+def discard_checkpoint(directory: Path) -> None:
+    """Delete a checkpoint so that it never looks complete halfway: first a rename to a name that
+    discovery ignores (atomic), then the deletion (a kill in between leaves a ``.del-*`` directory
+    that :func:`remove_partial_checkpoints` clears)."""
+    doomed = directory.with_name(f".del-{directory.name}-{os.getpid()}")
+    directory.rename(doomed)
+    fsync_directory(directory.parent)
+    shutil.rmtree(doomed)
+
+
+def set_aside_newer(root: Path, *, resumed: Path, step: int) -> list[Path]:
+    """Move the checkpoints of ``root`` that would win over ``resumed`` (step ``step``) at the next
+    ``resume=auto`` into ``root/superseded/`` (ignored by discovery, kept for the user); return
+    their new paths. Called when a run resumes from an explicit, older checkpoint."""
+    moved = []
+    for path in complete_checkpoints(root):
+        if read_meta(path).step >= step and path.resolve() != resumed.resolve():
+            (root / SUPERSEDED).mkdir(exist_ok=True)
+            target, copy = root / SUPERSEDED / path.name, 0
+            while target.exists():  # one set aside before, under the same step: keep both
+                copy += 1
+                target = root / SUPERSEDED / f"{path.name}-{copy}"
+            path.rename(target)
+            moved.append(target)
+    if moved:
+        fsync_directory(root)
+    return moved
+
+
 def remove_partial_checkpoints(root: Path) -> list[Path]:
-    """Delete ``.tmp-*`` directories left by a process killed mid-save; return what was removed."""
+    """Delete ``.tmp-*`` / ``.del-*`` directories left by a process killed mid-save or mid-delete;
+    return what was removed."""
     if not root.is_dir():
         return []
-    partial = [p for p in root.iterdir() if p.name.startswith(".tmp-")]
+    partial = [p for p in root.iterdir() if p.name.startswith((".tmp-", ".del-"))]
     for path in partial:
         shutil.rmtree(path, ignore_errors=True)
     return partial

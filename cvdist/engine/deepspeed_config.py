@@ -24,6 +24,9 @@ _OWNED_SCALARS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradien
 _REFUSED_SECTIONS = {
     "optimizer": "the optimiser comes from optim.name / optim.lr (the same object under every strategy)",
     "scheduler": "the LR schedule comes from schedule.* (cvdist sets the LR every step)",
+    # DeepSpeed's "checkpoint" section changes how checkpoints load: load_universal reaches
+    # torch.load(weights_only=False), writer / serialization swap the checkpoint engine.
+    "checkpoint": "cvdist writes and loads checkpoints itself, weights-only (checkpoint.* in the run config)",
 }
 
 

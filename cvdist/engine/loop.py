@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator, Optional, Protocol
 
 import torch
@@ -23,6 +23,9 @@ from cvdist import comm
 from cvdist.config import ConfigError
 from cvdist.engine.checkpoint import (CheckpointMeta, checkpoint_name, load_rank_state, restore_rng_state,
                                       save_checkpoint)
+from cvdist.engine.nonfinite import NonFiniteGuard
+from cvdist.engine.resume_check import check_same_training, load_error, training_facts
+from cvdist.engine.safe_load import UnsafeCheckpointError
 from cvdist.engine.session import Session
 from cvdist.models.checkpointing import checkpoint_blocks
 from cvdist.engine.signals import StopSignal
@@ -146,6 +149,7 @@ class _MetricsWindow:
 
     def reset(self) -> None:
         self.start, self.steps, self.data_wait, self.sums = time.perf_counter(), 0, 0.0, {}
+        self.skipped = 0  # steps without an update (non-finite loss): no loss to average
 
     def add(self, values: dict[str, Any], *, weight: float) -> None:
         for key, value in values.items():
@@ -164,6 +168,8 @@ class _Trainer:
             momentum=optim_cfg.momentum, weight_decay=optim_cfg.weight_decay, betas=optim_cfg.betas,
             lars_trust_coefficient=optim_cfg.lars_trust_coefficient)
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.facts = training_facts(model=task.model, model_name=self.config.model.name, optimizer_name=optim_cfg.name,
+                                    param_group_sizes=[len(group["params"]) for group in optimizer.param_groups])
         self.model = self.backend.prepare(task.model, optimizer, grad_clip_norm=optim_cfg.grad_clip_norm,
                                           micro_batch_size=session.micro_batch_size, accum_steps=optim_cfg.accum_steps)
         self.total_steps = _total_steps(session, task.train_batches)
@@ -173,6 +179,9 @@ class _Trainer:
                           "learning rate never reaches optim.lr; lower schedule.warmup_steps (e.g. a tenth of the steps)")
         self.samples_per_step = session.micro_batch_size * optim_cfg.accum_steps * self.env.world_size
         self.step = 0
+        self.guard = NonFiniteGuard(max_skips=self.config.train.max_nonfinite_steps, device=self.env.device,
+                                    skipped=session.resume_meta.nonfinite_skipped if session.resume_meta else 0)
+        self.newest_checkpoint = session.resume_from.name if session.resume_from else "none"
         self.position = _Position(task.train_batches, *self._restore())
         self.micro_batches = self.step * optim_cfg.accum_steps  # checkpoints sit at step boundaries
         self.window = _MetricsWindow()
@@ -184,8 +193,14 @@ class _Trainer:
             # Per-rank RNG streams for dropout / augmentation, now that initial weights are built.
             torch.manual_seed(self.config.train.seed * 1000 + env.rank + 1)
             return 0, 0
-        self.backend.load(session.resume_from)
         meta = session.resume_meta
+        check_same_training(asdict(meta), self.facts, path=session.resume_from)
+        try:
+            self.backend.load(session.resume_from)
+        except UnsafeCheckpointError:
+            raise
+        except (RuntimeError, KeyError, IndexError, ValueError) as error:  # old checkpoints: no facts to compare
+            raise load_error(error, path=session.resume_from) from None
         self.step = meta.step
         if meta.world_size == env.world_size:
             rank_state = load_rank_state(session.resume_from, env.rank)
@@ -215,19 +230,36 @@ class _Trainer:
                         total_steps=self.total_steps)
 
     def _train_step(self) -> Optional[float]:
-        """One optimiser step over ``optim.accum_steps`` micro-batches; returns the grad norm."""
+        """One optimiser step over ``optim.accum_steps`` micro-batches; returns the grad norm.
+
+        A non-finite loss on any rank skips the step's update on every rank (no backward from
+        that micro-batch on, gradients dropped) or stops the run (:class:`NonFiniteGuard`)."""
         self._set_learning_rate()
-        accum_steps = self.config.optim.accum_steps
+        accum_steps, skipped = self.config.optim.accum_steps, False
         for micro in range(accum_steps):
             wait_start = time.perf_counter()
             batch = self.backend.to_device(self.position.next_batch())
             self.window.data_wait += time.perf_counter() - wait_start
+            if skipped:  # the rest of a skipped step's data is consumed, not trained on
+                self.micro_batches += 1
+                continue
             with self.backend.accumulation_context(is_last_micro_batch=micro == accum_steps - 1):
                 loss, extra = self.task.compute_loss(self.model, batch, self.progress())
-                self.backend.backward_and_maybe_step(loss)
+                skipped = self.guard.step_is_skipped(loss, step=self.step + 1,
+                                                     newest_checkpoint=self.newest_checkpoint)
+                if not skipped:
+                    self.backend.backward_and_maybe_step(loss)
+                    self.window.add({"train/loss": loss.detach(), **extra}, weight=1.0 / accum_steps)
             self.micro_batches += 1
-            self.window.add({"train/loss": loss.detach(), **extra}, weight=1.0 / accum_steps)
-        grad_norm = self.backend.finish_step()
+        if skipped:
+            # Only none / DDP may skip (config refuses it under ZeRO): their gradients live on the
+            # parameters, so dropping them here leaves weights and optimiser state untouched.
+            self.backend.client_optimizer.zero_grad(set_to_none=True)
+            self.session.print(f"[cvdist] step {self.step + 1}: non-finite loss, update skipped "
+                               f"({self.guard.skipped} of train.max_nonfinite_steps={self.guard.max_skips})")
+            grad_norm, self.window.skipped = None, self.window.skipped + 1
+        else:
+            grad_norm = self.backend.finish_step()
         self.step += 1
         if self.task.on_step_end is not None:
             self.task.on_step_end(self.progress())
@@ -237,13 +269,16 @@ class _Trainer:
     def _training_metrics(self, grad_norm: Optional[float]) -> dict[str, Any]:
         """Averaged over the window and all ranks (a collective: every rank calls it)."""
         window, env = self.window, self.env
-        averaged = comm.all_reduce_mean({k: v / window.steps for k, v in window.sums.items()}, env.device)
+        trained = max(window.steps - window.skipped, 1)
+        averaged = comm.all_reduce_mean({k: v / trained for k, v in window.sums.items()}, env.device)
         row = {"epoch": self.position.epoch, **averaged,
                "lr": self.backend.client_optimizer.param_groups[0]["lr"],
                "samples_per_s": self.samples_per_step * window.steps / max(time.perf_counter() - window.start, 1e-9),
                "data_wait_s": window.data_wait / window.steps}
         if grad_norm is not None and math.isfinite(grad_norm):
             row["grad_norm"] = grad_norm
+        if self.guard.skipped:
+            row["train/nonfinite_skipped"] = self.guard.skipped
         data_metrics = self.task.train_batches.metrics()
         if data_metrics:
             row.update(comm.all_reduce_sum(data_metrics, env.device))
@@ -252,11 +287,14 @@ class _Trainer:
     def _checkpoint(self) -> None:
         meta = CheckpointMeta(step=self.step, epoch=self.position.epoch, batch_in_epoch=self.position.batch,
                               strategy=self.session.strategy, world_size=self.env.world_size,
-                              wandb_run_id=self.session.wandb.run_id)
+                              wandb_run_id=self.session.wandb.run_id, nonfinite_skipped=self.guard.skipped,
+                              **self.facts)
         save_checkpoint(root=self.session.checkpoint_root, meta=meta, rank=self.env.rank,
                         write_backend_state=self.backend.save, data_state=self.task.train_batches.state(),
                         keep_last=self.config.checkpoint.keep_last,
                         extra_state=None if self.task.extra_state is None else self.task.extra_state.state_dict())
+        self.newest_checkpoint = checkpoint_name(self.step)
+        self.session.heartbeat()
 
     def run(self) -> FitResult:
         session, config, total = self.session, self.config, self.total_steps
@@ -288,6 +326,7 @@ class _Trainer:
             if len(row) > 1:  # one row per step: train and eval metrics of a step share it
                 session.record.log(row)
                 session.wandb.log(row, step=step)
+                session.heartbeat()
             stop_requested = comm.any_rank_true(stop_signal.received, self.env.device)
             if (save_every and step % save_every == 0) or step == total or stop_requested:
                 self._checkpoint()

@@ -21,9 +21,11 @@ from cvdist import comm
 from cvdist import config as config_module
 from cvdist.config import ConfigError, RunConfig
 from cvdist.engine.backends import Backend, build_backend, resolve_strategy
-from cvdist.engine.checkpoint import (CheckpointMeta, latest_checkpoint, read_meta,
-                                      remove_partial_checkpoints)
+from cvdist.engine.checkpoint import (CheckpointMeta, latest_checkpoint, read_meta, remove_partial_checkpoints,
+                                      set_aside_newer)
 from cvdist.engine.dist import DistEnv, apply_accelerate_launch_settings, launched_world_size, prepare_launch_env
+from cvdist.engine.resume_check import check_strategy_matches
+from cvdist.engine.run_lock import RunLock
 from cvdist.tracking.records import RunRecord, check_run_dir_is_free
 from cvdist.engine.export import resolve_checkpoint_dir
 from cvdist.io import atomic_write_json
@@ -48,6 +50,8 @@ class Session:
     started_at: float = field(default_factory=time.perf_counter)
     inputs: list[RunInput] = field(default_factory=list)
     """Checkpoints / weights files the run starts from (:meth:`add_input`), for W&B lineage."""
+    lock: Optional[RunLock] = None
+    """The run directory's lock (rank 0 only)."""
 
     @property
     def run_dir(self) -> Path:
@@ -95,6 +99,10 @@ class Session:
         if env.is_main:
             for path in remove_partial_checkpoints(self.checkpoint_root):
                 print(f"[cvdist] removed an incomplete checkpoint left by an interrupted save: {path}", flush=True)
+            if meta is not None:  # newer checkpoints than the one resumed must not win a later resume=auto
+                for path in set_aside_newer(self.checkpoint_root, resumed=self.resume_from, step=meta.step):
+                    print(f"[cvdist] resuming from step {meta.step}: moved the newer checkpoint aside to {path}",
+                          flush=True)
         self.record = RunRecord(config.run_dir, is_main=env.is_main)
         self.record.start(config_yaml=config_module.to_yaml(config), resumed_step=self.resumed_step)
         self.wandb = WandbRun(
@@ -109,10 +117,17 @@ class Session:
         for source in self.inputs:
             self.wandb.use_input(source)
 
+    def heartbeat(self) -> None:
+        """Tell other would-be starters this run is alive (rank 0's lock; at log rows and checkpoints)."""
+        if self.lock is not None:
+            self.lock.refresh()
+
     def close(self, *, exit_code: int = 0) -> None:
         if self.wandb is not None:
             self.wandb.finish(exit_code=exit_code)
         self.backend.close()
+        if self.lock is not None:
+            self.lock.release()
 
 
 def seed_everything(seed: int) -> None:
@@ -121,6 +136,28 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def _lock_and_find_resume_point(config: RunConfig, env: DistEnv) -> tuple[Optional[RunLock], Optional[Path]]:
+    """Rank 0 takes the run directory's lock, checks a new run does not overwrite an old one and
+    picks the checkpoint to resume; every rank gets its choice, or raises its error (ranks on a
+    network file system can see different directory listings, so only one may look)."""
+    lock, outcome = None, ""
+    if env.is_main:
+        try:
+            lock = RunLock.acquire(config.run_dir, stale_after_s=config.checkpoint.lock_stale_after_s)
+            check_run_dir_is_free(config.run_dir, resume=config.checkpoint.resume)
+            path = _find_resume_point(config)
+            outcome = "resume:" + (str(path) if path else "")
+        except Exception as error:  # the other ranks wait for rank 0's word: always send it
+            if lock is not None:
+                lock.release()
+            comm.broadcast_text("error:" + str(error), env.device)
+            raise
+    kind, _, text = comm.broadcast_text(outcome, env.device).partition(":")
+    if kind == "error":
+        raise ConfigError(text)
+    return lock, Path(text) if text else None
 
 
 def _find_resume_point(config: RunConfig) -> Optional[Path]:
@@ -137,32 +174,31 @@ def _find_resume_point(config: RunConfig) -> Optional[Path]:
 
 
 def start_session(config: RunConfig) -> Session:
-    """Validate ``config``, join the process group and find the checkpoint to resume from.
+    """Validate ``config``, join the process group, lock the run directory and find the
+    checkpoint to resume from (rank 0 decides both and tells the others).
 
-    Nothing is written to disk here; :meth:`Session.open_run` (called by ``fit``) does that.
+    Nothing but the lock is written to disk here; :meth:`Session.open_run` (called by ``fit``) does that.
     """
     prepare_launch_env()
     apply_accelerate_launch_settings(config.dist, os.environ)
     world_size = launched_world_size()
     config_module.validate(config, world_size=world_size)
     strategy = resolve_strategy(config.dist.strategy, world_size)
-    check_run_dir_is_free(config.run_dir, resume=config.checkpoint.resume)
-    resume_from = _find_resume_point(config)
-    resume_meta = read_meta(resume_from) if resume_from is not None else None
-    if resume_meta is not None:
-        _check_resume_compatible(resume_meta, strategy=strategy, world_size=world_size, path=resume_from)
-    wandb_mode = resolve_wandb_mode(config.tracking.wandb_mode, os.environ)
-
     backend = build_backend(strategy=strategy, precision=config.dist.precision,
                             deepspeed_config=config.dist.deepspeed_config, channels_last=config.dist.channels_last)
     env = backend.env
-    # Every rank has checked the run directory above; only now may rank 0 create it (in fit).
-    comm.barrier()
+    lock, resume_from = _lock_and_find_resume_point(config, env)
+    resume_meta = read_meta(resume_from) if resume_from is not None else None
+    if resume_meta is not None:
+        check_strategy_matches(strategy=strategy, world_size=world_size, saved_strategy=resume_meta.strategy,
+                               saved_world_size=resume_meta.world_size, path=resume_from)
+    wandb_mode = resolve_wandb_mode(config.tracking.wandb_mode, os.environ)
+
     seed_everything(config.train.seed)
     micro_batch_size = config.data.global_batch_size // (world_size * config.optim.accum_steps)
     session = Session(config=config, env=env, backend=backend, strategy=strategy, wandb_mode=wandb_mode,
                       resume_from=resume_from, resume_meta=resume_meta,
-                      micro_batch_size=micro_batch_size)
+                      micro_batch_size=micro_batch_size, lock=lock)
     session.print(
         f"[cvdist] run {config.run_dir} | strategy {strategy} | {env.world_size} process(es) on "
         f"{env.device.type} | precision {backend.precision} | micro-batch {micro_batch_size} x "
@@ -170,13 +206,3 @@ def start_session(config: RunConfig) -> Session:
         + (f" | resuming from {resume_from}" if resume_from else "")
     )
     return session
-
-
-def _check_resume_compatible(meta: CheckpointMeta, *, strategy: str, world_size: int, path: Path) -> None:
-    zero = strategy.startswith("zero") or meta.strategy.startswith("zero")
-    if zero and (meta.strategy != strategy or meta.world_size != world_size):
-        raise ConfigError(
-            f"checkpoint {path} was written by {meta.strategy} with {meta.world_size} processes; a ZeRO "
-            f"checkpoint resumes only with the same strategy and process count (now {strategy}, "
-            f"{world_size}). Export it with `cvdist export` and start a new run from the weights instead."
-        )
