@@ -131,7 +131,7 @@ def test_second_job_on_a_running_run_stops_and_takes_over_once_it_died(tmp_path)
         second = subprocess.run(recipe_command(nproc=1) + [*args, "checkpoint.resume=auto", "train.max_steps=4"],
                                 cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300)
         assert second.returncode == 2
-        assert f"is in use by another job (host " in second.stderr and f"pid {first.pid}, since" in second.stderr
+        assert "is in use by another job (host " in second.stderr and f"pid {first.pid}, since" in second.stderr
         compare = subprocess.run([sys.executable, "-c", "from cvdist.cli import main; main()", "compare", str(run_dir),
                                   "--out", str(tmp_path / "compare")],
                                  cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300)
