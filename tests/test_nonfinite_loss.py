@@ -22,7 +22,7 @@ import json, os, sys
 import torch
 from torch.nn import functional as F
 from cvdist.cli import run_recipe
-from cvdist.config import load_config
+from cvdist.config_loading import load_config
 from cvdist.engine import TrainTask, fit, start_session
 from tests.helpers.tensor_batches import TensorBatches
 
