@@ -261,14 +261,19 @@ class _Trainer:
         session, config, total = self.session, self.config, self.total_steps
         log_every, eval_every = config.tracking.log_every_steps, config.train.eval_every_steps
         save_every = config.checkpoint.every_steps
-        stop_signal = StopSignal.install()
+        stop_signal = StopSignal.install()  # the recipe's, installed at start-up, if it did
         # A progress bar on a terminal; in log files (SLURM, CI) one plain line per logged step.
         interactive = sys.stderr.isatty()
         progress = tqdm(total=total, initial=self.step, disable=not (self.env.is_main and interactive),
                         desc=config.name, mininterval=2.0, dynamic_ncols=True)
-        stopped_early = False
+        # A signal that came during start-up (imports, data scan, checkpoint loading) stops the
+        # run before its first step: the state is the resumed checkpoint's (or the initial one).
+        stopped_early = self.step < total and comm.any_rank_true(stop_signal.received, self.env.device)
+        if stopped_early:
+            session.print(f"[cvdist] stop signal ({stop_signal.name}) during start-up: stopping before step "
+                          f"{self.step + 1}, nothing new to save")
         self.model.train()
-        while self.step < total:
+        while self.step < total and not stopped_early:
             grad_norm = self._train_step()
             step = self.step
             progress.update(1)
@@ -282,19 +287,20 @@ class _Trainer:
                                   f"{row['samples_per_s']:.0f} samples/s")
                 self.window.reset()
             paused_at = time.perf_counter()  # evaluation and checkpoints do not count as training time
-            if self.task.evaluate is not None and ((eval_every and step % eval_every == 0) or step == total):
+            stop_requested = comm.any_rank_true(stop_signal.received, self.env.device)
+            stopped_early = stop_requested and step < total
+            # No evaluation when stopping: it could run past SLURM's deadline before the save.
+            if self.task.evaluate is not None and not stopped_early and (
+                    (eval_every and step % eval_every == 0) or step == total):
                 row.update(_evaluate(session, self.task, self.model, self.progress()))
             if len(row) > 1:  # one row per step: train and eval metrics of a step share it
                 session.record.log(row)
                 session.wandb.log(row, step=step)
-            stop_requested = comm.any_rank_true(stop_signal.received, self.env.device)
             if (save_every and step % save_every == 0) or step == total or stop_requested:
                 self._checkpoint()
             self.window.start += time.perf_counter() - paused_at
-            if stop_requested and step < total:
+            if stopped_early:
                 session.print(f"[cvdist] stop signal ({stop_signal.name}): saved step {step}, stopping")
-                stopped_early = True
-                break
         progress.close()
         stop_signal.uninstall()
         return self._finish(stopped_early)
