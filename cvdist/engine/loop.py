@@ -23,6 +23,7 @@ from cvdist import comm
 from cvdist.config import ConfigError
 from cvdist.engine.checkpoint import (CheckpointMeta, checkpoint_name, load_rank_state, restore_rng_state,
                                       save_checkpoint)
+from cvdist.engine.lost_ranks import report_lost_ranks
 from cvdist.engine.session import Session
 from cvdist.engine.signals import StopSignal
 from cvdist.optim import build_optimizer, lr_multiplier, set_learning_rate
@@ -330,9 +331,12 @@ class _Trainer:
 
 
 def fit(session: Session, task: TrainTask) -> FitResult:
-    """Train ``task`` under ``session``'s config; return the final step and summary."""
+    """Train ``task`` under ``session``'s config; return the final step and summary. A rank
+    that dies or hangs ends it with a :class:`~cvdist.engine.lost_ranks.LostRankError` naming it."""
     session.open_run()
-    return _Trainer(session, task).run()
+    with report_lost_ranks(rank=session.env.rank, world_size=session.env.world_size,
+                           timeout_s=session.config.dist.timeout_s, checkpoint_root=session.checkpoint_root):
+        return _Trainer(session, task).run()
 
 
 def _evaluate(session: Session, task: TrainTask, model: nn.Module, progress: Progress) -> dict[str, float]:

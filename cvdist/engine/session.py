@@ -154,7 +154,8 @@ def start_session(config: RunConfig) -> Session:
     wandb_mode = resolve_wandb_mode(config.tracking.wandb_mode, os.environ)
 
     backend = build_backend(strategy=strategy, precision=config.dist.precision,
-                            deepspeed_config=config.dist.deepspeed_config, channels_last=config.dist.channels_last)
+                            deepspeed_config=config.dist.deepspeed_config, channels_last=config.dist.channels_last,
+                            timeout_s=config.dist.timeout_s)
     env = backend.env
     # Every rank has checked the run directory above; only now may rank 0 create it (in fit).
     comm.barrier()
