@@ -81,3 +81,19 @@ def test_a_stop_on_an_evaluation_step_saves_without_evaluating(tmp_path):
     assert [row["step"] for row in rows if "train/loss" in row] == [1, 2, 3]
     assert not [row for row in rows if any(key.startswith("eval/") for key in row)]
     assert (tmp_path / "evalstop" / "checkpoints" / "step-00000003" / "meta.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_second_signal_during_startup_ends_the_process_at_once(tmp_path):
+    result = run_recipe([*TINY, f"output_dir={tmp_path}", "name=twice"], script=FAULT_SCRIPT, check=False,
+                        env=clean_env(CVDIST_FAULT="signal_during_startup:2"))
+    assert result.returncode == -15, result.stdout[-2000:] + result.stderr[-2000:]  # SIGTERM's default action
+    assert "stop signal" not in result.stdout
+    assert not (tmp_path / "twice" / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_one_sigterm_during_startup_stops_cleanly(tmp_path):
+    result = faulted_run(tmp_path, "once", "signal_during_startup:1")
+    assert "stop signal (SIGTERM) during start-up: stopping before step 1" in result.stdout
+    assert json.loads((tmp_path / "once" / "summary.json").read_text())["stopped_early"] is True

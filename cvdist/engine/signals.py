@@ -11,6 +11,7 @@ handlers are in place a few milliseconds after the interpreter starts.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from typing import Optional
@@ -28,12 +29,17 @@ class StopSignal:
         self.received = False
         self.name: Optional[str] = None
         self._previous: dict[int, object] = {}
+        self._in_start_up = False
+        """Set by :func:`catch_stop_signals` until the loop takes over: a second signal then ends
+        the process (a start-up that hangs, e.g. waiting for a node that never comes, can still
+        be stopped)."""
 
     @classmethod
     def install(cls) -> "StopSignal":
         """The stop handlers for a training loop: those :func:`catch_stop_signals` installed at
         start-up (with any signal received since), else new ones."""
         if _process_stop is not None:
+            _process_stop._in_start_up = False
             return _process_stop
         stop = cls()
         if threading.current_thread() is threading.main_thread():  # signals need the main thread
@@ -42,6 +48,10 @@ class StopSignal:
         return stop
 
     def _handle(self, number: int, frame: object) -> None:
+        if self.received and self._in_start_up:
+            signal.signal(number, signal.SIG_DFL)
+            os.kill(os.getpid(), number)
+            return
         if not self.received:  # the first one names the stop
             self.name = signal.Signals(number).name
         self.received = True
@@ -58,8 +68,10 @@ class StopSignal:
 def catch_stop_signals() -> StopSignal:
     """Install the stop handlers now, for the training loop to act on later; call it first in a
     recipe, before the heavy imports. Idempotent. A signal received before the loop starts
-    stops the run at its first step boundary: before its first step, with nothing new to save."""
+    stops the run at its first step boundary: before its first step, with nothing new to save;
+    a second one before then ends the process at once, as it would without a handler."""
     global _process_stop
     if _process_stop is None:
         _process_stop = StopSignal.install()
+        _process_stop._in_start_up = True
     return _process_stop

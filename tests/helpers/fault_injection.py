@@ -12,6 +12,8 @@ at a checkpoint, for the resume tests.
                                                (before the process group, data and model exist)
     CVDIST_FAULT=signal_during_resume:0      -> rank 0 sends itself SIGUSR1 while it loads the
                                                checkpoint it resumes from
+    CVDIST_FAULT=signal_during_startup:2     -> (any number N > 0) rank 0 sends itself SIGTERM
+                                               N times as the session starts
     CVDIST_FAULT=kill_mid_step:STEP          -> the last rank SIGKILLs itself in step STEP + 1,
                                                between its forward and its backward (gradient
                                                all-reduce): a rank dying mid-step
@@ -78,7 +80,11 @@ elif kind in ("signal_during_startup", "signal_during_resume"):
     original = getattr(module, name)
 
     def signal_then_call(*args, **kwargs):
-        signal_rank0()
+        if fault_step == 0:
+            signal_rank0()
+        for _ in range(fault_step):  # SIGTERM, as SLURM's scancel and torchrun's teardown send
+            if os.environ.get("RANK", "0") == "0":
+                os.kill(os.getpid(), signal.SIGTERM)
         return original(*args, **kwargs)
 
     setattr(module, name, signal_then_call)
