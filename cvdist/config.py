@@ -333,9 +333,9 @@ def validate(config: RunConfig, *, world_size: int) -> None:
         raise ConfigError(f"name={config.name!r} must be a plain directory name (no '/')")
 
 
-_POSITIVE = ("data.global_batch_size", "optim.accum_steps", "optim.lr", "checkpoint.keep_last", "dist.timeout_s",
+_POSITIVE = ("data.global_batch_size", "optim.accum_steps", "optim.lr", "checkpoint.keep_last",
              "tracking.log_every_steps", "model.num_classes", "model.in_channels", "data.image_size",
-             "data.eval_batch_size")
+             "data.eval_batch_size", "dist.timeout_s")
 _NON_NEGATIVE = ("data.num_workers", "data.num_samples", "data.shuffle_buffer", "data.max_corrupt",
                  "data.num_train_samples", "data.num_eval_samples", "train.max_steps", "train.epochs",
                  "train.eval_every_steps", "checkpoint.every_steps", "schedule.warmup_steps",
