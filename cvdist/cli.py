@@ -16,6 +16,7 @@ from cvdist.commands.shards import add_shards_commands
 from cvdist.config import ConfigError
 from cvdist.data.stream import DataError
 from cvdist.engine.dist import LaunchError
+from cvdist.engine.lost_ranks import LostRankError
 from cvdist.redact import redact_text
 from cvdist.tracking.records import RunExistsError
 
@@ -25,14 +26,15 @@ USER_ERRORS = (ConfigError, RunExistsError, LaunchError, DataError, FileNotFound
 
 
 def run_recipe(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None = None) -> int:
-    """Run a recipe's ``main(argv)``; user errors print ``cvdist: error: ...`` and return 2."""
+    """Run a recipe's ``main(argv)``; user errors print ``cvdist: error: ...`` and return 2, a
+    lost rank (not the user's doing, but a traceback would say no more) the same way with 1."""
     try:
         return int(main(sys.argv[1:] if argv is None else argv) or 0)
-    except USER_ERRORS as error:
+    except (*USER_ERRORS, LostRankError) as error:
         if os.environ.get("CVDIST_DEBUG"):
             traceback.print_exc()
         print(f"cvdist: error: {redact_text(str(error))}", file=sys.stderr, flush=True)
-        return 2
+        return 1 if isinstance(error, LostRankError) else 2
 
 
 def _export(args: argparse.Namespace) -> int:

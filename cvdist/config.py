@@ -160,6 +160,11 @@ class DistConfig:
     and cuDNN's tensor cores (GPU) convolve fastest (1.27-1.62x per training step for cvdist's CNNs
     on 2 CPU cores, bench/channels_last.py). Only the layout changes, not the values. Strategies
     none and ddp; ZeRO keeps NCHW (DeepSpeed packs parameters into flat buffers)."""
+    timeout_s: int = 600
+    """Seconds a rank waits in one collective (gradient all-reduce, barrier, ...) before it gives
+    up: a dead or hung rank ends the job within about this time, with an error naming it (DDP and
+    ZeRO; torch's own default is 30 minutes for gloo). Raise it when one rank may work alone for
+    longer, e.g. a first-time scan of many shards."""
 
 
 @dataclass
@@ -296,8 +301,8 @@ def validate(config: RunConfig, *, world_size: int) -> None:
 
 
 _POSITIVE = ("data.global_batch_size", "optim.accum_steps", "optim.lr", "checkpoint.keep_last",
-             "checkpoint.lock_stale_after_s", "tracking.log_every_steps", "model.num_classes", "model.in_channels", "data.image_size",
-             "data.eval_batch_size")
+             "checkpoint.lock_stale_after_s", "tracking.log_every_steps", "model.num_classes", "model.in_channels",
+             "data.image_size", "data.eval_batch_size", "dist.timeout_s")
 _NON_NEGATIVE = ("data.num_workers", "data.num_samples", "data.shuffle_buffer", "data.max_corrupt",
                  "data.num_train_samples", "data.num_eval_samples", "train.max_steps", "train.epochs",
                  "train.eval_every_steps", "train.max_nonfinite_steps", "checkpoint.every_steps",

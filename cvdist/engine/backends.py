@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, ContextManager, Iterator, Optional, Protocol
 
@@ -120,8 +121,9 @@ class Backend(Protocol):
 class AccelerateBackend:
     """One process or DDP through ``accelerate.Accelerator``."""
 
-    def __init__(self, *, precision: str, channels_last: bool = True):
+    def __init__(self, *, precision: str, channels_last: bool = True, timeout_s: float = 600):
         from accelerate import Accelerator  # engine-only dependency
+        from accelerate.utils import InitProcessGroupKwargs
 
         expected = launched_world_size()
         device_hint = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -131,6 +133,7 @@ class AccelerateBackend:
         self.accelerator = Accelerator(
             cpu=device_hint.type == "cpu",
             mixed_precision="no" if self.precision == "fp32" else self.precision,
+            kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))],
         )
         self.env: DistEnv = current_env(expected_world_size=expected)
         self.model: nn.Module | None = None
@@ -196,7 +199,7 @@ class AccelerateBackend:
 class DeepSpeedBackend:
     """ZeRO stage 1, 2 or 3 through ``deepspeed.initialize`` (see the module doc for why)."""
 
-    def __init__(self, *, stage: int, precision: str, user_config: str = ""):
+    def __init__(self, *, stage: int, precision: str, user_config: str = "", timeout_s: float = 600):
         import deepspeed  # engine-only dependency
 
         expected = launched_world_size()
@@ -206,13 +209,11 @@ class DeepSpeedBackend:
             torch.cuda.set_device(device)
         self.precision = resolve_precision(precision, device)
         self.stage, self.user_config = stage, user_config
-        if expected > 1 or "RANK" in os.environ:
-            deepspeed.init_distributed(dist_backend=collective_backend(device))
-        else:
+        if expected <= 1 and "RANK" not in os.environ:
             # DeepSpeed needs a process group even for one process: make a 1-process one.
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
             os.environ.setdefault("MASTER_PORT", str(_free_port()))
-            deepspeed.init_distributed(dist_backend=collective_backend(device))
+        deepspeed.init_distributed(dist_backend=collective_backend(device), timeout=timedelta(seconds=timeout_s))
         self.env: DistEnv = current_env(expected_world_size=expected)
         self.engine = None
         self.client_optimizer: torch.optim.Optimizer | None = None
@@ -275,13 +276,15 @@ def _free_port() -> int:
 
 
 def build_backend(*, strategy: str, precision: str, deepspeed_config: str = "",
-                  channels_last: bool = True) -> Backend:
+                  channels_last: bool = True, timeout_s: float = 600) -> Backend:
     """The backend for ``dist.strategy`` (``auto`` already resolved or not); ``deepspeed_config``
     is a user's DeepSpeed JSON merged into cvdist's (ZeRO strategies only); ``channels_last``
-    puts conv weights and 4-d image batches in channels-last layout (none / DDP only)."""
+    puts conv weights and 4-d image batches in channels-last layout (none / DDP only);
+    ``timeout_s`` bounds every collective of the process group (``dist.timeout_s``)."""
     resolved = resolve_strategy(strategy, launched_world_size())
     if resolved in ZERO_STAGES:
         # DeepSpeed needs contiguous (NCHW) parameters: it views them as bytes to broadcast them
         # and packs them into flat buffers, so ZeRO runs keep the default layout.
-        return DeepSpeedBackend(stage=ZERO_STAGES[resolved], precision=precision, user_config=deepspeed_config)
-    return AccelerateBackend(precision=precision, channels_last=channels_last)
+        return DeepSpeedBackend(stage=ZERO_STAGES[resolved], precision=precision, user_config=deepspeed_config,
+                                timeout_s=timeout_s)
+    return AccelerateBackend(precision=precision, channels_last=channels_last, timeout_s=timeout_s)

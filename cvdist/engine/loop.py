@@ -23,12 +23,13 @@ from cvdist import comm
 from cvdist.config import ConfigError
 from cvdist.engine.checkpoint import (CheckpointMeta, checkpoint_name, load_rank_state, restore_rng_state,
                                       save_checkpoint)
+from cvdist.engine.lost_ranks import report_lost_ranks
 from cvdist.engine.nonfinite import NonFiniteGuard
 from cvdist.engine.resume_check import check_same_training, load_error, training_facts
 from cvdist.engine.safe_load import UnsafeCheckpointError
 from cvdist.engine.session import Session
-from cvdist.models.checkpointing import checkpoint_blocks
 from cvdist.engine.signals import StopSignal
+from cvdist.models.checkpointing import checkpoint_blocks
 from cvdist.optim import build_optimizer, lr_multiplier, set_learning_rate
 
 
@@ -300,14 +301,19 @@ class _Trainer:
         session, config, total = self.session, self.config, self.total_steps
         log_every, eval_every = config.tracking.log_every_steps, config.train.eval_every_steps
         save_every = config.checkpoint.every_steps
-        stop_signal = StopSignal.install()
+        stop_signal = StopSignal.install()  # the recipe's, installed at start-up, if it did
         # A progress bar on a terminal; in log files (SLURM, CI) one plain line per logged step.
         interactive = sys.stderr.isatty()
         progress = tqdm(total=total, initial=self.step, disable=not (self.env.is_main and interactive),
                         desc=config.name, mininterval=2.0, dynamic_ncols=True)
-        stopped_early = False
+        # A signal that came during start-up (imports, data scan, checkpoint loading) stops the
+        # run before its first step: the state is the resumed checkpoint's (or the initial one).
+        stopped_early = self.step < total and comm.any_rank_true(stop_signal.received, self.env.device)
+        if stopped_early:
+            session.print(f"[cvdist] stop signal ({stop_signal.name}) during start-up: stopping before step "
+                          f"{self.step + 1}, nothing new to save")
         self.model.train()
-        while self.step < total:
+        while self.step < total and not stopped_early:
             grad_norm = self._train_step()
             step = self.step
             progress.update(1)
@@ -321,20 +327,21 @@ class _Trainer:
                                   f"{row['samples_per_s']:.0f} samples/s")
                 self.window.reset()
             paused_at = time.perf_counter()  # evaluation and checkpoints do not count as training time
-            if self.task.evaluate is not None and ((eval_every and step % eval_every == 0) or step == total):
+            stop_requested = comm.any_rank_true(stop_signal.received, self.env.device)
+            stopped_early = stop_requested and step < total
+            # No evaluation when stopping: it could run past SLURM's deadline before the save.
+            if self.task.evaluate is not None and not stopped_early and (
+                    (eval_every and step % eval_every == 0) or step == total):
                 row.update(_evaluate(session, self.task, self.model, self.progress()))
             if len(row) > 1:  # one row per step: train and eval metrics of a step share it
                 session.record.log(row)
                 session.wandb.log(row, step=step)
                 session.heartbeat()
-            stop_requested = comm.any_rank_true(stop_signal.received, self.env.device)
             if (save_every and step % save_every == 0) or step == total or stop_requested:
                 self._checkpoint()
             self.window.start += time.perf_counter() - paused_at
-            if stop_requested and step < total:
+            if stopped_early:
                 session.print(f"[cvdist] stop signal ({stop_signal.name}): saved step {step}, stopping")
-                stopped_early = True
-                break
         progress.close()
         stop_signal.uninstall()
         return self._finish(stopped_early)
@@ -364,12 +371,15 @@ class _Trainer:
 
 
 def fit(session: Session, task: TrainTask) -> FitResult:
-    """Train ``task`` under ``session``'s config; return the final step and summary."""
+    """Train ``task`` under ``session``'s config; return the final step and summary. A rank
+    that dies or hangs ends it with a :class:`~cvdist.engine.lost_ranks.LostRankError` naming it."""
     if session.config.dist.activation_checkpointing:  # (a model without blocks fails before the run is written)
         count = checkpoint_blocks(task.model)
         session.print(f"[cvdist] activation checkpointing: {count} blocks recompute their activations in the backward pass")
     session.open_run()
-    return _Trainer(session, task).run()
+    with report_lost_ranks(rank=session.env.rank, world_size=session.env.world_size,
+                           timeout_s=session.config.dist.timeout_s, checkpoint_root=session.checkpoint_root):
+        return _Trainer(session, task).run()
 
 
 def _evaluate(session: Session, task: TrainTask, model: nn.Module, progress: Progress) -> dict[str, float]:

@@ -185,7 +185,8 @@ def start_session(config: RunConfig) -> Session:
     config_module.validate(config, world_size=world_size)
     strategy = resolve_strategy(config.dist.strategy, world_size)
     backend = build_backend(strategy=strategy, precision=config.dist.precision,
-                            deepspeed_config=config.dist.deepspeed_config, channels_last=config.dist.channels_last)
+                            deepspeed_config=config.dist.deepspeed_config, channels_last=config.dist.channels_last,
+                            timeout_s=config.dist.timeout_s)
     env = backend.env
     lock, resume_from = _lock_and_find_resume_point(config, env)
     resume_meta = read_meta(resume_from) if resume_from is not None else None
