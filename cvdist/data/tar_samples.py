@@ -250,7 +250,8 @@ def iter_samples(stream: BinaryIO, *,
     """Group members into samples: ``{"__key__": key, "png": b"...", "cls": b"3", ...}``.
 
     Members that were not kept are omitted; ``.pyd`` / ``.pickle`` members therefore never
-    reach a decoder. Raises CorruptShard after yielding every complete sample before damage.
+    reach a decoder. Raises CorruptShard after yielding every complete sample before damage
+    (the sample being assembled when the damage is found is dropped: more of it may have followed).
     The key is WebDataset's: everything before the first dot of the file's base name.
     """
     current: dict[str, bytes | str] | None = None
