@@ -87,7 +87,8 @@ def test_folder_converter_on_damaged_images(tmp_path, how, content):
             (root / label).mkdir(parents=True)
             Image.fromarray(np.full((8, 8), 9, dtype=np.uint8)).save(root / label / "0.png")
         buffer = io.BytesIO()
-        Image.fromarray(np.full((8, 8), 9, dtype=np.uint8)).save(buffer, format="JPEG" if content == "jpeg_in_png" else "PNG")
+        fmt = "JPEG" if content == "jpeg_in_png" else "PNG"
+        Image.fromarray(np.full((8, 8), 9, dtype=np.uint8)).save(buffer, format=fmt)
         data = {"eps_in_png": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n"}.get(content, buffer.getvalue())
         if content == "huge_png":  # IHDR claims 20000 x 20000: refused from the header
             data = data[:16] + (20000).to_bytes(4, "big") * 2 + data[24:]

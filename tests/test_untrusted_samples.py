@@ -58,7 +58,8 @@ def test_only_the_declared_format_is_decoded(declared, actual):
         if FORMATS.get(declared, "JPEG") == actual:
             assert decoder(sample)[1] == 1
         else:
-            with pytest.raises(ValueError, match=rf"its .{declared} member is not a {FORMATS.get(declared, 'JPEG')} image"):
+            expected = FORMATS.get(declared, "JPEG")
+            with pytest.raises(ValueError, match=rf"its .{declared} member is not a {expected} image"):
                 decoder(sample)
 
 

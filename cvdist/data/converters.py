@@ -149,7 +149,8 @@ def _read_folder_image(path: Path, label: int, image_format: str) -> Sample:
                 return Sample(label=label, image_bytes=data)
             return Sample(label=label, pixels=np.asarray(_output_mode(image, image_format)))
     except Exception as error:  # noqa: BLE001 - see above
-        raise ValueError(f"cannot read image {path} ({type(error).__name__}: {error}); fix or remove the file") from None
+        raise ValueError(f"cannot read image {path} ({type(error).__name__}: {error}); "
+                         "fix or remove the file") from None
 
 
 def _output_mode(image: Image.Image, image_format: str) -> Image.Image:
