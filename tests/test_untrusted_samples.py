@@ -150,7 +150,7 @@ def test_every_reader_counts_hostile_samples_and_names_the_shard(tmp_path, capsy
         resolve_source(url, split="train", num_classes=3, max_corrupt=2, max_member_bytes=4096)
 
 
-def test_model_classes_are_checked_against_the_manifest(tmp_path):
+def three_class_shards(tmp_path) -> str:
     from cvdist.data.converters import build_folder_source
     from cvdist.data.shard_writer import write_dataset_shards
 
@@ -160,7 +160,11 @@ def test_model_classes_are_checked_against_the_manifest(tmp_path):
         Image.fromarray(np.full((8, 8), label, dtype=np.uint8)).save(folder / "0.png")
     write_dataset_shards(source=build_folder_source(splits={"train": tmp_path / "images", "test": tmp_path / "images"}),
                          out_dir=tmp_path / "shards", samples_per_shard=7)
-    data = DataConfig(train_shards=[str(tmp_path / "shards")], image_size=8, mean=[0.5], std=[0.5])
+    return str(tmp_path / "shards")
+
+
+def test_model_classes_are_checked_against_the_manifest(tmp_path):
+    data = DataConfig(train_shards=[three_class_shards(tmp_path)], image_size=8, mean=[0.5], std=[0.5])
     with pytest.raises(ValueError, match=r"lists 3 classes but model.num_classes=10; set model.num_classes=3"):
         build_labelled_data(data, in_channels=1, num_classes=10, rank=0, world_size=1, micro_batch_size=1, seed=0,
                             num_epochs=1)
@@ -178,3 +182,15 @@ def test_the_limits_are_config_keys_with_the_readers_defaults():
     for key in ("data.max_member_bytes", "data.max_image_pixels"):
         with pytest.raises(ConfigError, match=f"{key}=0 must be > 0"):
             validate(load_config(overrides=[f"{key}=0"]), world_size=1)
+
+
+@pytest.mark.parametrize("recipe", ["supervised", "pretrain_contrastive", "longtail"])
+def test_recipes_stop_at_start_when_the_model_and_manifest_classes_differ(tmp_path, recipe):
+    from tests.helpers.recipes import REPO, TINY, run_recipe
+
+    shards = three_class_shards(tmp_path)
+    result = run_recipe([*TINY, f"data.train_shards=[{shards}]", "model.num_classes=10", "data.image_size=8",
+                         f"output_dir={tmp_path / 'runs'}"], script=REPO / "recipes" / f"{recipe}.py", check=False)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("cvdist: error: ")
+    assert "lists 3 classes but model.num_classes=10; set model.num_classes=3" in result.stderr
