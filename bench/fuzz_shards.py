@@ -35,9 +35,9 @@ from tests.helpers.tar_fuzz import base_shards, mutate, random_mutations, run_ca
 
 def decoders(max_image_pixels: int) -> list:
     options = dict(image_size=8, mean=[0.5], std=[0.5], grey=True, train=True)
-    return [build_decoder(preset="flip", num_classes=3, extra_label_keys=("coarse",),
+    return [build_decoder(preset="flip", num_classes=3, extra_labels={"coarse": 2},
                           max_image_pixels=max_image_pixels, **options),
-            Decoder(build_transform(preset="standard", **options), num_classes=3, extra_label_keys=("coarse",),
+            Decoder(build_transform(preset="standard", **options), num_classes=3, extra_labels={"coarse": 2},
                     max_image_pixels=max_image_pixels)]
 
 

@@ -20,11 +20,11 @@ from tests.helpers.tar_fuzz import SIZE_KINDS, TYPE_FLAGS, base_shards, mutate, 
 BASES = base_shards()
 MAX_MEMBER_BYTES = 64 * 1024
 CPU_SECONDS = 20.0  # a hang bound, not a speed test: a case takes milliseconds
-OPTIONS = dict(image_size=8, mean=[0.5], std=[0.5], grey=True, num_classes=3, extra_label_keys=("coarse",),
+OPTIONS = dict(image_size=8, mean=[0.5], std=[0.5], grey=True, num_classes=3, extra_labels={"coarse": 2},
                max_image_pixels=64 * 64)
 DECODERS = [build_decoder(preset="flip", train=True, **OPTIONS),
             Decoder(build_transform(preset="standard", image_size=8, mean=[0.5], std=[0.5], grey=True, train=True),
-                    num_classes=3, extra_label_keys=("coarse",), max_image_pixels=64 * 64)]
+                    num_classes=3, extra_labels={"coarse": 2}, max_image_pixels=64 * 64)]
 
 header = st.integers(0, 1000)
 fix = st.booleans()

@@ -102,9 +102,11 @@ def test_labels_outside_the_classes_are_corrupt(label, num_classes):
                 decoder(sample)
 
 
-def test_extra_labels_must_be_non_negative_integers():
-    decoder = build_decoder(preset="none", num_classes=10, extra_label_keys=("coarse",), **OPTIONS)
-    for text in (b'{"coarse": -1}', b'{"coarse": 1e400}', b'{"coarse": true}', b'[1]', b'{"coarse": 99999999999}'):
+def test_extra_labels_must_lie_in_their_classes():
+    decoder = build_decoder(preset="none", num_classes=10, extra_labels={"coarse": 4}, **OPTIONS)
+    assert decoder({"__key__": "k", "png": png_bytes(1), "cls": b"1", "json": b'{"coarse": 3}'})[2] == {"coarse": 3}
+    for text in (b'{"coarse": -1}', b'{"coarse": 4}', b'{"coarse": 1e400}', b'{"coarse": true}', b'[1]', b'{}',
+                 b'{"coarse": 99999999999}'):
         with pytest.raises(ValueError, match="extra label 'coarse'"):
             decoder({"__key__": "k", "png": png_bytes(1), "cls": b"1", "json": text})
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import KW_ONLY, dataclass
-from typing import Any, Callable, Optional, Sequence
+from dataclasses import KW_ONLY, dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -26,7 +26,6 @@ image (half a gigabyte decoded, per sample and per worker) is refused from its h
 PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
 """The only decoder PIL may use for each image extension (``Image.open`` without ``formats=``
 tries every format it knows: EPS, which runs Ghostscript, and dozens of others)."""
-_MAX_EXTRA_LABEL = 2 ** 31 - 1
 
 
 @dataclass(frozen=True)
@@ -46,16 +45,18 @@ def _label(text: bytes, key: str, num_classes: int) -> int:
     return label
 
 
-def _extra_label(parsed: Any, name: str, key: str) -> int:
-    value = parsed[name] if isinstance(parsed, dict) else None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_EXTRA_LABEL:
-        raise ValueError(f"sample {key}: extra label {name!r} is {value!r}, expected a non-negative integer")
+def _extra_label(parsed: Any, name: str, num_classes: int, key: str) -> int:
+    value = parsed.get(name) if isinstance(parsed, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < num_classes:
+        raise ValueError(f"sample {key}: extra label {name!r} is {str(value)[:20]}, "
+                         f"expected an integer in [0, {num_classes})")
     return value
 
 
-def unpack_sample(sample: dict, *, extra_label_keys: Sequence[str], num_classes: int) -> RawSample:
-    """The image, the ``.cls`` label (in ``[0, num_classes)``) and the requested ``.json``
-    labels of a raw sample; ValueError (a corrupt sample) when one is missing or malformed."""
+def unpack_sample(sample: dict, *, extra_labels: Mapping[str, int], num_classes: int) -> RawSample:
+    """The image, the ``.cls`` label (in ``[0, num_classes)``) and the ``.json`` labels named
+    in ``extra_labels`` (name -> number of classes; each in ``[0, classes)``) of a raw sample;
+    ValueError (a corrupt sample) when one is missing, malformed or out of range."""
     key = sample["__key__"]
     extension = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
     if extension is None:
@@ -63,9 +64,9 @@ def unpack_sample(sample: dict, *, extra_label_keys: Sequence[str], num_classes:
     if "cls" not in sample:
         raise ValueError(f"sample {key} has no .cls label")
     extras: dict[str, int] = {}
-    if extra_label_keys:
+    if extra_labels:
         parsed = json.loads(sample["json"]) if "json" in sample else {}
-        extras = {name: _extra_label(parsed, name, key) for name in extra_label_keys}
+        extras = {name: _extra_label(parsed, name, classes, key) for name, classes in extra_labels.items()}
     return RawSample(sample[extension], extension, _label(sample["cls"], key, num_classes), extras)
 
 
@@ -133,7 +134,8 @@ class Decoder:
     _: KW_ONLY
     num_classes: int
     """Labels outside ``[0, num_classes)`` make a sample corrupt."""
-    extra_label_keys: Sequence[str] = ()
+    extra_labels: Mapping[str, int] = field(default_factory=dict)
+    """``.json`` labels decoded into the batches: name -> number of classes."""
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     """Larger images (from their header) make a sample corrupt."""
 
@@ -150,7 +152,7 @@ class Decoder:
 
     def _decode(self, sample: dict, transform: Callable) -> tuple[Any, int, dict[str, int], str]:
         key = str(sample["__key__"])
-        raw = unpack_sample(sample, extra_label_keys=self.extra_label_keys, num_classes=self.num_classes)
+        raw = unpack_sample(sample, extra_labels=self.extra_labels, num_classes=self.num_classes)
         with open_image(raw, max_pixels=self.max_image_pixels, key=key) as image:
             image.load()
             return transform(image), raw.label, raw.extras, key

@@ -27,7 +27,7 @@ which would kill a DataLoader worker where the pipeline must skip and count the 
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -54,7 +54,7 @@ class FastDecoder:
     """Bytes -> (image tensor, label, extra labels, key), like ``Decoder(build_transform(...))``.
 
     Takes ``build_transform``'s options (``preset`` must be ``none`` or ``flip``) plus
-    :class:`~cvdist.data.decode.Decoder`'s ``num_classes``, ``extra_label_keys`` and
+    :class:`~cvdist.data.decode.Decoder`'s ``num_classes``, ``extra_labels`` and
     ``max_image_pixels`` (the same checks, before decoding); validation and error messages are
     ``build_transform``'s. Under the same torch seed the output equals
     ``Decoder(build_transform(...), num_classes=..., ...)(sample)`` exactly. Picklable, so it runs
@@ -63,7 +63,7 @@ class FastDecoder:
 
     def __init__(self, *, preset: str, image_size: int, mean: Sequence[float], std: Sequence[float], grey: bool,
                  num_classes: int, train: bool = True, hflip: Optional[float] = None,
-                 vflip: Optional[float] = None, extra_label_keys: Sequence[str] = (),
+                 vflip: Optional[float] = None, extra_labels: Optional[Mapping[str, int]] = None,
                  max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
         if preset not in FAST_PRESETS:
             raise ValueError(f"preset={preset!r}: FastDecoder covers the presets {', '.join(FAST_PRESETS)}; "
@@ -72,7 +72,7 @@ class FastDecoder:
         self.reference = build_transform(preset=preset, image_size=image_size, mean=mean, std=std, grey=grey,
                                          train=train, hflip=hflip, vflip=vflip)
         self.image_size, self.mode = image_size, "L" if grey else "RGB"
-        self.extra_label_keys = tuple(extra_label_keys)
+        self.extra_labels = dict(extra_labels or {})
         self.num_classes, self.max_image_pixels = num_classes, max_image_pixels
         defaults = PRESET_DEFAULTS[preset]
         probabilities = [(2, defaults.get("hflip", 0.0) if hflip is None else hflip),   # width axis of C x H x W
@@ -95,7 +95,7 @@ class FastDecoder:
 
     def _decode(self, sample: dict, normalise: bool) -> tuple[torch.Tensor, int, dict[str, int], str]:
         key = str(sample["__key__"])
-        raw = unpack_sample(sample, extra_label_keys=self.extra_label_keys, num_classes=self.num_classes)
+        raw = unpack_sample(sample, extra_labels=self.extra_labels, num_classes=self.num_classes)
         label, extras = raw.label, raw.extras
         with open_image(raw, max_pixels=self.max_image_pixels, key=key) as image:  # the cap before decoding
             image.load()
@@ -121,7 +121,7 @@ class FastDecoder:
 
 
 def build_decoder(*, preset: str, image_size: int, mean: Sequence[float], std: Sequence[float], grey: bool,
-                  train: bool, num_classes: int, extra_label_keys: Sequence[str] = (),
+                  train: bool, num_classes: int, extra_labels: Optional[Mapping[str, int]] = None,
                   max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, **options) -> Union[FastDecoder, Decoder]:
     """The fastest decoder for these ``build_transform`` options (``hflip``, ``vflip``, ...):
     :class:`FastDecoder` for the ``none`` / ``flip`` presets, else ``Decoder(build_transform(...))``.
@@ -132,6 +132,6 @@ def build_decoder(*, preset: str, image_size: int, mean: Sequence[float], std: S
     if preset in FAST_PRESETS:
         return FastDecoder(preset=preset, image_size=image_size, mean=mean, std=std, grey=grey, train=train,
                            hflip=options.get("hflip"), vflip=options.get("vflip"), num_classes=num_classes,
-                           extra_label_keys=extra_label_keys, max_image_pixels=max_image_pixels)
-    return Decoder(transform, num_classes=num_classes, extra_label_keys=tuple(extra_label_keys),
+                           extra_labels=extra_labels, max_image_pixels=max_image_pixels)
+    return Decoder(transform, num_classes=num_classes, extra_labels=dict(extra_labels or {}),
                    max_image_pixels=max_image_pixels)

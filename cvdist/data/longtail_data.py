@@ -73,7 +73,7 @@ def build_longtail_data(data: DataConfig, *, num_classes: int, in_channels: int,
     aux_classes = shard_aux_classes(data, aux_labels, num_classes=num_classes)
     labelled = build_labelled_data(data, in_channels=in_channels, num_classes=num_classes, rank=rank,
                                    world_size=world_size, micro_batch_size=micro_batch_size, seed=seed,
-                                   num_epochs=num_epochs, extra_label_keys=tuple(aux_labels))
+                                   num_epochs=num_epochs, extra_labels=aux_classes)
     counts = labelled.class_counts
     if counts is None:
         raise ValueError("long-tail losses and metrics need the training class counts, known for one "
@@ -91,6 +91,6 @@ def build_longtail_data(data: DataConfig, *, num_classes: int, in_channels: int,
             raise ValueError(f"longtail.tau_norm needs a held-out split: {error}. Write one (e.g. `cvdist shards "
                              "folder --split-name val`) or set longtail.holdout_shards / longtail.holdout_split") from None
         holdout = plain_batches(source, data, in_channels=in_channels, num_classes=num_classes, rank=rank,
-                                world_size=world_size, extra_label_keys=aux_labels)
+                                world_size=world_size, extra_labels=aux_classes)
     return LongtailData(train=labelled.train, eval_batches=labelled.eval_batches, holdout_batches=holdout,
                         class_counts=counts, class_names=labelled.class_names, aux_classes=aux_classes)
