@@ -1,4 +1,6 @@
-"""The block-buffered tar reader: same members as tarfile, damage found at the same place."""
+"""The block-buffered tar reader: same members as tarfile, damage found at the same place; hostile
+headers (malformed or huge sizes, oversized members, links with sizes, undecodable names) refused
+or skipped in bounded reads."""
 
 from __future__ import annotations
 

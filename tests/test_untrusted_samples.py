@@ -196,3 +196,12 @@ def test_recipes_stop_at_start_when_the_model_and_manifest_classes_differ(tmp_pa
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr.strip().splitlines()[-1].startswith("cvdist: error: ")
     assert "lists 3 classes but model.num_classes=10; set model.num_classes=3" in result.stderr
+
+
+def test_a_newline_in_a_member_name_keeps_the_error_on_one_line(tmp_path):
+    url = str(write_tar(tmp_path / "train-000000.tar", [("bad\nkey", {"png": png_bytes(1), "cls": b"9"})]))
+    decoder = build_decoder(preset="none", num_classes=3, **OPTIONS)
+    with pytest.raises(DataError) as raised:
+        list(iterate_eval_shards(ShardSet(urls=[url], shard_sizes=[1]), rank=0, world_size=1, batch_size=1,
+                                 decoder=decoder, max_corrupt=0))
+    assert "\n" not in str(raised.value) and "bad\\nkey" in str(raised.value)

@@ -76,12 +76,17 @@ def read_shard_samples(url: str, errors: list[str], *,
                 sample["__url__"] = url
                 yield sample
     except Exception as error:  # noqa: BLE001 - whatever the damage, this shard ends here, counted
-        errors.append(f"{url}: {type(error).__name__}: {error}")
+        errors.append(_one_line(f"{url}: {type(error).__name__}: {error}"))
+
+
+def _one_line(text: str) -> str:
+    # Member names come from the shard: a newline in one must not split a log line or an error.
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def describe_sample_error(sample: dict, error: BaseException) -> str:
     """One line naming the shard and sample a decoding error came from, and the error."""
-    return f"{sample.get('__url__', '?')}: sample {sample.get('__key__')}: {type(error).__name__}: {error}"
+    return _one_line(f"{sample.get('__url__', '?')}: sample {sample.get('__key__')}: {type(error).__name__}: {error}")
 
 
 # Marks the end of one pass over a slot's shards: the shuffle buffer empties itself before the
