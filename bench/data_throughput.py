@@ -63,8 +63,8 @@ from torch.utils.data import DataLoader
 from cvdist.data.converters import Sample, build_fashion_mnist_source
 from cvdist.data.decode import Decoder
 from cvdist.data.shard_writer import write_dataset_shards, write_split_shards
-from cvdist.data.stream import ShardSet, ShardStream
-from cvdist.data.tar_samples import iter_samples
+from cvdist.data.shard_sources import read_intact_shard
+from cvdist.data.stream import DataError, ShardSet, ShardStream
 from cvdist.data.transforms import build_transform
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -99,10 +99,9 @@ def _read_back(urls: list[str], image_ext: str) -> tuple[list[bytes], list[int]]
     """The image bytes and labels of the shards, read with cvdist's tar reader (the exact bytes)."""
     images, labels = [], []
     for url in urls:
-        with open(url, "rb") as stream:
-            for sample in iter_samples(stream):
-                images.append(sample[image_ext])
-                labels.append(int(sample["cls"]))
+        for sample in read_intact_shard(url):
+            images.append(sample[image_ext])
+            labels.append(int(sample["cls"]))
     return images, labels
 
 
@@ -264,19 +263,19 @@ def fast_decoder(data: BenchData) -> Optional[Callable]:
     from cvdist.data.fast_decode import FastDecoder
 
     mean, std = ([0.5], [0.5]) if data.grey else ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    return FastDecoder(mean=mean, std=std, grey=data.grey, train=True, **data.transform_options)
+    return FastDecoder(mean=mean, std=std, grey=data.grey, train=True, num_classes=len(data.class_counts),
+                       **data.transform_options)
 
 
 def check_same_output(data: BenchData, fast, reference, num_samples: int = 200) -> None:
     """FastDecoder must give Decoder's exact tensors under the same per-sample torch seed."""
-    with open(data.urls[0], "rb") as stream:
-        for index, sample in zip(range(num_samples), iter_samples(stream)):
-            torch.default_generator.manual_seed(index)
-            expected = reference(sample)
-            torch.default_generator.manual_seed(index)
-            got = fast(sample)
-            if not (torch.equal(expected[0], got[0]) and expected[1:] == got[1:]):
-                raise AssertionError(f"FastDecoder differs from Decoder on sample {sample['__key__']}")
+    for index, sample in zip(range(num_samples), read_intact_shard(data.urls[0])):
+        torch.default_generator.manual_seed(index)
+        expected = reference(sample)
+        torch.default_generator.manual_seed(index)
+        got = fast(sample)
+        if not (torch.equal(expected[0], got[0]) and expected[1:] == got[1:]):
+            raise AssertionError(f"FastDecoder differs from Decoder on sample {sample['__key__']}")
     print(f"  check: FastDecoder == Decoder (bitwise, same seeds) on {num_samples} {data.name} samples")
 
 
@@ -294,14 +293,15 @@ def bench_size(data: BenchData, worker_counts: list[int], rounds: int) -> dict:
     from torchvision.datasets import ImageFolder
 
     transform = data.transform()
+    reference = Decoder(transform, num_classes=len(data.class_counts))
     fast = fast_decoder(data)
     if fast is not None:
-        check_same_output(data, fast, Decoder(transform))
+        check_same_output(data, fast, reference)
     folder = ImageFolder(data.folder, transform=transform, loader=open_image)
     results: dict = {}
     for workers in worker_counts:
         rows: dict[str, Callable[[int], int]] = {
-            "cvdist": partial(run_cvdist, make_cvdist(data, workers, Decoder(transform))),
+            "cvdist": partial(run_cvdist, make_cvdist(data, workers, reference)),
             "webdataset": partial(run_webdataset, make_webdataset(data, transform), workers),
             "ImageFolder": partial(run_folder, folder, data.batch_size, workers),
             "ceiling": partial(run_ceiling, data, partial(decode_with_transform, transform), workers),
@@ -383,4 +383,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DataError as error:  # a damaged shard: one line, no traceback
+        raise SystemExit(f"data_throughput: error: {error}") from None

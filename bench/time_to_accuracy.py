@@ -48,12 +48,14 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
+
+from cvdist.data.shard_sources import read_intact_shard
+from cvdist.data.stream import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "supervised.py"
@@ -120,13 +122,8 @@ def write_image_folder(shards: Path, folder: Path) -> None:
     manifest = json.loads((shards / "manifest.json").read_text())
     for split, info in manifest["splits"].items():
         for shard in info["shards"]:
-            samples: dict[str, dict[str, bytes]] = {}
-            with tarfile.open(shards / shard["file"]) as tar:
-                for member in tar.getmembers():
-                    key, _, ext = member.name.rpartition(".")
-                    samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
-            for key, sample in samples.items():
-                target = folder / split / f"{int(sample['cls']):02d}" / f"{Path(key).name}.png"
+            for sample in read_intact_shard(str(shards / shard["file"])):  # cvdist's reader: damage is one line
+                target = folder / split / f"{int(sample['cls']):02d}" / f"{Path(sample['__key__']).name}.png"
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(sample["png"])
     (folder / ".complete").write_text("ok\n")
@@ -473,4 +470,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except DataError as error:  # a damaged shard: one line, no traceback
+        sys.exit(f"time_to_accuracy: error: {error}")

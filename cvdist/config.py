@@ -58,6 +58,12 @@ class DataConfig:
     """Class-aware re-sampling: ``instance``, ``class_balanced``, ``sqrt`` or ``progressive``."""
     max_corrupt: int = 100
     """Corrupt samples / shards a rank may skip per epoch before the run stops."""
+    max_member_bytes: int = 64 * 1024 * 1024
+    """Largest image / label member read from a shard; a larger one is a corrupt shard, refused
+    from its tar header before any byte of it is read (64 MiB)."""
+    max_image_pixels: int = 4096 * 4096
+    """Largest image decoded (width x height, read from the image header before decoding); a
+    larger one is a corrupt sample (16.8 megapixels: 48 MiB decoded as RGB)."""
     augment: Literal["none", "flip", "standard", "strong"] = "flip"
     """Augmentation preset for training: ``none``, ``flip``, ``standard``, ``strong``; the five
     options below override its defaults (None / empty = the preset's; see README "Augmentation")."""
@@ -302,7 +308,8 @@ def validate(config: RunConfig, *, world_size: int) -> None:
 
 _POSITIVE = ("data.global_batch_size", "optim.accum_steps", "optim.lr", "checkpoint.keep_last",
              "checkpoint.lock_stale_after_s", "tracking.log_every_steps", "model.num_classes", "model.in_channels",
-             "data.image_size", "data.eval_batch_size", "dist.timeout_s")
+             "data.image_size", "data.eval_batch_size", "dist.timeout_s", "data.max_member_bytes",
+             "data.max_image_pixels")
 _NON_NEGATIVE = ("data.num_workers", "data.num_samples", "data.shuffle_buffer", "data.max_corrupt",
                  "data.num_train_samples", "data.num_eval_samples", "train.max_steps", "train.epochs",
                  "train.eval_every_steps", "train.max_nonfinite_steps", "checkpoint.every_steps",

@@ -79,11 +79,11 @@ def test_photo_preset_uint8_batches_equal_float_path(tmp_path):
     source = write_shards(tmp_path, 2, 10, lambda i: ("jpg", image_bytes(i, (50, 40), "RGB", "JPEG")))
     transform = build_transform(preset="standard", image_size=24, mean=[0.485, 0.456, 0.406],
                                 std=[0.229, 0.224, 0.225], grey=False, train=True)
-    decoder = Decoder(transform)
+    decoder = Decoder(transform, num_classes=10)
     assert decoder.normaliser is not None
     want = batches(source, FloatOnly(decoder), 0)
     assert_same(batches(source, decoder, 0), want)
-    assert_same(batches(source, Decoder(transform), 1), want)  # through a worker process
+    assert_same(batches(source, Decoder(transform, num_classes=10), 1), want)  # through a worker process
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -91,8 +91,8 @@ def test_fast_decoder_uint8_batches_equal_float_path_and_resume(tmp_path, num_wo
     # Most images at the training size (the table path), some larger (Resize + CenterCrop path).
     source = write_shards(tmp_path, 4, 9, lambda i: ("png", image_bytes(i, (12, 12) if i % 5 else (16, 14), "L", "PNG")))
     options = dict(preset="flip", image_size=12, mean=[0.3], std=[0.7], grey=True, train=True)
-    fast = FastDecoder(**options)
-    want = batches(source, FloatOnly(Decoder(build_transform(**options))), num_workers)
+    fast = FastDecoder(num_classes=10, **options)
+    want = batches(source, FloatOnly(Decoder(build_transform(**options), num_classes=10)), num_workers)
     assert_same(batches(source, fast, num_workers), want)
     assert_same(batches(source, fast, num_workers, resume_after=3), want)
 
@@ -101,4 +101,4 @@ def test_multi_view_transforms_keep_the_float_path():
     from cvdist.data.transforms import build_multiview_transform
 
     transform = build_multiview_transform(image_size=8, mean=[0.5], std=[0.5], grey=True)
-    assert Decoder(transform).normaliser is None
+    assert Decoder(transform, num_classes=10).normaliser is None

@@ -29,10 +29,10 @@ def test_fast_decoder_matches_v2_path(grey, preset, train, size):
     channels = 1 if grey else 3
     mean, std = [0.3] * channels, [0.7] * channels
     options = dict(preset=preset, image_size=8, mean=mean, std=std, grey=grey, train=train)
-    fast = build_decoder(extra_label_keys=("coarse",), **options)
+    fast = build_decoder(extra_labels={"coarse": 4}, num_classes=10, **options)
     assert isinstance(fast, FastDecoder)
     fast = pickle.loads(pickle.dumps(fast))
-    reference = Decoder(build_transform(**options), ("coarse",))
+    reference = Decoder(build_transform(**options), num_classes=10, extra_labels={"coarse": 4})
     for index in range(40):
         shape = (size, size) if grey else (size, size, 3)
         pixels = rng.integers(0, 256, size=shape, dtype=np.uint8)
@@ -46,9 +46,10 @@ def test_fast_decoder_matches_v2_path(grey, preset, train, size):
 
 
 def test_other_presets_use_the_v2_decoder_and_bad_samples_raise():
-    decoder = build_decoder(preset="standard", image_size=8, mean=[0.5], std=[0.5], grey=True, train=True)
+    decoder = build_decoder(preset="standard", image_size=8, mean=[0.5], std=[0.5], grey=True, train=True,
+                            num_classes=10)
     assert isinstance(decoder, Decoder)
-    fast = build_decoder(preset="flip", image_size=8, mean=[0.5], std=[0.5], grey=True, train=True)
+    fast = build_decoder(preset="flip", image_size=8, mean=[0.5], std=[0.5], grey=True, train=True, num_classes=10)
     with pytest.raises(ValueError, match="no .cls label"):
         fast({"__key__": "x", "png": encoded(np.zeros((8, 8), np.uint8), "PNG")})
     with pytest.raises(Exception):

@@ -148,9 +148,9 @@ def test_unknown_builtin_or_manifest_label_is_a_clear_error(tmp_path):
                             num_epochs=1, aux_labels=("fine",))
     shards = fmnist_shards(tmp_path)
     data = DataConfig(train_shards=[str(shards)])
-    assert shard_aux_classes(data, ["coarse"]) == {"coarse": 4}
+    assert shard_aux_classes(data, ["coarse"], num_classes=10) == {"coarse": 4}
     with pytest.raises(ValueError, match=r"has no extra label 'colour' \(its manifest lists: coarse\)"):
-        shard_aux_classes(data, ["colour"])
+        shard_aux_classes(data, ["colour"], num_classes=10)
 
 
 def multi_scale_data(*, rank: int, world_size: int, batch_size: int, cache_dir) -> LongtailData:

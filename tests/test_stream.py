@@ -40,7 +40,7 @@ def write_uneven_shards(directory: Path, sizes: list[int], *, label_of=lambda i:
 def plain_decoder(augment: bool = False) -> Decoder:
     transform = build_transform(preset="flip" if augment else "none", image_size=8, mean=[0.0], std=[1.0],
                                 grey=True, train=True)
-    return Decoder(transform)
+    return Decoder(transform, num_classes=NUM_CLASSES)
 
 
 def make_stream(source: ShardSet, **overrides) -> ShardStream:

@@ -2,12 +2,15 @@
 
 ``cvdist.cli`` calls :func:`add_shards_commands`; the handlers only translate arguments into the
 keyword arguments of the library functions. User errors raise ValueError / FileNotFoundError,
-which ``cvdist.cli.main`` prints as one ``cvdist: error: ...`` line (exit status 2).
+which ``cvdist.cli.main`` prints as one ``cvdist: error: ...`` line (exit status 2); so does any
+other I/O error on the user's files (a permission, a full disk), through :func:`_one_line_errors`.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+from typing import Callable
 
 from cvdist.data.converters import build_cifar_source, build_fashion_mnist_source, build_folder_source
 from cvdist.data.longtail import write_longtail_shards
@@ -67,6 +70,20 @@ def _longtail(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``handler`` with OSErrors (unreadable inputs, unwritable outputs) turned into ValueError,
+    which the command line prints as one line."""
+    @functools.wraps(handler)
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except FileNotFoundError:
+            raise
+        except OSError as error:
+            raise ValueError(f"{error}; check the paths given to `cvdist shards {args.shards_command}`") from None
+    return wrapped
+
+
 def _add_output_options(parser: argparse.ArgumentParser, *, image_options: bool,
                         samples_per_shard_default: int | None = DEFAULT_SAMPLES_PER_SHARD) -> None:
     parser.add_argument("--out", required=True, help="output directory (shards + manifest.json); must not exist "
@@ -98,7 +115,7 @@ def add_shards_commands(subparsers: argparse._SubParsersAction) -> None:
     fashion.add_argument("--shuffle-seed", type=int, default=None, metavar="S",
                          help="write samples in a seeded random order (default: file order, already mixed)")
     _add_output_options(fashion, image_options=True)
-    fashion.set_defaults(handler=_fashion_mnist)
+    fashion.set_defaults(handler=_one_line_errors(_fashion_mnist))
 
     folder = commands.add_parser("folder", help="shards from an image folder tree root/<class>/<image>")
     folder.add_argument("--root", required=True, help="the tree of one split; classes = sub-directories sorted by name")
@@ -109,7 +126,7 @@ def add_shards_commands(subparsers: argparse._SubParsersAction) -> None:
                         help="seed of the write order, so each shard mixes classes (default: %(default)s)")
     folder.add_argument("--no-shuffle", action="store_true", help="write in sorted class/file order instead")
     _add_output_options(folder, image_options=True)
-    folder.set_defaults(handler=_folder)
+    folder.set_defaults(handler=_one_line_errors(_folder))
 
     cifar = commands.add_parser("cifar", help="shards from a CIFAR-10/100 python archive you already have")
     cifar.add_argument("--archive", required=True,
@@ -117,7 +134,7 @@ def add_shards_commands(subparsers: argparse._SubParsersAction) -> None:
     cifar.add_argument("--shuffle-seed", type=int, default=None, metavar="S",
                        help="write samples in a seeded random order (default: archive order, already mixed)")
     _add_output_options(cifar, image_options=True)
-    cifar.set_defaults(handler=_cifar)
+    cifar.set_defaults(handler=_one_line_errors(_cifar))
 
     longtail = commands.add_parser("longtail", help="a long-tailed train split from balanced shards (test copied)")
     longtail.add_argument("--source", required=True, help="a shard directory written by `cvdist shards`")
@@ -125,4 +142,4 @@ def add_shards_commands(subparsers: argparse._SubParsersAction) -> None:
                           help="head / tail sample ratio, e.g. 10 or 100")
     longtail.add_argument("--seed", type=int, required=True, help="selects which samples each class keeps")
     _add_output_options(longtail, image_options=False, samples_per_shard_default=None)
-    longtail.set_defaults(handler=_longtail)
+    longtail.set_defaults(handler=_one_line_errors(_longtail))

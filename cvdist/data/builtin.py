@@ -6,6 +6,8 @@ These serve the demo and the tests until a run points at WebDataset shards.
 from __future__ import annotations
 
 import gzip
+import math
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -26,17 +28,24 @@ _INSTALL_HINT = (
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (optionally gzip-compressed) into a uint8 array."""
+    """Read an IDX file (optionally gzip-compressed) into a uint8 array; ValueError (one line
+    naming the file) for a damaged or foreign file, a broken gzip stream included."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+        raise ValueError(f"{path} is not a readable gzip file ({error}); re-install or re-download it") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise ValueError(f"{path} is not an unsigned-byte IDX file")
     num_dims = data[3]
+    if len(data) < 4 + 4 * num_dims:
+        raise ValueError(f"{path} is truncated inside its IDX header")
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(num_dims))
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * num_dims)
-    if body.size != int(np.prod(shape)):
-        raise ValueError(f"{path} is truncated: expected {int(np.prod(shape))} values, found {body.size}")
+    if body.size != math.prod(shape):  # (math.prod: exact, where NumPy's product can overflow)
+        raise ValueError(f"{path} is truncated or damaged: its header says {math.prod(shape)} values, "
+                         f"it holds {body.size}")
     return body.reshape(shape)
 
 
@@ -53,6 +62,9 @@ def load_fashion_mnist(*, root: str | Path, split: str, num_samples: int = 0) ->
         raise ValueError(f"split={split!r} must be 'train' or 'test'")
     image_file, label_file = (_find_idx(Path(root), name) for name in _IDX_FILES[split])
     images, labels = read_idx(image_file), read_idx(label_file)
+    if images.ndim != 3 or labels.ndim != 1:
+        raise ValueError(f"{image_file} / {label_file} hold arrays of shapes {images.shape} / {labels.shape}; "
+                         "expected N x H x W images and N labels (not the Fashion-MNIST IDX files?)")
     if num_samples:
         images, labels = images[:num_samples], labels[:num_samples]
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from cvdist.data.builtin import FASHION_MNIST_CLASSES, load_fashion_mnist
+from cvdist.data.decode import DEFAULT_MAX_IMAGE_PIXELS
 
 # Coarse Fashion-MNIST groups. Dress is a one-piece garment; it goes with "tops" because it is
 # worn from the shoulders and its 28x28 silhouette (a long torso shape) looks like a coat or
@@ -31,8 +32,11 @@ FASHION_MNIST_COARSE_NAMES = ("tops", "bottoms", "footwear", "bags")
 FASHION_MNIST_COARSE = (0, 1, 0, 0, 0, 2, 0, 2, 3, 2)
 """Coarse label of each fine class, in ``FASHION_MNIST_CLASSES`` order."""
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
-"""Files of an image folder that are read; other files (README, .DS_Store, ...) are skipped."""
+FOLDER_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".gif": "GIF",
+                  ".tif": "TIFF", ".tiff": "TIFF", ".ppm": "PPM", ".pgm": "PPM"}
+"""Files of an image folder that are read, and the one PIL format each extension may hold;
+other files (README, .DS_Store, ...) are skipped."""
+IMAGE_EXTENSIONS = tuple(FOLDER_FORMATS)
 _PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
 
 
@@ -131,16 +135,22 @@ def _list_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
 
 
 def _read_folder_image(path: Path, label: int, image_format: str) -> Sample:
-    data = path.read_bytes()
+    # Any failure (unreadable file, wrong format, decompression bomb, damaged pixels, ...) is one
+    # ValueError naming the file: `cvdist shards` prints it as one line, never a traceback.
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data), formats=[FOLDER_FORMATS[path.suffix.lower()]]) as image:
+            if image.width * image.height > DEFAULT_MAX_IMAGE_PIXELS:
+                raise ValueError(f"{image.width} x {image.height} pixels, more than training reads "
+                                 f"(data.max_image_pixels' default {DEFAULT_MAX_IMAGE_PIXELS}); downscale it")
             image.load()  # decode fully: a truncated file must fail here, not in a training job
             if image.format == _PIL_FORMATS[image_format]:
                 # Already in the output format: keep the file's bytes (no second lossy encode).
                 return Sample(label=label, image_bytes=data)
             return Sample(label=label, pixels=np.asarray(_output_mode(image, image_format)))
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ValueError(f"cannot read image {path} ({error}); fix or remove the file") from None
+    except Exception as error:  # noqa: BLE001 - see above
+        raise ValueError(f"cannot read image {path} ({type(error).__name__}: {error}); "
+                         "fix or remove the file") from None
 
 
 def _output_mode(image: Image.Image, image_format: str) -> Image.Image:
@@ -223,7 +233,7 @@ def _unpickle_cifar(handle, where: str) -> dict:
     # members. The restricted unpickler above also refuses any global a CIFAR batch cannot contain.
     try:
         value = _CifarUnpickler(handle, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
+    except Exception as error:  # noqa: BLE001 - a damaged pickle fails in many ways; each is one line
         raise ValueError(f"{where} is not a CIFAR python batch ({error}); pass the original "
                          "cifar-10-python.tar.gz / cifar-100-python.tar.gz or its extracted directory") from None
     if not isinstance(value, dict):
@@ -263,8 +273,10 @@ def _read_cifar_tar(archive: Path) -> tuple[str, dict[str, dict]]:
                 name = Path(member.name).name
                 if member.isfile() and name in wanted and name not in files:
                     files[name] = _unpickle_cifar(tar.extractfile(member), f"{archive}:{member.name}")
-    except (tarfile.TarError, OSError, EOFError) as error:
-        detail = str(error).splitlines()[0].rstrip(":")  # tarfile lists every method it tried
+    except ValueError:
+        raise  # already one line naming the file (a damaged CIFAR batch inside the archive)
+    except Exception as error:  # noqa: BLE001 - tarfile / gzip / zlib errors of a damaged archive
+        detail = (str(error).splitlines() or [type(error).__name__])[0].rstrip(":")  # tarfile lists every method
         raise ValueError(f"{archive} is not a readable tar archive ({detail}); expected "
                          "cifar-10-python.tar.gz, cifar-100-python.tar.gz or an extracted directory") from None
     for kind, (_, meta, train, test) in _CIFAR_LAYOUTS.items():

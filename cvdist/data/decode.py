@@ -11,29 +11,84 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from dataclasses import KW_ONLY, dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from cvdist.data.tar_samples import IMAGE_EXTENSIONS
 
+DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
+"""Largest image decoded (``data.max_image_pixels``'s default): 16.8 megapixels, 48 MiB as RGB,
+above a 12-megapixel phone photo (4032 x 3024) and ~80x what a 224 px crop needs; a 13000 x 13000
+image (half a gigabyte decoded, per sample and per worker) is refused from its header."""
+PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
+"""The only decoder PIL may use for each image extension (``Image.open`` without ``formats=``
+tries every format it knows: EPS, which runs Ghostscript, and dozens of others)."""
 
-def unpack_sample(sample: dict, extra_label_keys: Sequence[str]) -> tuple[bytes, int, dict[str, int]]:
-    """The image bytes, the ``.cls`` label and the requested ``.json`` labels of a raw sample;
-    ValueError (a corrupt sample) when one is missing or malformed."""
-    image_bytes = next((sample[e] for e in IMAGE_EXTENSIONS if e in sample), None)
-    if image_bytes is None:
-        raise ValueError(f"sample {sample['__key__']} has no image member")
+
+@dataclass(frozen=True)
+class RawSample:
+    """What a raw shard sample holds, checked: its image (bytes and extension) and labels."""
+
+    image_bytes: bytes
+    image_extension: str
+    label: int
+    extras: dict[str, int]
+
+
+def _label(text: bytes, key: str, num_classes: int) -> int:
+    label = int(text)
+    if not 0 <= label < num_classes:
+        raise ValueError(f"sample {key} has label {label}, outside [0, model.num_classes={num_classes})")
+    return label
+
+
+def _extra_label(parsed: Any, name: str, num_classes: int, key: str) -> int:
+    value = parsed.get(name) if isinstance(parsed, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < num_classes:
+        raise ValueError(f"sample {key}: extra label {name!r} is {str(value)[:20]}, "
+                         f"expected an integer in [0, {num_classes})")
+    return value
+
+
+def unpack_sample(sample: dict, *, extra_labels: Mapping[str, int], num_classes: int) -> RawSample:
+    """The image, the ``.cls`` label (in ``[0, num_classes)``) and the ``.json`` labels named
+    in ``extra_labels`` (name -> number of classes; each in ``[0, classes)``) of a raw sample;
+    ValueError (a corrupt sample) when one is missing, malformed or out of range."""
+    key = sample["__key__"]
+    extension = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+    if extension is None:
+        raise ValueError(f"sample {key} has no image member")
     if "cls" not in sample:
-        raise ValueError(f"sample {sample['__key__']} has no .cls label")
-    label = int(sample["cls"])
+        raise ValueError(f"sample {key} has no .cls label")
     extras: dict[str, int] = {}
-    if extra_label_keys:
+    if extra_labels:
         parsed = json.loads(sample["json"]) if "json" in sample else {}
-        extras = {key: int(parsed[key]) for key in extra_label_keys}
-    return image_bytes, label, extras
+        extras = {name: _extra_label(parsed, name, classes, key) for name, classes in extra_labels.items()}
+    return RawSample(sample[extension], extension, _label(sample["cls"], key, num_classes), extras)
+
+
+def open_image(raw: RawSample, *, max_pixels: int, key: str) -> Image.Image:
+    """The image of ``raw``, opened (header read, pixels not decoded) with the one PIL format its
+    extension declares; ValueError above ``max_pixels`` pixels, before any pixel is decoded.
+    (PIL itself refuses images above ``2 * Image.MAX_IMAGE_PIXELS``, 179 megapixels, whatever
+    ``max_pixels`` says; that refusal is reported the same way.)"""
+    fmt = PIL_FORMATS[raw.image_extension]
+    try:
+        image = Image.open(io.BytesIO(raw.image_bytes), formats=[fmt])
+    except UnidentifiedImageError:
+        raise ValueError(f"sample {key}: its .{raw.image_extension} member is not a {fmt} image") from None
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"sample {key}: {error} (more than data.max_image_pixels={max_pixels} allows, "
+                         "or PIL's own limit)") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise ValueError(f"sample {key}: a {width} x {height} image, more than data.max_image_pixels={max_pixels} "
+                         "pixels (raise it if such images are intended)")
+    return image
 
 
 class BatchNormalise:
@@ -76,7 +131,13 @@ class Decoder:
     """
 
     transform: Callable[[Image.Image], Any]
-    extra_label_keys: Sequence[str] = ()
+    _: KW_ONLY
+    num_classes: int
+    """Labels outside ``[0, num_classes)`` make a sample corrupt."""
+    extra_labels: Mapping[str, int] = field(default_factory=dict)
+    """``.json`` labels decoded into the batches: name -> number of classes."""
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    """Larger images (from their header) make a sample corrupt."""
 
     def __post_init__(self):
         split = split_normalisation(self.transform)
@@ -90,7 +151,8 @@ class Decoder:
         return self._decode(sample, self.pixel_transform)
 
     def _decode(self, sample: dict, transform: Callable) -> tuple[Any, int, dict[str, int], str]:
-        image_bytes, label, extras = unpack_sample(sample, self.extra_label_keys)
-        with Image.open(io.BytesIO(image_bytes)) as image:
+        key = str(sample["__key__"])
+        raw = unpack_sample(sample, extra_labels=self.extra_labels, num_classes=self.num_classes)
+        with open_image(raw, max_pixels=self.max_image_pixels, key=key) as image:
             image.load()
-            return transform(image), label, extras, str(sample["__key__"])
+            return transform(image), raw.label, raw.extras, key

@@ -27,15 +27,14 @@ which would kill a DataLoader worker where the pipeline must skip and count the 
 
 from __future__ import annotations
 
-import io
-from typing import Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from PIL import Image
 from torchvision.transforms import v2
 
-from cvdist.data.decode import BatchNormalise, Decoder, split_normalisation, unpack_sample
+from cvdist.data.decode import (DEFAULT_MAX_IMAGE_PIXELS, BatchNormalise, Decoder, open_image, split_normalisation,
+                                unpack_sample)
 from cvdist.data.transforms import PRESET_DEFAULTS, build_transform
 
 FAST_PRESETS = ("none", "flip")
@@ -55,14 +54,17 @@ class FastDecoder:
     """Bytes -> (image tensor, label, extra labels, key), like ``Decoder(build_transform(...))``.
 
     Takes ``build_transform``'s options (``preset`` must be ``none`` or ``flip``) plus
-    ``extra_label_keys``; validation and error messages are ``build_transform``'s. Under the same
-    torch seed the output equals ``Decoder(build_transform(...), extra_label_keys)(sample)``
-    exactly. Picklable, so it runs in DataLoader workers.
+    :class:`~cvdist.data.decode.Decoder`'s ``num_classes``, ``extra_labels`` and
+    ``max_image_pixels`` (the same checks, before decoding); validation and error messages are
+    ``build_transform``'s. Under the same torch seed the output equals
+    ``Decoder(build_transform(...), num_classes=..., ...)(sample)`` exactly. Picklable, so it runs
+    in DataLoader workers.
     """
 
     def __init__(self, *, preset: str, image_size: int, mean: Sequence[float], std: Sequence[float], grey: bool,
-                 train: bool = True, hflip: Optional[float] = None, vflip: Optional[float] = None,
-                 extra_label_keys: Sequence[str] = ()):
+                 num_classes: int, train: bool = True, hflip: Optional[float] = None,
+                 vflip: Optional[float] = None, extra_labels: Optional[Mapping[str, int]] = None,
+                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
         if preset not in FAST_PRESETS:
             raise ValueError(f"preset={preset!r}: FastDecoder covers the presets {', '.join(FAST_PRESETS)}; "
                              "use cvdist.data.stream.Decoder (or build_decoder) for the others")
@@ -70,7 +72,8 @@ class FastDecoder:
         self.reference = build_transform(preset=preset, image_size=image_size, mean=mean, std=std, grey=grey,
                                          train=train, hflip=hflip, vflip=vflip)
         self.image_size, self.mode = image_size, "L" if grey else "RGB"
-        self.extra_label_keys = tuple(extra_label_keys)
+        self.extra_labels = dict(extra_labels or {})
+        self.num_classes, self.max_image_pixels = num_classes, max_image_pixels
         defaults = PRESET_DEFAULTS[preset]
         probabilities = [(2, defaults.get("hflip", 0.0) if hflip is None else hflip),   # width axis of C x H x W
                          (1, defaults.get("vflip", 0.0) if vflip is None else vflip)]   # height axis
@@ -91,9 +94,10 @@ class FastDecoder:
         return self._decode(sample, normalise=False)
 
     def _decode(self, sample: dict, normalise: bool) -> tuple[torch.Tensor, int, dict[str, int], str]:
-        image_bytes, label, extras = unpack_sample(sample, self.extra_label_keys)
         key = str(sample["__key__"])
-        with Image.open(io.BytesIO(image_bytes)) as image:
+        raw = unpack_sample(sample, extra_labels=self.extra_labels, num_classes=self.num_classes)
+        label, extras = raw.label, raw.extras
+        with open_image(raw, max_pixels=self.max_image_pixels, key=key) as image:  # the cap before decoding
             image.load()
             if image.size != (self.image_size, self.image_size):  # needs Resize / CenterCrop: v2's path
                 return (self.reference if normalise else self.reference_pixels)(image), label, extras, key
@@ -117,13 +121,17 @@ class FastDecoder:
 
 
 def build_decoder(*, preset: str, image_size: int, mean: Sequence[float], std: Sequence[float], grey: bool,
-                  train: bool, extra_label_keys: Sequence[str] = (), **options) -> Union[FastDecoder, Decoder]:
+                  train: bool, num_classes: int, extra_labels: Optional[Mapping[str, int]] = None,
+                  max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, **options) -> Union[FastDecoder, Decoder]:
     """The fastest decoder for these ``build_transform`` options (``hflip``, ``vflip``, ...):
     :class:`FastDecoder` for the ``none`` / ``flip`` presets, else ``Decoder(build_transform(...))``.
-    Both give the same tensors under the same torch seed."""
+    Both give the same tensors under the same torch seed, and refuse the same samples (labels
+    outside ``[0, num_classes)``, images above ``max_image_pixels``)."""
     transform = build_transform(preset=preset, image_size=image_size, mean=mean, std=std, grey=grey, train=train,
                                 **options)  # validates every option, whichever decoder is returned
     if preset in FAST_PRESETS:
         return FastDecoder(preset=preset, image_size=image_size, mean=mean, std=std, grey=grey, train=train,
-                           hflip=options.get("hflip"), vflip=options.get("vflip"), extra_label_keys=extra_label_keys)
-    return Decoder(transform, tuple(extra_label_keys))
+                           hflip=options.get("hflip"), vflip=options.get("vflip"), num_classes=num_classes,
+                           extra_labels=extra_labels, max_image_pixels=max_image_pixels)
+    return Decoder(transform, num_classes=num_classes, extra_labels=dict(extra_labels or {}),
+                   max_image_pixels=max_image_pixels)

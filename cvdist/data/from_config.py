@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 from cvdist.config import ConfigError, DataConfig
 from cvdist.data.builtin_shards import BuiltinSpec, builtin_shard_dir
@@ -62,39 +62,49 @@ class LabelledData:
 
 def build_labelled_data(data: DataConfig, *, in_channels: int, num_classes: int, rank: int, world_size: int,
                         micro_batch_size: int, seed: int, num_epochs: int,
-                        extra_label_keys: tuple[str, ...] = ()) -> LabelledData:
+                        extra_labels: Optional[Mapping[str, int]] = None) -> LabelledData:
     """The training stream and evaluation batches ``data`` describes, for this rank (the built-in
-    set when ``data.train_shards`` is empty, see :func:`with_builtin_shards`)."""
+    set when ``data.train_shards`` is empty, see :func:`with_builtin_shards`); ``extra_labels``
+    (name -> number of classes) are the ``.json`` labels decoded into the batches."""
     augmentation_options(data)  # a ConfigError before the built-in set is written
     data = with_builtin_shards(data, num_classes=num_classes, in_channels=in_channels, seed=seed)
-    return _from_shards(data, in_channels=in_channels, rank=rank, world_size=world_size,
+    return _from_shards(data, in_channels=in_channels, num_classes=num_classes, rank=rank, world_size=world_size,
                         micro_batch_size=micro_batch_size, seed=seed, num_epochs=num_epochs,
-                        extra_label_keys=extra_label_keys)
+                        extra_labels=dict(extra_labels or {}))
 
 
-def _from_shards(data: DataConfig, *, in_channels: int, rank: int, world_size: int, micro_batch_size: int,
-                 seed: int, num_epochs: int, extra_label_keys: tuple[str, ...]) -> LabelledData:
+def resolve_config_source(data: DataConfig, spec: str, *, split: str, num_classes: int):
+    """:func:`resolve_source` with ``data``'s limits: ``(ShardSet, Manifest or None)``; a manifest
+    must list ``num_classes`` classes (one check for every recipe)."""
+    return resolve_source(spec, split=split, num_classes=num_classes, max_corrupt=data.max_corrupt,
+                          max_member_bytes=data.max_member_bytes, allow_pipe=data.allow_pipe)
+
+
+def _from_shards(data: DataConfig, *, in_channels: int, num_classes: int, rank: int, world_size: int,
+                 micro_batch_size: int, seed: int, num_epochs: int, extra_labels: dict[str, int]) -> LabelledData:
     # The fast decoder where the preset allows (none / flip): same tensors, ~2.5x the throughput.
-    train_decoder = build_decoder(preset=data.augment, train=True, extra_label_keys=extra_label_keys,
+    train_decoder = build_decoder(preset=data.augment, train=True, extra_labels=extra_labels,
                                   image_size=data.image_size, mean=data.mean, std=data.std, grey=in_channels == 1,
+                                  num_classes=num_classes, max_image_pixels=data.max_image_pixels,
                                   **augmentation_options(data))
     multi_scale = _multi_scale(data, seed)
     stream, manifests = build_train_stream(
         shards=data.train_shards, weights=data.train_weights, split=data.train_split, rank=rank,
         world_size=world_size, num_workers=data.num_workers, batch_size=micro_batch_size, seed=seed,
         decoder=train_decoder, shuffle_buffer=data.shuffle_buffer, num_samples=data.num_samples,
-        sampling=data.sampling, num_epochs=num_epochs, max_corrupt=data.max_corrupt, multi_scale=multi_scale,
-        allow_pipe=data.allow_pipe)
+        sampling=data.sampling, num_epochs=num_epochs, max_corrupt=data.max_corrupt, num_classes=num_classes,
+        max_member_bytes=data.max_member_bytes, multi_scale=multi_scale, allow_pipe=data.allow_pipe)
     first_manifest = manifests[0]
     if data.eval_shards:
-        eval_source, _ = resolve_source(data.eval_shards, split=data.eval_split, allow_pipe=data.allow_pipe)
+        eval_source, _ = resolve_config_source(data, data.eval_shards, split=data.eval_split, num_classes=num_classes)
     elif first_manifest is not None:
-        eval_source, _ = resolve_source(data.train_shards[0], split=data.eval_split, allow_pipe=data.allow_pipe)
+        eval_source, _ = resolve_config_source(data, data.train_shards[0], split=data.eval_split,
+                                               num_classes=num_classes)
     else:
         raise ValueError("data.eval_shards is empty and the first training source has no manifest to take "
                          "the evaluation split from; set data.eval_shards")
-    eval_batches = plain_batches(eval_source, data, in_channels=in_channels, rank=rank, world_size=world_size,
-                                 extra_label_keys=extra_label_keys)
+    eval_batches = plain_batches(eval_source, data, in_channels=in_channels, num_classes=num_classes, rank=rank,
+                                 world_size=world_size, extra_labels=extra_labels)
     return LabelledData(train=stream, eval_batches=eval_batches,
                         class_counts=stream.sources[0].class_counts if len(stream.sources) == 1 else None,
                         class_names=list(first_manifest.class_names) if first_manifest else None)
@@ -111,17 +121,21 @@ def build_bank_batches(data: DataConfig, *, in_channels: int, num_classes: int, 
     rank's share: the first ``bank_size`` samples (0 = all) of ``data.train_split`` of the first
     training source (the built-in set's training split when there are no shards)."""
     data = with_builtin_shards(data, num_classes=num_classes, in_channels=in_channels, seed=seed)
-    source, _ = resolve_source(data.train_shards[0], split=data.train_split, allow_pipe=data.allow_pipe)
+    source, _ = resolve_config_source(data, data.train_shards[0], split=data.train_split, num_classes=num_classes)
     if bank_size:
         source = limit_samples(source, bank_size)
-    return plain_batches(source, data, in_channels=in_channels, rank=rank, world_size=world_size)
+    return plain_batches(source, data, in_channels=in_channels, num_classes=num_classes, rank=rank,
+                         world_size=world_size)
 
 
-def plain_batches(source: ShardSet, data: DataConfig, *, in_channels: int, rank: int, world_size: int,
-                  extra_label_keys: Sequence[str] = ()) -> Callable[[], Iterator[dict]]:
+def plain_batches(source: ShardSet, data: DataConfig, *, in_channels: int, num_classes: int, rank: int,
+                  world_size: int, extra_labels: Optional[Mapping[str, int]] = None) -> Callable[[], Iterator[dict]]:
     """Fresh passes over this rank's share of ``source`` without augmentation, in batches of
-    ``data.eval_batch_size`` with a ``valid`` mask: the evaluation, held-out and kNN-bank reader."""
+    ``data.eval_batch_size`` with a ``valid`` mask: the evaluation, held-out and kNN-bank reader
+    (corrupt data skipped and counted up to ``data.max_corrupt``, labels in ``[0, num_classes)``)."""
     decoder = build_decoder(preset="none", train=False, image_size=data.image_size, mean=data.mean, std=data.std,
-                            grey=in_channels == 1, extra_label_keys=tuple(extra_label_keys))
+                            grey=in_channels == 1, extra_labels=extra_labels, num_classes=num_classes,
+                            max_image_pixels=data.max_image_pixels)
     return lambda: iterate_eval_shards(source, rank=rank, world_size=world_size, batch_size=data.eval_batch_size,
-                                       decoder=decoder)
+                                       decoder=decoder, max_corrupt=data.max_corrupt,
+                                       max_member_bytes=data.max_member_bytes)

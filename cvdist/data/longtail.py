@@ -15,8 +15,9 @@ order with their source keys and their original image bytes (nothing is re-encod
 (``test``, ...) are copied byte for byte, so evaluation stays balanced.
 
 Source shards are read by the one tar reader (``cvdist.data.tar_samples``): only the image, ``.cls`` and
-``.json`` members, and
-nothing is ever unpickled; any other member is refused.
+``.json`` members, and nothing is ever unpickled; any other member is refused. A damaged source
+shard (tar, label or ``.json``) stops the command with one line naming the shard; nothing is
+written (the output directory appears only when complete).
 """
 
 from __future__ import annotations
@@ -90,14 +91,14 @@ def _shard_members(path: Path, image_format: str, *, read_images: bool) -> Itera
                     members[ext] = data
             if key is not None:
                 yield key, members
-    except CorruptShard as error:
+    except (CorruptShard, OSError) as error:
         raise ValueError(f"source shard {path} is not a readable tar file ({error}); re-write the source") from None
 
 
 def _label(path: Path, key: str, members: dict[str, bytes], num_classes: int) -> int:
     text = members.get("cls", b"").decode("ascii", errors="replace").strip()
-    if not text.isdigit() or int(text) >= num_classes:
-        raise ValueError(f"source shard {path}: sample {key} has label {text!r}; "
+    if not (text.isascii() and text.isdigit()) or len(text) > 18 or int(text) >= num_classes:
+        raise ValueError(f"source shard {path}: sample {key} has label {text[:20]!r}; "
                          f"expected an integer in 0..{num_classes - 1}")
     return int(text)
 
@@ -126,12 +127,19 @@ def _selected_samples(source: Manifest, selected: Sequence[int]) -> Iterator[Sam
             if index in wanted:
                 if source.image_format not in members:
                     raise ValueError(f"source shard {path}: sample {key} has no .{source.image_format} image")
-                extras = json.loads(members["json"]) if "json" in members else {}
+                extras = _extras(path, key, members)
                 if not isinstance(extras, dict):
                     raise ValueError(f"source shard {path}: {key}.json is not a JSON object")
                 yield Sample(label=_label(path, key, members, source.num_classes), key=key,
                              image_bytes=members[source.image_format], extras=extras)
             index += 1
+
+
+def _extras(path: Path, key: str, members: dict[str, bytes]):
+    try:
+        return json.loads(members["json"]) if "json" in members else {}
+    except Exception as error:  # noqa: BLE001 - bad UTF-8, bad JSON, nesting too deep: all one line
+        raise ValueError(f"source shard {path}: {key}.json is not valid JSON ({type(error).__name__})") from None
 
 
 def _kept_per_class(source: Manifest, imbalance_factor: float) -> list[int]:

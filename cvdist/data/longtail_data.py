@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from cvdist.config import DataConfig
-from cvdist.data.from_config import build_labelled_data, plain_batches, with_builtin_shards
-from cvdist.data.shard_sources import resolve_source
+from cvdist.data.from_config import build_labelled_data, plain_batches, resolve_config_source, with_builtin_shards
 
 
 @dataclass
@@ -43,12 +42,12 @@ class LongtailData:
     """Multi-task labels in the batches -> their number of classes."""
 
 
-def shard_aux_classes(data: DataConfig, aux_labels: Sequence[str]) -> dict[str, int]:
+def shard_aux_classes(data: DataConfig, aux_labels: Sequence[str], *, num_classes: int) -> dict[str, int]:
     """``{name: number of classes}`` of the extra labels ``aux_labels`` from the manifest of the
-    first training source; ValueError naming what is missing."""
+    first training source (of ``num_classes`` classes); ValueError naming what is missing."""
     if not aux_labels:
         return {}
-    _, manifest = resolve_source(data.train_shards[0], split=data.train_split, allow_pipe=data.allow_pipe)
+    _, manifest = resolve_config_source(data, data.train_shards[0], split=data.train_split, num_classes=num_classes)
     if manifest is None:
         raise ValueError(f"multitask.labels needs the extra labels' classes from a manifest, but "
                          f"{data.train_shards[0]} has none; give a shard directory written by `cvdist shards`")
@@ -71,17 +70,15 @@ def build_longtail_data(data: DataConfig, *, num_classes: int, in_channels: int,
         data = with_builtin_shards(data, num_classes=num_classes, in_channels=in_channels, seed=seed,
                                    holdout_per_class=holdout_per_class)
         holdout_shards, holdout_split = "", "val"
-    aux_classes = shard_aux_classes(data, aux_labels)
+    aux_classes = shard_aux_classes(data, aux_labels, num_classes=num_classes)
     labelled = build_labelled_data(data, in_channels=in_channels, num_classes=num_classes, rank=rank,
                                    world_size=world_size, micro_batch_size=micro_batch_size, seed=seed,
-                                   num_epochs=num_epochs, extra_label_keys=tuple(aux_labels))
+                                   num_epochs=num_epochs, extra_labels=aux_classes)
     counts = labelled.class_counts
     if counts is None:
         raise ValueError("long-tail losses and metrics need the training class counts, known for one "
                          "data.train_shards source; use a single source (with a manifest or local shards)")
-    if len(counts) > num_classes:
-        raise ValueError(f"the training data has {len(counts)} classes but model.num_classes={num_classes}")
-    counts = list(counts) + [0] * (num_classes - len(counts))
+    counts = list(counts)  # num_classes entries: build_labelled_data checked the classes against the data
     holdout = None
     if need_holdout:
         spec = holdout_shards or data.train_shards[0]
@@ -89,11 +86,11 @@ def build_longtail_data(data: DataConfig, *, num_classes: int, in_channels: int,
             raise ValueError(f"longtail.holdout_split={holdout_split!r} of {spec} is the evaluation (test) split; "
                              "tau must be chosen on held-out training data: give another split or holdout_shards")
         try:
-            source, _ = resolve_source(spec, split=holdout_split, allow_pipe=data.allow_pipe)
+            source, _ = resolve_config_source(data, spec, split=holdout_split, num_classes=num_classes)
         except ValueError as error:
             raise ValueError(f"longtail.tau_norm needs a held-out split: {error}. Write one (e.g. `cvdist shards "
                              "folder --split-name val`) or set longtail.holdout_shards / longtail.holdout_split") from None
-        holdout = plain_batches(source, data, in_channels=in_channels, rank=rank, world_size=world_size,
-                                extra_label_keys=aux_labels)
+        holdout = plain_batches(source, data, in_channels=in_channels, num_classes=num_classes, rank=rank,
+                                world_size=world_size, extra_labels=aux_classes)
     return LongtailData(train=labelled.train, eval_batches=labelled.eval_batches, holdout_batches=holdout,
                         class_counts=counts, class_names=labelled.class_names, aux_classes=aux_classes)

@@ -8,9 +8,10 @@ Per reader slot (one DataLoader worker of one rank, see :mod:`cvdist.data.shardi
 Everything random is seeded from ``(seed, epoch, slot)`` and, for augmentation, from the
 sample's position in the slot's stream, so a resumed run rebuilds the exact stream and skips the
 consumed part without decoding it: the continuation equals the uninterrupted run's remainder.
-Corrupt data (an undecodable image, a missing or bad label, a truncated tar, a shard that cannot
-be opened) is skipped and counted; more than ``max_corrupt`` events in an epoch on a rank stop
-the run with :class:`DataError`.
+Corrupt data (an undecodable or oversized image, a missing or out-of-range label, a damaged or
+truncated tar, an oversized member, a shard that cannot be opened) is skipped and counted, with the
+shard named; no exception of any kind raised while reading or decoding a sample leaves a worker.
+More than ``max_corrupt`` events in an epoch on a rank stop the run with :class:`DataError`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from cvdist.data.decode import Decoder
 from cvdist.data.resampling import repeat_factors
 from cvdist.data.sharding import EpochPlan, SlotPlan, consumed_per_worker, plan_epoch
-from cvdist.data.tar_samples import CorruptShard, iter_samples
+from cvdist.data.tar_samples import DEFAULT_MAX_MEMBER_BYTES, iter_samples
 from cvdist.redact import redact_text
 
 
@@ -65,13 +66,29 @@ def _open_shard(url: str):
     return gopen(url, "rb")
 
 
-def read_shard_samples(url: str, errors: list[str]) -> Iterator[dict]:
-    """Raw samples of one shard; opening or reading errors are appended to ``errors``."""
+def read_shard_samples(url: str, errors: list[str], *,
+                       max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[dict]:
+    """Raw samples of one shard, each with its ``__url__``; any error while opening or reading it
+    (a damaged tar, an I/O error, a failing ``pipe:`` command, ...) ends the shard and is appended
+    to ``errors`` with the shard named: a damaged file is counted, never a crash."""
     try:
         with _open_shard(url) as stream:
-            yield from iter_samples(stream)
-    except (CorruptShard, OSError, ValueError) as error:
-        errors.append(redact_text(f"{url}: {error}"))  # the URL and the opener's command may hold credentials
+            for sample in iter_samples(stream, max_member_bytes=max_member_bytes):
+                sample["__url__"] = url
+                yield sample
+    except Exception as error:  # noqa: BLE001 - whatever the damage, this shard ends here, counted
+        errors.append(_one_line(f"{url}: {type(error).__name__}: {error}"))
+
+
+def _one_line(text: str) -> str:
+    # Member names come from the shard: a newline in one must not split a log line or an error.
+    # Shard URLs and pipe: commands may hold credentials: redacted here, where every error line is made.
+    return redact_text(text.replace("\r", "\\r").replace("\n", "\\n"))
+
+
+def describe_sample_error(sample: dict, error: BaseException) -> str:
+    """One line naming the shard and sample a decoding error came from, and the error."""
+    return _one_line(f"{sample.get('__url__', '?')}: sample {sample.get('__key__')}: {type(error).__name__}: {error}")
 
 
 # Marks the end of one pass over a slot's shards: the shuffle buffer empties itself before the
@@ -79,7 +96,7 @@ def read_shard_samples(url: str, errors: list[str]) -> Iterator[dict]:
 PASS_END: dict = {"__key__": "__pass_end__"}
 
 
-def _slot_samples(shard_set: ShardSet, slot: SlotPlan, errors: list[str]) -> Iterator[dict]:
+def _slot_samples(shard_set: ShardSet, slot: SlotPlan, errors: list[str], max_member_bytes: int) -> Iterator[dict]:
     """Raw samples of one source for one slot, in plan order, cycling through the shards until
     the consumer stops. A planned slot only reaches a second pass when samples were lost to
     corrupt data; then a few samples repeat rather than the epoch coming up short, which
@@ -87,11 +104,11 @@ def _slot_samples(shard_set: ShardSet, slot: SlotPlan, errors: list[str]) -> Ite
     while True:
         yielded, position = 0, 0
         for shard in slot.shard_indices:
-            for sample in read_shard_samples(shard_set.urls[shard], errors):
+            for sample in read_shard_samples(shard_set.urls[shard], errors, max_member_bytes=max_member_bytes):
                 yielded += 1
                 yield sample
         for shard in slot.shared_indices:
-            for sample in read_shard_samples(shard_set.urls[shard], errors):
+            for sample in read_shard_samples(shard_set.urls[shard], errors, max_member_bytes=max_member_bytes):
                 if position % slot.sample_stride == slot.sample_offset:
                     yielded += 1
                     yield sample
@@ -115,8 +132,10 @@ def _repeated(samples: Iterator[dict], factors: list[float], rng: random.Random)
             continue
         try:
             label = int(sample["cls"])
-            factor = factors[label]
-        except (KeyError, ValueError, IndexError):
+            factor = factors[label] if label >= 0 else None  # (a negative index would pick another class)
+        except (KeyError, ValueError, IndexError, TypeError):
+            factor = None
+        if factor is None:
             yield sample  # the decoder counts it as corrupt
             continue
         repeats = int(factor) + (1 if rng.random() < factor - int(factor) else 0)
@@ -192,8 +211,9 @@ class ShardDataset(IterableDataset):
     """Worker side of :class:`ShardStream` (configured per epoch by it)."""
 
     def __init__(self, *, sources: list[ShardSet], rank: int, num_workers: int, batch_size: int, seed: int,
-                 shuffle_buffer: int, decoder: Decoder):
+                 shuffle_buffer: int, decoder: Decoder, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES):
         self.sources, self.rank, self.num_workers = sources, rank, max(num_workers, 1)
+        self.max_member_bytes = max_member_bytes
         self.batch_size, self.seed, self.shuffle_buffer, self.decoder = batch_size, seed, shuffle_buffer, decoder
         self.setup: Optional[_EpochSetup] = None
 
@@ -205,8 +225,8 @@ class ShardDataset(IterableDataset):
         tag = f"{self.seed}:{setup.epoch}:{slot}"
         errors: list[str] = []
         streams = [
-            _resampled(_slot_samples(source, plan.slots[slot], errors), factors, random.Random(f"resample:{tag}:{i}"),
-                       errors)
+            _resampled(_slot_samples(source, plan.slots[slot], errors, self.max_member_bytes), factors,
+                       random.Random(f"resample:{tag}:{i}"), errors)
             for i, (source, plan, factors) in enumerate(zip(self.sources, setup.plans, setup.factors))
         ]
         mixed = _mixed(streams, [s.weight for s in self.sources], random.Random(f"mix:{tag}"))
@@ -227,8 +247,8 @@ class ShardDataset(IterableDataset):
             torch.default_generator.manual_seed(hash((self.seed, setup.epoch, slot, consumed)) % (2**63))
             try:
                 items.append(decode(sample))
-            except Exception as error:  # any decode failure is a corrupt sample
-                errors.append(f"{sample.get('__key__')}: {type(error).__name__}: {error}")
+            except Exception as error:  # noqa: BLE001 - any decode failure is a corrupt sample
+                errors.append(describe_sample_error(sample, error))
             if len(items) == self.batch_size:
                 remaining -= 1
                 yield collate_samples(items), SlotProgress(worker, consumed, len(errors), errors[reported:])
@@ -256,7 +276,8 @@ class ShardStream:
     def __init__(self, *, sources: list[ShardSet], rank: int, world_size: int, num_workers: int, batch_size: int,
                  seed: int, decoder: Decoder, shuffle: bool = True, shuffle_buffer: int = 1000,
                  num_samples: Optional[int] = None, sampling: str = "instance", num_epochs: int = 1,
-                 max_corrupt: int = 100, multi_scale: Any = None, pin_memory: bool = False):
+                 max_corrupt: int = 100, multi_scale: Any = None, pin_memory: bool = False,
+                 max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES):
         if not sources:
             raise ValueError("no data sources given")
         if sampling != "instance" and any(s.class_counts is None for s in sources):
@@ -269,7 +290,8 @@ class ShardStream:
         self.shuffle, self.num_samples, self.sampling, self.num_epochs = shuffle, num_samples, sampling, num_epochs
         self.max_corrupt, self.multi_scale, self.pin_memory = max_corrupt, multi_scale, pin_memory
         self.dataset = ShardDataset(sources=sources, rank=rank, num_workers=num_workers, batch_size=batch_size,
-                                    seed=seed, shuffle_buffer=shuffle_buffer if shuffle else 0, decoder=decoder)
+                                    seed=seed, shuffle_buffer=shuffle_buffer if shuffle else 0, decoder=decoder,
+                                    max_member_bytes=max_member_bytes)
         self._logical_workers = max(num_workers, 1)
         self._position = {"epoch": 0, "batch": 0, "consumed": [0] * self._logical_workers, "corrupt": 0}
         self._resume: Optional[dict] = None
@@ -347,7 +369,7 @@ class ShardStream:
 
     def _note_corrupt(self, messages: list[str], epoch_total: int) -> None:
         for message in messages:
-            print(f"[cvdist] rank {self.rank}: skipped corrupt data: {redact_text(message)}", flush=True)
+            print(f"[cvdist] rank {self.rank}: skipped corrupt data: {message}", flush=True)
         self.total_corrupt += len(messages)
         self._position["corrupt"] = epoch_total
         if epoch_total > self.max_corrupt:
