@@ -1,7 +1,8 @@
 """End-to-end runs of recipes/pretrain_contrastive.py: a 2-process DDP SimCLR run on Fashion-MNIST
 whose kNN top-1 beats the same backbone at random initialisation and whose trunk transfers into
-recipes/longtail.py; a single-process MoCo v3 run killed after a checkpoint resumes exactly
-(momentum encoder and view draws included); a 2-process ZeRO-2 triplet run."""
+recipes/longtail.py; single-process MoCo v3, BYOL and DINO (multi-crop) runs killed after a
+checkpoint resume exactly (momentum encoder, DINO's center, schedules and view draws included); a
+2-process ZeRO-2 triplet run."""
 
 from __future__ import annotations
 
@@ -75,11 +76,21 @@ def test_ddp_simclr_beats_random_init_on_knn_and_transfers(tmp_path):
     assert f"loaded trunk weights from {run_dir} (new head '9')" in result.stdout
 
 
+RESUMED_METHODS = {
+    "moco_v3": ["ssl.method=moco_v3"],
+    "byol": ["--config", "recipes/pretrain_byol.yaml"],
+    # multi-crop: 2 local crops of 12 px; the teacher temperature still warming up at the kill
+    "dino": ["--config", "recipes/pretrain_dino.yaml", "ssl.num_local_crops=2",
+             "ssl.dino_num_prototypes=64", "ssl.dino_bottleneck_dim=16", "ssl.dino_teacher_warmup_steps=6"],
+}
+
+
 @slow
-def test_moco_v3_resumes_exactly_after_a_kill(tmp_path):
+@pytest.mark.parametrize("method", sorted(RESUMED_METHODS))
+def test_momentum_methods_resume_exactly_after_a_kill(tmp_path, method):
     from tests.helpers.runs import run_killed_after_checkpoint
 
-    args = [*TINY, *QUIET, "ssl.method=moco_v3", "train.max_steps=8",
+    args = [*RESUMED_METHODS[method], *TINY, *QUIET, "train.max_steps=8",
             "train.eval_every_steps=4", "checkpoint.every_steps=4", f"output_dir={tmp_path}"]
     run_recipe([*args, "name=straight"], script=SCRIPT)
     run_killed_after_checkpoint([*args, "name=resumed"], nproc=1, step=4, marker=tmp_path / "marker",
@@ -95,6 +106,10 @@ def test_moco_v3_resumes_exactly_after_a_kill(tmp_path):
     straight_weights = consolidated_state_dict(tmp_path / "straight")
     resumed_weights = consolidated_state_dict(tmp_path / "resumed")
     assert any(".momentum_trunk." in key for key in straight_weights)
+    if method == "dino":  # the center is state, and it moved
+        center = [key for key in straight_weights if key.endswith(".center")]
+        assert len(center) == 1 and straight_weights[center[0]].abs().sum() > 0
+        assert [r["train/teacher_temperature"] for r in resumed if r["step"] == 5] == [pytest.approx(0.06)]
     assert straight_weights.keys() == resumed_weights.keys()
     for key, value in straight_weights.items():
         assert torch.equal(value, resumed_weights[key]), key
