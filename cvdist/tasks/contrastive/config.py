@@ -37,6 +37,9 @@ class SSLConfig:
     """Linear layers of the projection MLP (BN + ReLU between them)."""
     prediction_hidden_dim: int = 512
     """moco_v3: hidden width of the predictor."""
+    lr_scaling: Literal["none", "linear"] = "none"
+    """``linear``: the optimiser's LR is ``optim.lr * data.global_batch_size / 256`` (the papers'
+    rule for large batches, e.g. with ``optim.name=lars``); ``none``: ``optim.lr`` as given."""
     momentum: float = 0.99
     """moco_v3, byol, dino: base momentum of the momentum encoder, raised to 1 along a half cosine over the run."""
     num_local_crops: int = 0
