@@ -90,3 +90,16 @@ def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="ssl.barlow_lambda=-1"):
         _config(["ssl.method=barlow_twins", "ssl.barlow_lambda=-1"])
     assert Path(RECIPE_YAML).exists()
+
+
+@pytest.mark.parametrize("backbone", ["vit_micro", "small_resnet"])
+def test_dino_with_multi_crop_on_a_vit_and_a_resnet(backbone):
+    # the ViT's 4 px patches tile the 12 px local crops (3 x 3) as well as the 28 px global views
+    config = _config(["--config", str(REPO / "recipes" / "pretrain_dino.yaml"), *SMALL, f"model.name={backbone}"])
+    torch.manual_seed(0)
+    model = build_contrastive_model(config)
+    step = ContrastiveStep(model=model, ssl=config.ssl, data=config.data, seed=0, rank=0, world_size=1)
+    images = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    loss, _ = step(model, {"image": images}, Progress(step=0, micro_batch=0, epoch=0, total_steps=4))
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in model.trunk.parameters())
