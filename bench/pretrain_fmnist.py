@@ -11,7 +11,8 @@ Chain (every training run is a real recipe subprocess, ``torchrun --standalone -
 1. ``cvdist shards fashion-mnist --limit N`` (the first N images of each split; kept under
    ``--data`` and reused when its manifest exists);
 2. ``recipes/pretrain_contrastive.py`` (SimCLR, NT-Xent with negatives from all ranks, the
-   recipe's YAML defaults otherwise), ``recipes/pretrain_autoencoder.py`` (conv autoencoder, MSE)
+   recipe's YAML defaults otherwise; MoCo v3; BYOL, SimSiam, DINO, VICReg and Barlow Twins with
+   their variant YAMLs), ``recipes/pretrain_autoencoder.py`` (conv autoencoder, MSE)
    and ``recipes/supervised.py`` (cross-entropy, its YAML's SGD): the same ``small_cnn``, the same
    ``--steps`` optimiser steps at the same global batch ``--batch-size``, seed 0, warmup over the
    first tenth of the steps then cosine (the YAMLs' 50 warmup steps would outlast a 30-step budget);
@@ -39,11 +40,17 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "pretrain_fmnist.md"
 QUICK = {"limit": 4000, "steps": 30, "batch_size": 256, "probe_epochs": 50}
 FULL = {"limit": 20000, "steps": 200, "batch_size": 256, "probe_epochs": 100}
-METHODS = {  # row label -> recipe script and its extra overrides
-    "SimCLR (contrastive)": ("pretrain_contrastive.py", ["ssl.method=simclr"]),
-    "conv autoencoder": ("pretrain_autoencoder.py", ["ae.kind=conv"]),
+_SSL = "pretrain_contrastive.py"
+METHODS = {  # row label -> recipe script, run name and its extra overrides
+    "SimCLR (contrastive)": (_SSL, "pretrain_contrastive", ["ssl.method=simclr"]),
+    "MoCo v3": (_SSL, "pretrain_moco_v3", ["ssl.method=moco_v3"]),
+    # the other SSL methods with their variant YAML's defaults (DINO: 2 global + 4 local crops)
+    **{label: (_SSL, f"pretrain_{variant}", ["--config", f"recipes/pretrain_{variant}.yaml"])
+       for label, variant in (("BYOL", "byol"), ("SimSiam", "simsiam"), ("DINO (multi-crop)", "dino"),
+                              ("VICReg", "vicreg"), ("Barlow Twins", "barlow"))},
+    "conv autoencoder": ("pretrain_autoencoder.py", "pretrain_autoencoder", ["ae.kind=conv"]),
     # the schedule and loss of the measured table (the recipe's defaults moved to one-cycle + smoothing)
-    "supervised (CE)": ("supervised.py", ["schedule.name=cosine", "loss.label_smoothing=0.0"]),
+    "supervised (CE)": ("supervised.py", "supervised", ["schedule.name=cosine", "loss.label_smoothing=0.0"]),
 }
 
 
@@ -161,8 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     write_shards(data, limit=args.limit, log=root / "shards.log")
     rows = []
-    for method, (script, extra) in METHODS.items():
-        name = script.removesuffix(".py")
+    for method, (script, name, extra) in METHODS.items():
         print(f"[bench] training {method} ...", flush=True)
         wall = train(script, extra, name=name, args=args, runs=runs, data=data)
         report = probe(runs / name, args=args, data=data, out=runs / f"{name}.eval.json", weights_file=False)

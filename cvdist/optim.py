@@ -120,3 +120,14 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, *, base_lrs: Sequence[fl
     """Set each parameter group's LR to its base LR times ``multiplier``."""
     for group, base_lr in zip(optimizer.param_groups, base_lrs):
         group["lr"] = base_lr * multiplier
+
+
+def scaled_lr(base_lr: float, *, global_batch_size: int, rule: str) -> float:
+    """The learning rate for ``global_batch_size`` under ``rule``: ``none`` keeps ``base_lr``,
+    ``linear`` is ``base_lr * global_batch_size / 256`` (Goyal et al.; SimCLR, BYOL, Barlow Twins
+    state their base LRs for 256 images)."""
+    if rule == "none":
+        return base_lr
+    if rule == "linear":
+        return base_lr * global_batch_size / 256
+    raise ValueError(f"learning-rate scaling rule {rule!r} is not one of 'none', 'linear'")

@@ -70,3 +70,12 @@ def test_warmup_longer_than_the_run_is_warned_about(tmp_path):
 
     result = run_recipe_process([*TINY, f"output_dir={tmp_path}", "train.max_steps=2", "schedule.warmup_steps=5"])
     assert "schedule.warmup_steps=5 >= the run's 2 steps" in result.stdout
+
+
+def test_linear_lr_scaling_rule():
+    from cvdist.optim import scaled_lr
+
+    assert scaled_lr(0.3, global_batch_size=4096, rule="linear") == pytest.approx(4.8)
+    assert scaled_lr(0.3, global_batch_size=4096, rule="none") == 0.3
+    with pytest.raises(ValueError, match="'sqrt' is not one of"):
+        scaled_lr(0.3, global_batch_size=4096, rule="sqrt")

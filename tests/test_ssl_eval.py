@@ -114,7 +114,7 @@ def test_eval_command_on_a_weights_file(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("ssl.method=byol", "ssl.method"),
+    ("ssl.method=swav", "ssl.method"),
     ("ssl.temperature=0", "ssl.temperature"),
     ("ssl.momentum=1.0", "ssl.momentum"),
     ("ssl.view_scale=[0.5,0.2]", "ssl.view_scale"),

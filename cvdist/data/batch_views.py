@@ -10,12 +10,16 @@ over the whole batch, so the views cost one pass on the device.
 The random draws come from a CPU ``torch.Generator`` seeded with ``(seed, rank, index)``, where
 ``index`` counts the batches this rank has augmented: a resumed run that restores the count draws
 the same views as the run it continues, on any device.
+
+Multi-crop (:func:`multi_crop_views`, DINO): the two global views exactly as :func:`two_views`
+draws them, then ``num_local`` smaller crops from the same generator.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch.nn import functional as F
@@ -115,13 +119,15 @@ def _view_transforms(count: int, boxes: torch.Tensor, aug: ViewAugmentation,
 
 
 def augment_view(images: torch.Tensor, aug: ViewAugmentation, generator: torch.Generator, *,
-                 mean: list[float], std: list[float]) -> torch.Tensor:
-    """One augmented view of a normalised batch ``(B, C, H, W)`` (same shape, same device)."""
+                 mean: list[float], std: list[float], size: Optional[int] = None) -> torch.Tensor:
+    """One augmented view of a normalised batch ``(B, C, H, W)`` (same device; ``size`` x ``size``
+    pixels, by default the input's size)."""
     count = images.shape[0]
     boxes = _crop_boxes(count, aug, generator)
     theta = _view_transforms(count, boxes, aug, generator)
     theta = theta.to(device=images.device, dtype=images.dtype)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    shape = list(images.shape) if size is None else [*images.shape[:2], size, size]
+    grid = F.affine_grid(theta, shape, align_corners=False)
     views = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     channel = (1, -1, 1, 1)
     mean_t = torch.tensor(mean, device=images.device, dtype=images.dtype).view(channel)
@@ -132,6 +138,24 @@ def augment_view(images: torch.Tensor, aug: ViewAugmentation, generator: torch.G
 def two_views(images: torch.Tensor, aug: ViewAugmentation, *, seed: int, rank: int, index: int,
               mean: list[float], std: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
     """Two independently augmented views of ``images`` for batch ``index`` of ``rank``."""
-    generator = view_generator(seed=seed, rank=rank, index=index)
+    return _global_views(images, aug, view_generator(seed=seed, rank=rank, index=index), mean=mean, std=std)
+
+
+def _global_views(images: torch.Tensor, aug: ViewAugmentation, generator: torch.Generator, *, mean: list[float],
+                  std: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
     first = augment_view(images, aug, generator, mean=mean, std=std)
     return first, augment_view(images, aug, generator, mean=mean, std=std)
+
+
+def multi_crop_views(images: torch.Tensor, aug: ViewAugmentation, local_aug: ViewAugmentation, *, num_local: int,
+                     local_size: int, seed: int, rank: int, index: int, mean: list[float],
+                     std: list[float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The two global views of :func:`two_views` (the same draws) and ``num_local`` local views
+    per image of ``local_size`` pixels drawn with ``local_aug``, stacked view by view into one
+    ``(num_local * B, C, local_size, local_size)`` tensor."""
+    if num_local < 1 or local_size < 1:
+        raise ValueError(f"num_local={num_local} and local_size={local_size} must be >= 1")
+    generator = view_generator(seed=seed, rank=rank, index=index)
+    first, second = _global_views(images, aug, generator, mean=mean, std=std)
+    local = [augment_view(images, local_aug, generator, mean=mean, std=std, size=local_size) for _ in range(num_local)]
+    return first, second, torch.cat(local)

@@ -7,7 +7,8 @@
   the model's own (no key prefix) and everything else lives under the head's name, so the
   ``state_dict`` keys are the classifier's trunk keys plus ``<head>.*``, which
   :mod:`cvdist.models.transfer` drops: a pretraining run transfers into ``recipes/longtail.py`` as is.
-* The momentum encoder (MoCo v3): a frozen copy of trunk and projector inside :class:`SSLHeads`
+* :class:`DINOHead`: MLP to a bottleneck, L2 normalisation, weight-normalised prototype layer.
+* The momentum encoder (MoCo v3, BYOL, DINO's teacher): a frozen copy of trunk and projector inside :class:`SSLHeads`
   (so checkpoints carry it), updated with :func:`momentum_update` after each optimiser step.
 """
 
@@ -47,14 +48,33 @@ class PredictionHead(ProjectionMLP):
         super().__init__(dim, hidden_dim=hidden_dim, out_dim=dim, num_layers=2)
 
 
+class DINOHead(nn.Module):
+    """DINO's head: an MLP (:class:`ProjectionMLP`) to ``bottleneck_dim``, L2 normalisation, then
+    ``num_prototypes`` scores against unit-norm prototypes (the weight-normalised last layer with
+    its norm fixed to 1, the paper's ``norm_last_layer``)."""
+
+    def __init__(self, in_dim: int, *, hidden_dim: int, bottleneck_dim: int, num_prototypes: int, num_layers: int = 3):
+        super().__init__()
+        self.mlp = ProjectionMLP(in_dim, hidden_dim=hidden_dim, out_dim=bottleneck_dim, num_layers=num_layers)
+        self.prototypes = nn.Parameter(torch.empty(num_prototypes, bottleneck_dim))
+        nn.init.trunc_normal_(self.prototypes, std=0.02)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.normalize(self.mlp(features), dim=-1)
+        return nn.functional.linear(x, nn.functional.normalize(self.prototypes, dim=-1))
+
+
 class SSLHeads(nn.Module):
     """What a pretraining method adds to the trunk: projector, optional predictor, optional
-    momentum copies of trunk and projector (frozen: no gradients, updated by EMA)."""
+    momentum copies of trunk and projector (frozen: no gradients, updated by EMA), and with
+    ``center_dim`` DINO's center (a buffer, so checkpoints carry it)."""
 
     def __init__(self, trunk: nn.Module, *, projector: nn.Module, predictor: Optional[nn.Module] = None,
-                 momentum: bool = False):
+                 momentum: bool = False, center_dim: int = 0):
         super().__init__()
         self.projector, self.predictor = projector, predictor
+        self.center: Optional[torch.Tensor]
+        self.register_buffer("center", torch.zeros(center_dim) if center_dim else None)
         self.momentum_trunk: Optional[nn.Module] = None
         self.momentum_projector: Optional[nn.Module] = None
         if momentum:
@@ -69,7 +89,9 @@ class SSLModel(nn.Module):
 
     ``model(images)`` returns the trunk's features; ``model(view_a, view_b)`` returns
     ``{"z_a", "z_b"}`` projections, plus ``"p_a", "p_b"`` (predictor) and ``"k_a", "k_b"``
-    (momentum encoder, no gradient) when the heads have them. DDP / DeepSpeed pass both views."""
+    (momentum encoder, no gradient) when the heads have them; ``model(view_a, view_b, local)``
+    adds ``"z_local"``, the projections of the local crops (any size the trunk accepts; the
+    momentum encoder sees the global views only, as DINO's teacher). DDP / DeepSpeed pass all views."""
 
     def __init__(self, trunk: nn.Module, *, head_name: str, heads: SSLHeads):
         super().__init__()
@@ -98,13 +120,16 @@ class SSLModel(nn.Module):
         self.trunk.training = mode  # the children are shared; keep the trunk's own flag in step
         return self
 
-    def forward(self, images: torch.Tensor, second: Optional[torch.Tensor] = None):
+    def forward(self, images: torch.Tensor, second: Optional[torch.Tensor] = None,
+                local: Optional[torch.Tensor] = None):
         if second is None:
             return self.trunk(images)
         heads, rows = self.heads, images.shape[0]
         both = torch.cat([images, second])
         z = heads.projector(self.trunk(both))
         out = {"z_a": z[:rows], "z_b": z[rows:]}
+        if local is not None:  # a separate pass: the local crops are smaller
+            out["z_local"] = heads.projector(self.trunk(local))
         if heads.predictor is not None:
             p = heads.predictor(z)
             out.update(p_a=p[:rows], p_b=p[rows:])

@@ -13,6 +13,7 @@ from cvdist.config_loading import load_recipe_config
 from cvdist.data.from_config import build_bank_batches
 from cvdist.engine import TrainTask, fit, start_session
 from cvdist.eval.knn import KnnEvaluator
+from cvdist.optim import scaled_lr
 from cvdist.tasks.common import build_run_data
 from cvdist.tasks.contrastive.config import ContrastiveRunConfig, validate_contrastive
 from cvdist.tasks.contrastive.step import ContrastiveStep, build_contrastive_model
@@ -40,8 +41,10 @@ def main(argv: Sequence[str], *, default_yaml: str | Path) -> int:
             probe_epochs=ssl.probe_epochs, seed=config.train.seed)
         evaluate = lambda model, progress: knn(model)  # noqa: E731  (the monitor needs no progress)
     trainable = [p for p in model.parameters() if p.requires_grad]  # not the momentum encoder
+    # the group's own LR: the schedule scales it, and optim.lr stays the base LR in the saved config
+    lr = scaled_lr(config.optim.lr, global_batch_size=config.data.global_batch_size, rule=ssl.lr_scaling)
     result = fit(session, TrainTask(model=model, compute_loss=step, train_batches=data.train, evaluate=evaluate,
-                                    parameter_groups=[{"params": trainable}], on_step_end=step.on_step_end))
+                                    parameter_groups=[{"params": trainable, "lr": lr}], on_step_end=step.on_step_end))
     final = result.summary["final"]
     session.print(f"[cvdist] done: step {result.step}, eval kNN top-1 {final.get('eval/knn_top1', float('nan')):.4f}, "
                   f"record in {session.run_dir}")

@@ -2,28 +2,29 @@
 loss, the momentum update); the kNN / linear-probe evaluation is :class:`cvdist.eval.knn.KnnEvaluator`.
 
 The model is :class:`cvdist.models.heads.SSLModel`: the classifier of ``model.name`` with its
-head slot holding the projector (and, for MoCo v3, predictor and momentum encoder), so its keys
+head slot holding the method's heads (:mod:`cvdist.tasks.contrastive.methods`), so its keys
 are the classifier's trunk keys plus ``<head>.*``, and ``recipes/longtail.py
 transfer.from_path=<run>`` loads the trunk. Everything a resumed run needs lives in the model
-(momentum encoder) or in the step's ``state_dict`` (how many batches it augmented, saved as the
-engine's ``extra_state``).
+(momentum encoder, DINO's center buffer) or follows from the engine's ``Progress`` restored
+with the checkpoint (the view draws, the momentum and teacher-temperature schedules).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from cvdist.config import DataConfig
-from cvdist.data.batch_views import ViewAugmentation, two_views
+from cvdist.data.batch_views import ViewAugmentation, multi_crop_views, two_views
 from cvdist.engine import Progress
-from cvdist.losses.contrastive import moco_v3_loss, nt_xent_loss, triplet_margin_loss
 from cvdist.models import build_model
 from cvdist.models.backbones import remove_head
-from cvdist.models.heads import PredictionHead, ProjectionMLP, SSLHeads, SSLModel, momentum_at, update_momentum_encoder
-from cvdist.tasks.contrastive.config import ContrastiveRunConfig, SSLConfig
+from cvdist.models.heads import SSLModel, momentum_at, update_momentum_encoder
+from cvdist.tasks.contrastive.config import MOMENTUM_METHODS, ContrastiveRunConfig, SSLConfig
+from cvdist.tasks.contrastive.methods import build_heads, ssl_loss
 
 
 def build_contrastive_model(config: ContrastiveRunConfig) -> SSLModel:
@@ -32,12 +33,7 @@ def build_contrastive_model(config: ContrastiveRunConfig) -> SSLModel:
     trunk = build_model(name=model_cfg.name, num_classes=model_cfg.num_classes, in_channels=model_cfg.in_channels,
                         small_stem=model_cfg.small_stem)
     head_name, feature_dim = remove_head(trunk)
-    moco = ssl.method == "moco_v3"
-    projector = ProjectionMLP(feature_dim, hidden_dim=ssl.projection_hidden_dim, out_dim=ssl.projection_dim,
-                              num_layers=ssl.projection_layers, last_bn=moco)
-    predictor = PredictionHead(ssl.projection_dim, hidden_dim=ssl.prediction_hidden_dim) if moco else None
-    return SSLModel(trunk, head_name=head_name, heads=SSLHeads(trunk, projector=projector, predictor=predictor,
-                                                               momentum=moco))
+    return SSLModel(trunk, head_name=head_name, heads=build_heads(trunk, feature_dim=feature_dim, ssl=ssl))
 
 
 def view_augmentation(ssl: SSLConfig) -> ViewAugmentation:
@@ -48,31 +44,29 @@ def view_augmentation(ssl: SSLConfig) -> ViewAugmentation:
 
 
 class ContrastiveStep:
-    """The task's ``compute_loss`` (two views of the batch, the method's loss; labels unused) and
-    ``on_step_end`` (MoCo v3's momentum update). The views are seeded by (seed, rank, the run-wide
-    micro-batch index of ``Progress``), so a resumed run draws the same ones."""
+    """The task's ``compute_loss`` (two views of the batch, or two global + ``ssl.num_local_crops``
+    local ones, and the method's loss; labels unused) and ``on_step_end`` (the momentum update of
+    MoCo v3, BYOL and DINO). The views are seeded by (seed, rank, the run-wide micro-batch index of
+    ``Progress``), so a resumed run draws the same ones; every schedule is a function of the step."""
 
     def __init__(self, *, model: SSLModel, ssl: SSLConfig, data: DataConfig, seed: int, rank: int, world_size: int):
         self.model, self.ssl, self.augmentation = model, ssl, view_augmentation(ssl)
+        self.local_augmentation = replace(self.augmentation, scale=tuple(ssl.local_crop_scale))
         self.mean, self.std, self.seed = list(data.mean), list(data.std), seed
         self.rank, self.world_size = rank, world_size
 
     def __call__(self, model: nn.Module, batch: dict, progress: Progress) -> tuple[torch.Tensor, dict[str, Any]]:
-        view_a, view_b = two_views(batch["image"], self.augmentation, seed=self.seed, rank=self.rank,
-                                   index=progress.micro_batch, mean=self.mean, std=self.std)
-        out = model(view_a, view_b)
-        common = dict(rank=self.rank, world_size=self.world_size)
-        if self.ssl.method == "simclr":
-            loss = nt_xent_loss(out["z_a"], out["z_b"], temperature=self.ssl.temperature, **common)
-        elif self.ssl.method == "moco_v3":
-            loss = moco_v3_loss(out["p_a"], out["p_b"], out["k_a"], out["k_b"], temperature=self.ssl.temperature,
-                                **common)
+        draw = dict(seed=self.seed, rank=self.rank, index=progress.micro_batch, mean=self.mean, std=self.std)
+        if self.ssl.num_local_crops:
+            views = multi_crop_views(batch["image"], self.augmentation, self.local_augmentation,
+                                     num_local=self.ssl.num_local_crops, local_size=self.ssl.local_crop_size, **draw)
         else:
-            loss = triplet_margin_loss(out["z_a"], out["z_b"], margin=self.ssl.triplet_margin, **common)
-        return loss, {}
+            views = two_views(batch["image"], self.augmentation, **draw)
+        return ssl_loss(model(*views), ssl=self.ssl, heads=self.model.heads, step=progress.step, rank=self.rank,
+                        world_size=self.world_size)
 
     def on_step_end(self, progress: Progress) -> None:
-        """MoCo v3: EMA of the online trunk and projector into the momentum encoder."""
-        if self.ssl.method == "moco_v3":
+        """MoCo v3, BYOL, DINO: EMA of the online trunk and projector into the momentum encoder."""
+        if self.ssl.method in MOMENTUM_METHODS:
             update_momentum_encoder(self.model, momentum=momentum_at(progress.step, total_steps=progress.total_steps,
                                                                      base=self.ssl.momentum))
