@@ -49,6 +49,9 @@ class Sample:
     """Extra labels (written as the .json member), indices into the manifest's extra_labels."""
     key: str = ""
     """WebDataset key (no dots); ``write_dataset_shards`` sets it to ``<split>-<source index:08d>``."""
+    members: dict[str, bytes] = field(default_factory=dict)
+    """Further encoded members by extension (``{"json": ..., "inst.png": ...}``: dense annotations),
+    written as ``<key>.<extension>`` after the image and ``.cls``; ``json`` excludes ``extras``."""
 
 
 @dataclass(frozen=True)
