@@ -42,3 +42,18 @@ def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str,
     """Average scalar values over all ranks (every rank must pass the same keys)."""
     world_size = torch_dist.get_world_size() if is_distributed() else 1
     return {k: v / world_size for k, v in all_reduce_sum(values, device).items()}
+
+
+def all_gather_rows(rows: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
+    """Every rank's ``rows`` (``[n_rank, ...]``, same trailing shape and dtype everywhere, ``n_rank``
+    free), in rank order, on every rank; ``[rows]`` in a single process. No pickling."""
+    if not is_distributed():
+        return [rows]
+    counts = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(torch_dist.get_world_size())]
+    torch_dist.all_gather(counts, torch.tensor([rows.shape[0]], dtype=torch.int64, device=device))
+    longest = max(int(c.item()) for c in counts)
+    padded = torch.zeros((longest, *rows.shape[1:]), dtype=rows.dtype, device=device)
+    padded[:rows.shape[0]] = rows.to(device)
+    gathered = [torch.empty_like(padded) for _ in counts]
+    torch_dist.all_gather(gathered, padded)
+    return [part[:int(count.item())].cpu() for part, count in zip(gathered, counts)]
