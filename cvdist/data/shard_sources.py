@@ -13,7 +13,7 @@ import itertools
 import math
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -127,6 +127,7 @@ def iterate_eval_shards(source: ShardSet, *, rank: int, world_size: int, batch_s
         shards, stride, offset = list(zip(source.urls, source.shard_sizes)), world_size, rank
     num_batches = math.ceil(max(per_rank) / batch_size)
     errors: list[str] = []
+    collate = getattr(decoder, "collate", collate_samples)  # dense decoders batch lists of targets
     items, template, yielded, position = [], None, 0, 0
     for url, size in shards:
         for sample in itertools.islice(read_shard_samples(url, errors), size):  # size: a limit_samples cut
@@ -140,7 +141,7 @@ def iterate_eval_shards(source: ShardSet, *, rank: int, world_size: int, batch_s
                 continue
             template = template or items[0]
             if len(items) == batch_size:
-                yield _with_mask(items, batch_size, template)
+                yield _with_mask(items, batch_size, template, collate)
                 items, yielded = [], yielded + 1
     if errors:
         print(f"[cvdist] rank {rank}: {len(errors)} corrupt evaluation samples skipped (first: {errors[0]})",
@@ -148,12 +149,12 @@ def iterate_eval_shards(source: ShardSet, *, rank: int, world_size: int, batch_s
     if template is None:
         raise DataError(f"rank {rank} could not read any evaluation sample (errors: {errors[:3]})")
     while yielded < num_batches:
-        yield _with_mask(items, batch_size, template)
+        yield _with_mask(items, batch_size, template, collate)
         items, yielded = [], yielded + 1
 
 
-def _with_mask(items: list, batch_size: int, template: Any) -> dict[str, Any]:
+def _with_mask(items: list, batch_size: int, template: Any, collate: Callable = collate_samples) -> dict[str, Any]:
     """Collate ``items`` padded to ``batch_size`` with masked copies of ``template``."""
-    batch = collate_samples(items + [template] * (batch_size - len(items)))
+    batch = collate(items + [template] * (batch_size - len(items)))
     batch["valid"] = torch.arange(batch_size) < len(items)
     return batch
