@@ -112,3 +112,18 @@ def _untrained_metrics(shards: Path, *, size: int) -> dict[str, float]:
                                  category_names=manifest.class_names,
                                  train_instance_counts=manifest.dense.instance_counts["train"], rare_max=10,
                                  common_max=100)
+
+
+@pytest.mark.slow
+def test_backbone_from_a_contrastive_run(tmp_path):
+    from tests.helpers.recipes import TINY
+
+    env = clean_env(CVDIST_CACHE_DIR=str(tmp_path / "cache"))
+    run_recipe([*TINY, "model.name=small_resnet", "train.max_steps=2", "ssl.knn_k=0", f"output_dir={tmp_path}",
+                "name=ssl"], env=env, script=REPO / "recipes" / "pretrain_contrastive.py", timeout=300)
+    pretrained = weights(tmp_path / "ssl")
+    run_recipe([*TINY_DETECT, "train.max_steps=1", f"detect.backbone_from={tmp_path / 'ssl'}", f"output_dir={tmp_path}",
+                "name=det", "optim.lr=1e-9", "optim.weight_decay=0"], env=env, script=DETECT, timeout=300)
+    detector = weights(tmp_path / "det")
+    conv = "model.backbone.body.layer1.conv1.weight"  # one step at lr 1e-9: still the SSL trunk's weights
+    torch.testing.assert_close(detector[conv], pretrained["layer1.conv1.weight"], atol=1e-6, rtol=0)
