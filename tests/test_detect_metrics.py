@@ -52,7 +52,8 @@ def test_perfect_and_empty_predictions_and_padding():
     assert accumulator.compute(device=CPU)["AP"] == pytest.approx(1.0)
     empty = DetectionAccumulator(category_names=["c0"])
     empty.add(keys=["a"], targets=[target], predictions=[_prediction([], [], [])])
-    assert empty.compute(device=CPU)["AP"] == 0.0
+    metrics = empty.compute(device=CPU)
+    assert (metrics["AP"], metrics["APm"], metrics["APs"], metrics["AP/c0"]) == (0.0, 0.0, -1.0, 0.0)  # a 40 px box
 
 
 def test_an_image_counted_twice_is_an_error():

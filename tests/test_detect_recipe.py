@@ -127,3 +127,14 @@ def test_backbone_from_a_contrastive_run(tmp_path):
     detector = weights(tmp_path / "det")
     conv = "model.backbone.body.layer1.conv1.weight"  # one step at lr 1e-9: still the SSL trunk's weights
     torch.testing.assert_close(detector[conv], pretrained["layer1.conv1.weight"], atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture", ["faster_rcnn", "retinanet"])
+def test_the_other_architectures_train_under_two_process_ddp(tmp_path, architecture):
+    env = clean_env(CVDIST_CACHE_DIR=str(tmp_path / "cache"))
+    result = run_recipe([*TINY_DETECT, "train.max_steps=2", f"detect.architecture={architecture}",
+                         f"output_dir={tmp_path}", "name=run"], nproc=2, env=env, script=DETECT, timeout=300)
+    assert "2 process(es)" in result.stdout
+    final = read_metrics(tmp_path / "run")[-1]
+    assert final["step"] == 2 and 0 <= final["eval/AP"] <= 1

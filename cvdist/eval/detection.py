@@ -97,23 +97,19 @@ def coco_box_metrics(*, keys: list[str], rows: np.ndarray, category_names: Seque
                      train_instance_counts: Optional[Sequence[int]] = None, rare_max: int = 10,
                      common_max: int = 100) -> dict[str, float]:
     """pycocotools' bbox evaluation of the gathered ``rows`` (see :class:`DetectionAccumulator`)."""
-    from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     dataset, results = _coco_inputs(keys, rows, len(category_names))
-    metrics = {name: 0.0 for name in _STAT_NAMES}
-    per_category = np.zeros(len(category_names))
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
-        ground_truth = COCO()
-        ground_truth.dataset = dataset
-        ground_truth.createIndex()
-        if results:  # loadRes refuses an empty list; no prediction at all scores 0
-            evaluation = COCOeval(ground_truth, ground_truth.loadRes(results), iouType="bbox")
-            evaluation.evaluate()
-            evaluation.accumulate()
-            evaluation.summarize()
-            metrics = {name: float(value) for name, value in zip(_STAT_NAMES, evaluation.stats)}
-            per_category = _per_category_ap(evaluation.eval["precision"])
+        ground_truth = _coco(dataset)
+        # loadRes refuses an empty list: no prediction at all is an empty result set
+        detections = ground_truth.loadRes(results) if results else _coco({**dataset, "annotations": []})
+        evaluation = COCOeval(ground_truth, detections, iouType="bbox")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    metrics = {name: float(value) for name, value in zip(_STAT_NAMES, evaluation.stats)}
+    per_category = _per_category_ap(evaluation.eval["precision"])
     metrics.update({f"AP/{name}": float(ap) for name, ap in zip(category_names, per_category)})
     if train_instance_counts is not None:
         counts = np.asarray(train_instance_counts)
@@ -122,6 +118,15 @@ def coco_box_metrics(*, keys: list[str], rows: np.ndarray, category_names: Seque
             defined = chosen & (per_category >= 0)
             metrics[bucket] = float(per_category[defined].mean()) if defined.any() else -1.0
     return metrics
+
+
+def _coco(dataset: dict):
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = dataset
+    coco.createIndex()
+    return coco
 
 
 def _per_category_ap(precision: np.ndarray) -> np.ndarray:
