@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from cvdist.data.converters import build_cifar_source, build_fashion_mnist_source, build_folder_source
+from cvdist.data.coco_import import write_coco_shards
 from cvdist.data.dense_shards import SCENE_DATASETS, write_scene_shards
 from cvdist.data.longtail import write_longtail_shards
 from cvdist.data.manifest import IMAGE_FORMATS, Manifest
@@ -82,7 +83,23 @@ def _scenes(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_scenes_command(commands) -> None:
+def _coco(args: argparse.Namespace) -> int:
+    result = write_coco_shards(root=args.root, out_dir=args.out, images_dir=args.images, image_format=args.image_format,
+                               samples_per_shard=args.samples_per_shard, overwrite=args.overwrite,
+                               progress=not args.quiet)
+    print(_summary(result.manifest))
+    print(f"instances per category: {result.manifest.dense.instance_counts}; left out: {result.skipped_images} "
+          f"images without annotations, {result.skipped_annotations} empty boxes")
+    return 0
+
+
+def _add_dense_commands(commands) -> None:
+    coco = commands.add_parser("coco", help="dense shards from a COCO-format folder (instances_<split>.json + images/)")
+    coco.add_argument("--root", required=True, help="folder with instances_<split>.json (or annotations/...)")
+    coco.add_argument("--images", default=None, help="image directory (default: ROOT/images)")
+    _add_output_options(coco, image_options=True, samples_per_shard_default=500)
+    coco.set_defaults(handler=_coco)
+
     scenes = commands.add_parser("scenes", help="the built-in detection / segmentation set: items pasted on canvases")
     scenes.add_argument("--items", choices=SCENE_DATASETS, default="fashion_mnist",
                         help="where the pasted items come from (default: %(default)s)")
@@ -120,10 +137,10 @@ def _add_output_options(parser: argparse.ArgumentParser, *, image_options: bool,
 
 
 def add_shards_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``shards`` with its sub-commands fashion-mnist, folder, cifar, longtail and scenes."""
+    """Register ``shards`` with its sub-commands fashion-mnist, folder, cifar, longtail, scenes and coco."""
     shards = subparsers.add_parser("shards", help="write WebDataset shards + manifest.json, or a long-tailed subset")
     commands = shards.add_subparsers(dest="shards_command", required=True,
-                                     metavar="{fashion-mnist,folder,cifar,longtail,scenes}")
+                                     metavar="{fashion-mnist,folder,cifar,longtail,scenes,coco}")
 
     fashion = commands.add_parser("fashion-mnist", help="shards from the Fashion-MNIST IDX files")
     fashion.add_argument("--root", default=DEFAULT_FASHION_MNIST_ROOT,
@@ -161,4 +178,4 @@ def add_shards_commands(subparsers: argparse._SubParsersAction) -> None:
     longtail.add_argument("--seed", type=int, required=True, help="selects which samples each class keeps")
     _add_output_options(longtail, image_options=False, samples_per_shard_default=None)
     longtail.set_defaults(handler=_longtail)
-    _add_scenes_command(commands)
+    _add_dense_commands(commands)

@@ -133,7 +133,8 @@ def _list_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return class_names, files
 
 
-def _read_folder_image(path: Path, label: int, image_format: str) -> Sample:
+def read_image_file(path: Path, label: int, image_format: str) -> Sample:
+    """One image file as a sample: its bytes when already ``image_format``, else its pixels."""
     data = path.read_bytes()
     try:
         with Image.open(io.BytesIO(data)) as image:
@@ -177,7 +178,7 @@ def build_folder_source(*, splits: dict[str, str | Path], image_format: str = "p
 
         def read(index: int, files=files) -> Sample:
             path, label = files[index]
-            return _read_folder_image(path, label, image_format)
+            return read_image_file(path, label, image_format)
 
         source_splits[split] = SourceSplit(num_samples=len(files), read_sample=read)
     roots = ", ".join(f"{split}={Path(root).resolve()}" for split, root in splits.items())

@@ -24,7 +24,7 @@ import json
 import zlib
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -40,16 +40,28 @@ SCENE_DATASETS = ("fashion_mnist", "synthetic")
 _SYNTHETIC_POOL = 2000
 
 
+def dense_members(*, boxes: list, categories: list[int], iscrowd: list[int], instances: np.ndarray,
+                  semantic: np.ndarray) -> tuple[int, dict[str, bytes]]:
+    """``(image label, members)`` of one dense sample: the largest box's category and the
+    ``json`` / ``inst.png`` / ``sem.png`` members (annotation i has instance id i + 1)."""
+    if not boxes:
+        raise ValueError("a dense sample needs at least one annotation")
+    if len(boxes) > 255:
+        raise ValueError(f"{len(boxes)} annotations do not fit the 8-bit instance map (at most 255 per image)")
+    areas = [(x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes]
+    annotations = {"width": int(instances.shape[1]), "height": int(instances.shape[0]), "boxes": boxes,
+                   "category_ids": categories, "iscrowd": iscrowd, "instance_ids": list(range(1, len(boxes) + 1))}
+    members = {ANNOTATION_MEMBER: json.dumps(annotations, sort_keys=True, separators=(",", ":")).encode(),
+               INSTANCE_MEMBER: encode_image(instances, image_format="png"),
+               SEMANTIC_MEMBER: encode_image(semantic, image_format="png")}
+    return categories[int(np.argmax(areas))], members
+
+
 def scene_sample(scene: Scene, *, key: str) -> Sample:
     """A composed scene as a shard-writer sample with the dense members (see the module doc)."""
-    areas = [(x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in scene.boxes]
-    annotations = {"width": int(scene.pixels.shape[1]), "height": int(scene.pixels.shape[0]),
-                   "boxes": scene.boxes, "category_ids": scene.categories, "iscrowd": [0] * len(scene.boxes),
-                   "instance_ids": list(range(1, len(scene.boxes) + 1))}
-    members = {ANNOTATION_MEMBER: json.dumps(annotations, sort_keys=True, separators=(",", ":")).encode(),
-               INSTANCE_MEMBER: encode_image(scene.instances, image_format="png"),
-               SEMANTIC_MEMBER: encode_image(scene.semantic, image_format="png")}
-    return Sample(label=scene.categories[int(np.argmax(areas))], pixels=scene.pixels, key=key, members=members)
+    label, members = dense_members(boxes=scene.boxes, categories=scene.categories, iscrowd=[0] * len(scene.boxes),
+                                   instances=scene.instances, semantic=scene.semantic)
+    return Sample(label=label, pixels=scene.pixels, key=key, members=members)
 
 
 def parse_annotations(data: bytes, *, num_categories: int) -> dict:
@@ -109,22 +121,38 @@ def write_scene_shards(*, out_dir: str | Path, dataset: str = "fashion_mnist", r
     options.check()
     if num_train < 1 or num_test < 1:
         raise ValueError(f"num_train={num_train} and num_test={num_test} must be >= 1")
-    splits, instances = {}, {}
-    with staged_output_dir(out_dir, overwrite=overwrite, inputs=[root] if root else []) as staging:
-        for split, count in (("train", num_train), ("test", num_test)):
-            items, labels, names = _item_pool(dataset=dataset, root=root, split=split, seed=seed)
+    names = _item_pool(dataset=dataset, root=root, split="test", seed=seed)[2]
+
+    def split_samples(split: str, count: int) -> Callable[[], Iterator[Sample]]:
+        def samples() -> Iterator[Sample]:  # the item pool is loaded when its split is written
+            items, labels, _ = _item_pool(dataset=dataset, root=root, split=split, seed=seed)
             split_options = options if split == "train" else replace(options, imbalance_factor=1.0)
-            counts = [0] * len(names)
-            samples = _counted(_scenes(items, labels, split=split, count=count, options=split_options, seed=seed),
-                               counts)
-            splits[split] = write_split_shards(samples=samples, directory=staging, split=split,
-                                               num_classes=len(names), samples_per_shard=samples_per_shard,
-                                               num_samples_hint=count, progress=progress)
+            yield from _scenes(items, labels, split=split, count=count, options=split_options, seed=seed)
+        return samples
+
+    description = {"dataset": dataset, "root": str(root), "seed": seed, **asdict(options)}
+    return write_dense_shards(out_dir=out_dir, splits={"train": (split_samples("train", num_train), num_train),
+                                                       "test": (split_samples("test", num_test), num_test)},
+                              class_names=names, source=f"cvdist scenes {json.dumps(description, sort_keys=True)}",
+                              image_format="png", samples_per_shard=samples_per_shard, overwrite=overwrite,
+                              progress=progress, inputs=[root] if root else [])
+
+
+def write_dense_shards(*, out_dir: str | Path, splits: dict[str, tuple[Callable[[], Iterator[Sample]], int]],
+                       class_names: list[str], source: str, image_format: str, samples_per_shard: int,
+                       overwrite: bool, progress: bool, inputs: list) -> Manifest:
+    """Dense samples (``splits``: name -> (samples factory, count)) as shards plus a manifest with
+    per-category instance counts, all or nothing."""
+    written, instances = {}, {}
+    with staged_output_dir(out_dir, overwrite=overwrite, inputs=inputs) as staging:
+        for split, (samples, count) in splits.items():
+            counts = [0] * len(class_names)
+            written[split] = write_split_shards(samples=_counted(samples(), counts), directory=staging, split=split,
+                                                num_classes=len(class_names), samples_per_shard=samples_per_shard,
+                                                image_format=image_format, num_samples_hint=count, progress=progress)
             instances[split] = counts
-        description = {"dataset": dataset, "root": str(root), "seed": seed, **asdict(options)}
-        manifest = Manifest(directory=staging, source=f"cvdist scenes {json.dumps(description, sort_keys=True)}",
-                            class_names=names, image_format="png", splits=splits,
-                            dense=DenseInfo(instance_counts=instances))
+        manifest = Manifest(directory=staging, source=source, class_names=list(class_names),
+                            image_format=image_format, splits=written, dense=DenseInfo(instance_counts=instances))
         write_manifest(manifest)
     manifest.directory = Path(out_dir).resolve()
     return manifest
