@@ -115,3 +115,21 @@ def test_two_ranks_give_exactly_the_one_rank_metrics():
     single = _score(_images()).compute(device=CPU, train_instance_counts=[9, 50, 200])
     assert 0 < single["AP"] < 1
     assert results[0] == results[1] == single
+
+
+def test_box_picture_draws_truth_green_and_confident_predictions_red(tmp_path):
+    from PIL import Image
+
+    from cvdist.eval.detection_plot import GROUND_TRUTH_COLOUR, PREDICTION_COLOUR, save_detection_grid
+
+    images = [torch.zeros(1, 20, 30), torch.zeros(1, 20, 30)]
+    targets = [_target([[2, 2, 10, 10]], [0]), _target([], [])]
+    predictions = [_prediction([[12, 4, 20, 16]], [1], [0.9]), _prediction([[1, 1, 5, 5]], [0], [0.1])]
+    path = save_detection_grid(images, targets, predictions, path=tmp_path / "boxes.png", category_names=["a", "b"],
+                               scale=2, min_score=0.3)
+    with Image.open(path) as picture:
+        assert picture.size == (2 * 60 + 4, 40)
+        assert picture.getpixel((4, 4)) == GROUND_TRUTH_COLOUR  # the true box's corner, scaled by 2
+        assert picture.getpixel((24, 20)) == PREDICTION_COLOUR  # the predicted box's left edge
+        second = [picture.getpixel((64 + x, y)) for x in range(60) for y in range(40)]
+        assert PREDICTION_COLOUR not in second  # score 0.1 < 0.3: not drawn

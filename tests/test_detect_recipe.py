@@ -33,6 +33,7 @@ def _config(*overrides: str) -> DetectRunConfig:
     (["detect.fpn_channels=48"], "FCOS's head needs a multiple of 32"),
     (["scenes.tint=true"], "set model.in_channels=3"),
     (["detect.backbone_from=/nonexistent/run"], "detect.backbone_from='/nonexistent/run' does not exist"),
+    (["detect.num_box_images=-1"], "detect.num_box_images=-1 must be >= 0"),
 ])
 def test_bad_detection_settings_are_one_clear_error(overrides, words):
     with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("]", r"\]")):
@@ -62,6 +63,7 @@ def test_two_process_faster_rcnn_resumes_bit_exactly_from_a_backbone_file(tmp_pa
     assert "2 process(es)" in straight.stdout and "backbone weights from" in straight.stdout
     final = read_metrics(tmp_path / "straight")[-1]
     assert {"eval/AP", "eval/AP50", "eval/APr", "eval/AP/class_0"} <= set(final)
+    assert (tmp_path / "straight" / "boxes_step6.png").is_file()
 
     resumed = [*args, "name=resumed"]
     run_killed_after_checkpoint(resumed, nproc=2, step=3, marker=tmp_path / "marker", kind="hang_after_checkpoint",

@@ -40,6 +40,9 @@ class DetectConfig:
     """APr: categories with at most this many training instances."""
     common_max: int = 100
     """APc: more than ``rare_max`` and at most this many; APf: more."""
+    num_box_images: int = 4
+    """Evaluation images drawn with their true (green) and predicted (red) boxes at each evaluation
+    (``boxes_step<N>.png`` in the run directory and W&B ``eval/boxes``); 0 = none."""
 
 
 @dataclass
@@ -96,6 +99,8 @@ def validate_detect(config: DetectRunConfig) -> None:
         raise ConfigError(f"data.hflip={data.hflip} must lie in [0, 1]")
     if len(det.scale_jitter) != 2 or not 0 < det.scale_jitter[0] <= det.scale_jitter[1]:
         raise ConfigError(f"detect.scale_jitter={det.scale_jitter} must be [low, high] with 0 < low <= high")
+    if det.num_box_images < 0:
+        raise ConfigError(f"detect.num_box_images={det.num_box_images} must be >= 0 (0 = no picture)")
     for key in ("fpn_channels", "num_levels", "anchor_base"):
         if getattr(det, key) < 1:
             raise ConfigError(f"detect.{key}={getattr(det, key)} must be >= 1")

@@ -13,6 +13,7 @@ from cvdist.config_loading import load_recipe_config
 from cvdist.data.dense_data import build_dense_data
 from cvdist.engine import TrainTask, fit, start_session
 from cvdist.engine.transfer import load_backbone
+from cvdist.eval.detection_plot import save_detection_grid
 from cvdist.tasks.detect.config import DetectRunConfig, validate_detect
 from cvdist.tasks.detect.step import build_detection_model, detection_loss, evaluate_detector
 
@@ -44,9 +45,15 @@ def main(argv: Sequence[str], *, default_yaml: str | Path) -> int:
         session.add_input(det.backbone_from)  # lineage: inputs.json and the W&B input artifact
 
     def evaluate(model, progress):
+        def show(images, targets, predictions):  # rank 0's first images: boxes_step<N>.png, also to W&B
+            path = session.run_dir / f"boxes_step{progress.step}.png"
+            save_detection_grid(images, targets, predictions, path=path, category_names=data.category_names)
+            session.wandb.log_image("eval/boxes", path, step=progress.step)
+
         return evaluate_detector(model, data.eval_batches(), to_device=session.backend.to_device, device=env.device,
                                  category_names=data.category_names, train_instance_counts=data.train_instance_counts,
-                                 rare_max=det.rare_max, common_max=det.common_max)
+                                 rare_max=det.rare_max, common_max=det.common_max,
+                                 num_shown=det.num_box_images if env.is_main else 0, show=show)
 
     result = fit(session, TrainTask(model=model, compute_loss=detection_loss, train_batches=data.train,
                                     evaluate=evaluate))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -32,12 +32,20 @@ def detection_loss(model: nn.Module, batch: dict, progress: Any) -> tuple[torch.
 
 def evaluate_detector(model: nn.Module, batches: Iterator[dict], *, to_device: Callable[[Any], Any],
                       device: torch.device, category_names: list[str], train_instance_counts: list[int],
-                      rare_max: int, common_max: int) -> dict[str, float]:
-    """COCO box AP over every rank's evaluation images (``cvdist.eval.detection``)."""
+                      rare_max: int, common_max: int, num_shown: int = 0,
+                      show: Optional[Callable[[list, list, list], None]] = None) -> dict[str, float]:
+    """COCO box AP over every rank's evaluation images (``cvdist.eval.detection``); ``show``
+    receives this rank's first ``num_shown`` valid images, targets and predictions."""
     accumulator = DetectionAccumulator(category_names=category_names)
+    shown: tuple[list, list, list] = ([], [], [])
     for batch in batches:
         images = to_device(batch["image"])
         predictions = [{k: v.cpu() for k, v in p.items()} for p in model(images)]
         accumulator.add(keys=batch["key"], targets=batch["target"], predictions=predictions, valid=batch["valid"])
+        for index in torch.nonzero(batch["valid"]).flatten().tolist()[:num_shown - len(shown[0])]:
+            for kept, value in zip(shown, (batch["image"][index], batch["target"][index], predictions[index])):
+                kept.append(value)
+    if show is not None and shown[0]:
+        show(*shown)
     return accumulator.compute(device=device, train_instance_counts=train_instance_counts, rare_max=rare_max,
                                common_max=common_max)
