@@ -67,3 +67,14 @@ def test_backbone_from_a_runs_weights_and_a_clear_error_when_keys_do_not_match(t
     with pytest.raises(ValueError, match=r"does not match the model.*missing in the source.*down\.0\.weight"
                                          r".*unexpected in the source.*0\.0\.weight"):
         load_backbone(build_model(name="small_resnet", num_classes=1, in_channels=1), source=tmp_path / "cnn.pth")
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "timm:resnet18"])
+def test_resnet_and_timm_backbones_train_a_detector(backbone):
+    torch.manual_seed(0)
+    model = _detector("retinanet", backbone=backbone)
+    losses = model([torch.rand(1, 64, 64)], [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 30.0]]),
+                                              "labels": torch.tensor([1])}])
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert len(model.model.backbone.fpn.inner_blocks) == 3  # the three deepest stages feed the pyramid
