@@ -11,6 +11,8 @@ import torch
 from cvdist.config import ConfigError, DataConfig
 from cvdist.config_loading import load_recipe_config
 from cvdist.data.dense_data import build_dense_data
+from cvdist.data.dense_shards import write_scene_shards
+from cvdist.data.manifest import load_manifest
 from cvdist.data.scenes import SceneOptions
 from cvdist.models import build_model
 from cvdist.tasks.detect.config import DetectRunConfig, validate_detect
@@ -46,9 +48,17 @@ def test_classification_shards_are_refused_as_detection_data(tmp_path):
 
     write_tar(tmp_path / "train-000000.tar", [(f"s{i}", {"png": png_bytes(i), "cls": b"0"}) for i in range(8)])
     data = DataConfig(train_shards=[f"{tmp_path}/train-*.tar"], eval_shards=f"{tmp_path}/train-*.tar")
+    options = dict(scenes=SceneOptions(), rank=0, world_size=1, micro_batch_size=2, seed=0, num_epochs=1, hflip=0.5,
+                   scale_range=(1.0, 1.0))
     with pytest.raises(ConfigError, match="are not dense shards.*cvdist shards scenes"):
-        build_dense_data(data, scenes=SceneOptions(), num_categories=10, rank=0, world_size=1, micro_batch_size=2,
-                         seed=0, num_epochs=1, hflip=0.5, scale_range=(1.0, 1.0))
+        build_dense_data(data, num_categories=10, **options)
+    write_scene_shards(out_dir=tmp_path / "scenes", dataset="synthetic", num_train=4, num_test=2,
+                       options=SceneOptions(canvas_size=32, min_item_size=8, max_item_size=16))
+    scenes = DataConfig(train_shards=[str(tmp_path / "scenes")], image_size=32)
+    with pytest.raises(ConfigError, match="model.num_classes=3 but the shards have 10 categories"):
+        build_dense_data(scenes, num_categories=3, **options)
+    assert build_dense_data(scenes, num_categories=10, **options).train_instance_counts == load_manifest(
+        tmp_path / "scenes").dense.instance_counts["train"]
 
 
 @pytest.mark.slow
@@ -99,7 +109,6 @@ FLOOR_AP50 = 0.08
 
 def _untrained_metrics(shards: Path, *, size: int) -> dict[str, float]:
     from cvdist.data.dense_decode import build_dense_decoder
-    from cvdist.data.manifest import load_manifest
     from cvdist.data.shard_sources import iterate_eval_shards, resolve_source
     from cvdist.tasks.detect.step import build_detection_model, evaluate_detector
 

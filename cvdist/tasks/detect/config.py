@@ -3,9 +3,9 @@
 The shared ``data`` section keeps its meaning where it applies: ``image_size`` is the training
 and model image side (and the built-in scenes' canvas), ``hflip`` the flip probability,
 ``num_train_samples`` / ``num_eval_samples`` / ``dataset`` / ``imbalance_factor`` shape the
-built-in scenes. The classification augmentation keys (``augment`` presets, ``vflip``,
-``rotation_degrees``, ``color_jitter``, ``crop_scale``, ``multi_scale``) do not apply and are
-refused when set.
+built-in scenes. The classification augmentation keys do not apply: ``vflip``,
+``rotation_degrees``, ``color_jitter``, ``crop_scale`` and ``multi_scale`` are refused when set,
+and the ``augment`` preset is not used (boxes follow ``hflip`` and ``detect.scale_jitter``).
 """
 
 from __future__ import annotations
