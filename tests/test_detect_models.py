@@ -27,7 +27,7 @@ def test_pyramid_levels_are_the_stage_outputs():
     timm_nodes = pyramid_nodes(build_model(name="timm:resnet18", num_classes=1, in_channels=1), in_channels=1,
                                image_size=64)
     assert [channels for _, channels in timm_nodes][-3:] == [128, 256, 512]
-    with pytest.raises(ValueError, match="detection needs a CNN backbone"):
+    with pytest.raises(ValueError, match="detection and segmentation need a CNN backbone"):
         pyramid_nodes(build_model(name="vit_tiny", num_classes=1, in_channels=1), in_channels=1, image_size=32)
 
 

@@ -31,8 +31,8 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP
 
 ARCHITECTURES = ("faster_rcnn", "retinanet", "fcos")
 _POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-_CNN_ONLY = ("detection needs a CNN backbone (small_cnn, small_resnet, resnet18/34/50, timm:<cnn>); ViT backbones "
-             "need a simple feature pyramid, not available yet")
+_CNN_ONLY = ("detection and segmentation need a CNN backbone (small_cnn, small_resnet, resnet18/34/50, "
+             "timm:<cnn>); ViT backbones need a simple feature pyramid, not available yet")
 _BOX_HEAD_WIDTH = 256
 """Faster R-CNN's box head width (torchvision's default 1024 makes the head 4 M parameters)."""
 
