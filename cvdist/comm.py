@@ -57,3 +57,18 @@ def broadcast_text(text: str, device: torch.device) -> str:
         buffer.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
     torch_dist.broadcast(buffer, src=0)
     return bytes(buffer.cpu().tolist()).decode("utf-8")
+
+
+def all_gather_rows(rows: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
+    """Every rank's ``rows`` (``[n_rank, ...]``, same trailing shape and dtype everywhere, ``n_rank``
+    free), in rank order, on every rank; ``[rows]`` in a single process. No pickling."""
+    if not is_distributed():
+        return [rows]
+    counts = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(torch_dist.get_world_size())]
+    torch_dist.all_gather(counts, torch.tensor([rows.shape[0]], dtype=torch.int64, device=device))
+    longest = max(int(c.item()) for c in counts)
+    padded = torch.zeros((longest, *rows.shape[1:]), dtype=rows.dtype, device=device)
+    padded[:rows.shape[0]] = rows.to(device)
+    gathered = [torch.empty_like(padded) for _ in counts]
+    torch_dist.all_gather(gathered, padded)
+    return [part[:int(count.item())].cpu() for part, count in zip(gathered, counts)]

@@ -160,6 +160,7 @@ RECIPE_SCHEMAS = {
     "pretrain_autoencoder": "cvdist.tasks.autoencoder.config:AutoencoderRunConfig",
     "distill": "cvdist.tasks.distill.config:DistillRunConfig",
     "compress": "cvdist.tasks.compress.run:CompressRunConfig",
+    "detect": "cvdist.tasks.detect.config:DetectRunConfig",
 }
 
 

@@ -13,8 +13,11 @@ import functools
 from typing import Callable
 
 from cvdist.data.converters import build_cifar_source, build_fashion_mnist_source, build_folder_source
+from cvdist.data.coco_import import write_coco_shards
+from cvdist.data.dense_shards import SCENE_DATASETS, write_scene_shards
 from cvdist.data.longtail import write_longtail_shards
 from cvdist.data.manifest import IMAGE_FORMATS, Manifest
+from cvdist.data.scenes import SceneOptions
 from cvdist.data.shard_writer import DEFAULT_QUALITY, DEFAULT_SAMPLES_PER_SHARD, write_dataset_shards
 
 DEFAULT_FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -84,6 +87,55 @@ def _one_line_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[
     return wrapped
 
 
+def _scenes(args: argparse.Namespace) -> int:
+    options = SceneOptions(canvas_size=args.canvas_size, max_items=args.max_items, min_item_size=args.min_item_size,
+                           max_item_size=args.max_item_size, occlusion=args.occlusion,
+                           imbalance_factor=args.imbalance_factor, tint=args.tint)
+    manifest = write_scene_shards(out_dir=args.out, dataset=args.items, root=args.root, num_train=args.num_train,
+                                  num_test=args.num_test, options=options, seed=args.seed,
+                                  samples_per_shard=args.samples_per_shard, overwrite=args.overwrite,
+                                  progress=not args.quiet)
+    print(_summary(manifest))
+    print(f"instances per category: {manifest.dense.instance_counts}")
+    return 0
+
+
+def _coco(args: argparse.Namespace) -> int:
+    result = write_coco_shards(root=args.root, out_dir=args.out, images_dir=args.images, image_format=args.image_format,
+                               samples_per_shard=args.samples_per_shard, overwrite=args.overwrite,
+                               progress=not args.quiet)
+    print(_summary(result.manifest))
+    print(f"instances per category: {result.manifest.dense.instance_counts}; left out: {result.skipped_images} "
+          f"images without annotations, {result.skipped_annotations} empty boxes")
+    return 0
+
+
+def _add_dense_commands(commands) -> None:
+    coco = commands.add_parser("coco", help="dense shards from a COCO-format folder (instances_<split>.json + images/)")
+    coco.add_argument("--root", required=True, help="folder with instances_<split>.json (or annotations/...)")
+    coco.add_argument("--images", default=None, help="image directory (default: ROOT/images)")
+    _add_output_options(coco, image_options=True, samples_per_shard_default=500)
+    coco.set_defaults(handler=_one_line_errors(_coco))
+
+    scenes = commands.add_parser("scenes", help="the built-in detection / segmentation set: items pasted on canvases")
+    scenes.add_argument("--items", choices=SCENE_DATASETS, default="fashion_mnist",
+                        help="where the pasted items come from (default: %(default)s)")
+    scenes.add_argument("--root", default=DEFAULT_FASHION_MNIST_ROOT, help="Fashion-MNIST IDX directory")
+    scenes.add_argument("--num-train", type=int, default=2000, metavar="N", help="training scenes")
+    scenes.add_argument("--num-test", type=int, default=500, metavar="N", help="test scenes (always balanced)")
+    scenes.add_argument("--canvas-size", type=int, default=96, metavar="PX", help="canvas side (default 96)")
+    scenes.add_argument("--max-items", type=int, default=4, metavar="K", help="items per scene: 1..K")
+    scenes.add_argument("--min-item-size", type=int, default=20, metavar="PX")
+    scenes.add_argument("--max-item-size", type=int, default=44, metavar="PX")
+    scenes.add_argument("--occlusion", action="store_true", help="let items overlap (boxes from visible pixels)")
+    scenes.add_argument("--imbalance-factor", type=float, default=1.0, metavar="F",
+                        help="long-tailed categories in train: head / tail item ratio (default 1 = balanced)")
+    scenes.add_argument("--tint", action="store_true", help="RGB scenes with a random tint per item")
+    scenes.add_argument("--seed", type=int, default=0, help="the same seed writes the same bytes")
+    _add_output_options(scenes, image_options=False, samples_per_shard_default=500)
+    scenes.set_defaults(handler=_one_line_errors(_scenes))
+
+
 def _add_output_options(parser: argparse.ArgumentParser, *, image_options: bool,
                         samples_per_shard_default: int | None = DEFAULT_SAMPLES_PER_SHARD) -> None:
     parser.add_argument("--out", required=True, help="output directory (shards + manifest.json); must not exist "
@@ -102,10 +154,10 @@ def _add_output_options(parser: argparse.ArgumentParser, *, image_options: bool,
 
 
 def add_shards_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``shards`` with its sub-commands fashion-mnist, folder, cifar and longtail."""
+    """Register ``shards`` with its sub-commands fashion-mnist, folder, cifar, longtail, scenes and coco."""
     shards = subparsers.add_parser("shards", help="write WebDataset shards + manifest.json, or a long-tailed subset")
     commands = shards.add_subparsers(dest="shards_command", required=True,
-                                     metavar="{fashion-mnist,folder,cifar,longtail}")
+                                     metavar="{fashion-mnist,folder,cifar,longtail,scenes,coco}")
 
     fashion = commands.add_parser("fashion-mnist", help="shards from the Fashion-MNIST IDX files")
     fashion.add_argument("--root", default=DEFAULT_FASHION_MNIST_ROOT,
@@ -143,3 +195,4 @@ def add_shards_commands(subparsers: argparse._SubParsersAction) -> None:
     longtail.add_argument("--seed", type=int, required=True, help="selects which samples each class keeps")
     _add_output_options(longtail, image_options=False, samples_per_shard_default=None)
     longtail.set_defaults(handler=_one_line_errors(_longtail))
+    _add_dense_commands(commands)

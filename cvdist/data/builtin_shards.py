@@ -28,7 +28,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -74,19 +74,20 @@ def default_cache_dir() -> Path:
     return Path(base) / "cvdist"
 
 
-def _source_fingerprint(spec: BuiltinSpec) -> dict:
+def source_fingerprint(*, dataset: str, root: str) -> dict:
     """What identifies the source files: for Fashion-MNIST the resolved root and its IDX files'
     names and sizes (a replaced data set gets a new cache entry)."""
-    if spec.dataset == "synthetic":
+    if dataset == "synthetic":
         return {}
-    root = Path(spec.root).resolve()
+    root = Path(root).resolve()
     files = sorted((p.name, p.stat().st_size) for p in root.glob("*-ubyte*")) if root.is_dir() else []
     return {"root": str(root), "files": files}
 
 
 def cache_key(spec: BuiltinSpec) -> str:
     """``<dataset>-<digest>``: the cache entry's directory name."""
-    description = {"format": CACHE_FORMAT, **asdict(spec), "source": _source_fingerprint(spec)}
+    description = {"format": CACHE_FORMAT, **asdict(spec), "source": source_fingerprint(dataset=spec.dataset,
+                                                                                       root=spec.root)}
     if spec.dataset == "synthetic":
         description["root"] = ""
     digest = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
@@ -179,15 +180,26 @@ def builtin_shard_dir(spec: BuiltinSpec, *, cache_dir: Optional[str | Path] = No
                       log=print) -> Path:
     """The shard directory of the built-in set ``spec`` under ``cache_dir`` (default:
     :func:`default_cache_dir`), written first if it is not there yet (see the module doc)."""
+    def write(target: Path) -> None:
+        write_dataset_shards(source=build_builtin_source(spec), out_dir=target, samples_per_shard=SAMPLES_PER_SHARD,
+                             image_format="png", overwrite=True)
+
+    return cached_shard_dir(name=cache_key(spec), write=write, what=f"built-in {spec.dataset} data",
+                            cache_dir=cache_dir, log=log)
+
+
+def cached_shard_dir(*, name: str, write: Callable[[Path], None], what: str,
+                     cache_dir: Optional[str | Path] = None, log=print) -> Path:
+    """``<cache>/<name>``, written first by ``write(target)`` (atomically, under a lock, by one
+    process of a multi-process run) if it holds no manifest yet; ``what`` names it in the log."""
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    target = cache / cache_key(spec)
+    target = cache / name
     if (target / MANIFEST_NAME).is_file():
         return target
     cache.mkdir(parents=True, exist_ok=True)
     with open(cache / f".{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one writer; the others wait and then find it written
         if not (target / MANIFEST_NAME).is_file():
-            log(f"[cvdist] writing the built-in {spec.dataset} data as shards to {target} (once)")
-            write_dataset_shards(source=build_builtin_source(spec), out_dir=target,
-                                 samples_per_shard=SAMPLES_PER_SHARD, image_format="png", overwrite=True)
+            log(f"[cvdist] writing the {what} as shards to {target} (once)")
+            write(target)
     return target

@@ -53,6 +53,9 @@ class Sample:
     """Extra labels (written as the .json member), indices into the manifest's extra_labels."""
     key: str = ""
     """WebDataset key (no dots); ``write_dataset_shards`` sets it to ``<split>-<source index:08d>``."""
+    members: dict[str, bytes] = field(default_factory=dict)
+    """Further encoded members by extension (``{"json": ..., "inst.png": ...}``: dense annotations),
+    written as ``<key>.<extension>`` after the image and ``.cls``; ``json`` excludes ``extras``."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,10 @@ def _list_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return class_names, files
 
 
-def _read_folder_image(path: Path, label: int, image_format: str) -> Sample:
+def read_image_file(path: Path, label: int, image_format: str) -> Sample:
+    """One image file as a sample: its bytes when already ``image_format``, else its pixels.
+    Opened only in the format its extension declares (``FOLDER_FORMATS``), refused above the
+    training pixel cap."""
     # Any failure (unreadable file, wrong format, decompression bomb, damaged pixels, ...) is one
     # ValueError naming the file: `cvdist shards` prints it as one line, never a traceback.
     try:
@@ -184,7 +190,7 @@ def build_folder_source(*, splits: dict[str, str | Path], image_format: str = "p
 
         def read(index: int, files=files) -> Sample:
             path, label = files[index]
-            return _read_folder_image(path, label, image_format)
+            return read_image_file(path, label, image_format)
 
         source_splits[split] = SourceSplit(num_samples=len(files), read_sample=read)
     roots = ", ".join(f"{split}={Path(root).resolve()}" for split, root in splits.items())

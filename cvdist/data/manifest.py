@@ -13,14 +13,19 @@ One manifest per output directory, beside the shards (format ``cvdist-shards/1``
      "splits": {"train": {"num_samples": N, "class_counts": [per class],
                           "shards": [{"file": "train-000000.tar", "num_samples": n,
                                       "class_counts": [per class]}, ...]},
-                "test": {...}}}
+                "test": {...}},
+     "dense": {"instance_counts": {"train": [per class], ...}}}   # only in dense shards (below)
 
 Every count list has one entry per class name. A split's ``num_samples`` equals the sum of its
 ``class_counts`` and of its shards' ``num_samples``; its ``class_counts`` equal the sum of its
 shards' ``class_counts``. Shard ``file`` names are plain file names inside the manifest's directory.
 Each sample in a shard has the members ``<key>.<image_format>``, ``<key>.cls`` (ASCII integer) and,
 when ``extra_labels`` is not empty, ``<key>.json`` (``{"coarse": 3}``: an index into the names).
-Unknown keys are rejected: a new field means a new format version.
+Unknown keys are rejected: a new field means a new format version. The one optional key,
+``dense``, marks dense shards (``cvdist.data.dense_shards``): each sample also has the members
+``<key>.json`` (its annotations), ``<key>.inst.png`` and ``<key>.sem.png``; ``.cls`` is the
+category of the sample's largest instance (so ``class_counts`` count images), and
+``dense.instance_counts`` counts annotated instances per category in each split.
 """
 
 from __future__ import annotations
@@ -74,6 +79,13 @@ class LongtailInfo:
     kept_per_class: list[int]
 
 
+@dataclass(frozen=True)
+class DenseInfo:
+    """What dense shards add: annotated instances per category (index = class label) per split."""
+
+    instance_counts: dict[str, list[int]]
+
+
 @dataclass
 class Manifest:
     """A loaded manifest; ``directory`` (not stored in the file) is where its shards lie."""
@@ -85,6 +97,7 @@ class Manifest:
     extra_labels: dict[str, list[str]] = field(default_factory=dict)
     longtail: LongtailInfo | None = None
     splits: dict[str, SplitInfo] = field(default_factory=dict)
+    dense: DenseInfo | None = None
 
     @property
     def num_classes(self) -> int:
@@ -129,9 +142,12 @@ class Manifest:
                          "shards": [{"file": s.file, "num_samples": s.num_samples,
                                      "class_counts": list(s.class_counts)} for s in info.shards]}
                   for name, info in self.splits.items()}
-        return {"format": FORMAT, "source": self.source, "class_names": list(self.class_names),
+        data = {"format": FORMAT, "source": self.source, "class_names": list(self.class_names),
                 "image_format": self.image_format, "extra_labels": {k: list(v) for k, v in self.extra_labels.items()},
                 "longtail": longtail, "splits": splits}
+        if self.dense is not None:  # absent, not null, for classification shards (their files are unchanged)
+            data["dense"] = {"instance_counts": {k: list(v) for k, v in self.dense.instance_counts.items()}}
+        return data
 
 
 def write_manifest(manifest: Manifest, directory: str | Path | None = None) -> Path:
@@ -222,7 +238,8 @@ def _parse(data: Any, path: Path) -> Manifest:
     if isinstance(data, dict) and data.get("format") != FORMAT:
         check.fail("format", f"is {data.get('format')!r}, expected {FORMAT!r}: not a cvdist shard manifest "
                    "or written by another cvdist version")
-    data = check.obj(data, "the manifest", _TOP_KEYS)
+    optional = ("dense",) if isinstance(data, dict) and "dense" in data else ()
+    data = check.obj(data, "the manifest", _TOP_KEYS + optional)
     if not isinstance(data["source"], str):
         check.fail("source", "must be a string")
     class_names = check.names(data["class_names"], "class_names")
@@ -239,8 +256,18 @@ def _parse(data: Any, path: Path) -> Manifest:
     longtail = None
     if data["longtail"] is not None:
         longtail = _parse_longtail(check, data["longtail"], len(class_names))
+    dense = _parse_dense(check, data["dense"], splits, len(class_names)) if "dense" in data else None
     return Manifest(directory=path.parent.resolve(), source=data["source"], class_names=class_names,
-                    image_format=data["image_format"], extra_labels=extra, longtail=longtail, splits=splits)
+                    image_format=data["image_format"], extra_labels=extra, longtail=longtail, splits=splits,
+                    dense=dense)
+
+
+def _parse_dense(check: _Checker, value: Any, splits: dict, num_classes: int) -> DenseInfo:
+    counts = check.obj(value, "dense", ("instance_counts",))["instance_counts"]
+    if not isinstance(counts, dict) or set(counts) != set(splits):
+        check.fail("dense.instance_counts", f"must map exactly the splits {sorted(splits)} to per-class counts")
+    return DenseInfo(instance_counts={name: check.counts(v, f"dense.instance_counts.{name}", num_classes)
+                                      for name, v in counts.items()})
 
 
 def _parse_split(check: _Checker, value: Any, where: str, num_classes: int) -> SplitInfo:

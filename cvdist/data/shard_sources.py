@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -172,6 +172,7 @@ def iterate_eval_shards(source: ShardSet, *, rank: int, world_size: int, batch_s
         shards, stride, offset = list(zip(source.urls, source.shard_sizes)), world_size, rank
     num_batches = math.ceil(max(per_rank) / batch_size)
     errors: list[str] = []
+    collate = getattr(decoder, "collate", collate_samples)  # dense decoders batch lists of targets
     items, template, yielded, position = [], None, 0, 0
     for url, size in shards:
         samples = read_shard_samples(url, errors, max_member_bytes=max_member_bytes)
@@ -186,7 +187,7 @@ def iterate_eval_shards(source: ShardSet, *, rank: int, world_size: int, batch_s
                 continue
             template = template or items[0]
             if len(items) == batch_size:
-                yield _with_mask(items, batch_size, template)
+                yield _with_mask(items, batch_size, template, collate)
                 items, yielded = [], yielded + 1
         check_corrupt(errors, max_corrupt=max_corrupt, where=f"rank {rank} evaluation")
     if errors:
@@ -195,12 +196,12 @@ def iterate_eval_shards(source: ShardSet, *, rank: int, world_size: int, batch_s
     if template is None:
         raise DataError(f"rank {rank} could not read any evaluation sample (errors: {errors[:3]})")
     while yielded < num_batches:
-        yield _with_mask(items, batch_size, template)
+        yield _with_mask(items, batch_size, template, collate)
         items, yielded = [], yielded + 1
 
 
-def _with_mask(items: list, batch_size: int, template: Any) -> dict[str, Any]:
+def _with_mask(items: list, batch_size: int, template: Any, collate: Callable = collate_samples) -> dict[str, Any]:
     """Collate ``items`` padded to ``batch_size`` with masked copies of ``template``."""
-    batch = collate_samples(items + [template] * (batch_size - len(items)))
+    batch = collate(items + [template] * (batch_size - len(items)))
     batch["valid"] = torch.arange(batch_size) < len(items)
     return batch

@@ -109,7 +109,11 @@ class _SplitWriter:
         _tar_member(self._tar, f"{sample.key}.{self.image_format}", image)
         _tar_member(self._tar, f"{sample.key}.cls", str(sample.label).encode("ascii"))
         if sample.extras:
+            if "json" in sample.members:
+                raise ValueError(f"sample {sample.key} has both extras and a json member; give one of them")
             _tar_member(self._tar, f"{sample.key}.json", extras_json(sample.extras))
+        for extension, data in sample.members.items():
+            _tar_member(self._tar, f"{sample.key}.{extension}", data)
         self._counts[sample.label] += 1
         if sum(self._counts) == self.samples_per_shard:
             self._close()

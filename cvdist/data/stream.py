@@ -233,6 +233,7 @@ class ShardDataset(IterableDataset):
         stream = _shuffled(mixed, self.shuffle_buffer, random.Random(f"shuffle:{tag}"))
         # uint8 samples where the decoder can normalise per batch (ShardStream.iterate does it)
         decode = self.decoder.decode_pixels if getattr(self.decoder, "normaliser", None) else self.decoder
+        collate = getattr(self.decoder, "collate", collate_samples)  # dense decoders batch lists of targets
         consumed, reported, items = 0, 0, []
         remaining = setup.batches_per_slot - setup.already_yielded[worker]
         for sample in stream:
@@ -251,7 +252,7 @@ class ShardDataset(IterableDataset):
                 errors.append(describe_sample_error(sample, error))
             if len(items) == self.batch_size:
                 remaining -= 1
-                yield collate_samples(items), SlotProgress(worker, consumed, len(errors), errors[reported:])
+                yield collate(items), SlotProgress(worker, consumed, len(errors), errors[reported:])
                 reported, items = len(errors), []
         if remaining > 0:
             detail = "; ".join(errors[-3:])

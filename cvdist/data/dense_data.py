@@ -1,0 +1,101 @@
+"""A dense task's data from ``DataConfig``: the training stream and evaluation batches of dense
+shards (``cvdist.data.dense_shards``), through the same reader as every other task.
+
+With ``data.train_shards`` empty the built-in scenes set is written once into the cache (as the
+built-in classification sets are, ``cvdist.data.builtin_shards``): items from ``data.dataset``
+(``data.root``), canvases of ``data.image_size`` px, ``data.num_train_samples`` /
+``data.num_eval_samples`` scenes (0 = 2000 / 500) and ``data.imbalance_factor`` over categories.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from cvdist.config import ConfigError, DataConfig
+from cvdist.data.builtin_shards import cached_shard_dir, source_fingerprint
+from cvdist.data.dense_decode import build_dense_decoder
+from cvdist.data.dense_shards import write_scene_shards
+from cvdist.data.scenes import SceneOptions
+from cvdist.data.shard_sources import build_train_stream, iterate_eval_shards, resolve_source
+
+SCENES_FORMAT = 1
+"""Bump when the scenes written for the same settings change, so old caches are not reused."""
+DEFAULT_TRAIN_SCENES, DEFAULT_EVAL_SCENES = 2000, 500
+
+
+@dataclass
+class DenseData:
+    """Training batches, evaluation batches and what the manifest knows of the categories."""
+
+    train: Any
+    """The ``BatchSource`` for the engine: ``{"image": [...], "target": [...], "key": [...]}``."""
+    eval_batches: Callable[[], Iterator[dict]]
+    """A fresh pass over this rank's share of the evaluation images (with a ``valid`` mask)."""
+    category_names: list[str]
+    train_instance_counts: list[int]
+
+
+def scenes_options(data: DataConfig, scenes: SceneOptions) -> SceneOptions:
+    """``scenes`` with the canvas and long-tail profile the data section sets."""
+    return dataclasses.replace(scenes, canvas_size=data.image_size, imbalance_factor=float(data.imbalance_factor))
+
+
+def with_builtin_scenes(data: DataConfig, *, scenes: SceneOptions, seed: int) -> DataConfig:
+    """``data`` itself when it names shards; else a copy naming the cached built-in scenes."""
+    if data.train_shards:
+        return data
+    options = scenes_options(data, scenes)
+    options.check()
+    num_train, num_eval = data.num_train_samples or DEFAULT_TRAIN_SCENES, data.num_eval_samples or DEFAULT_EVAL_SCENES
+    description = {"format": SCENES_FORMAT, "dataset": data.dataset, "num_train": num_train, "num_eval": num_eval,
+                   "seed": seed, **dataclasses.asdict(options),
+                   "source": source_fingerprint(dataset=data.dataset, root=data.root)}
+    digest = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
+
+    def write(target) -> None:
+        write_scene_shards(out_dir=target, dataset=data.dataset, root=data.root if data.dataset != "synthetic" else "",
+                           num_train=num_train, num_test=num_eval, options=options, seed=seed, overwrite=True)
+
+    directory = cached_shard_dir(name=f"scenes-{data.dataset}-{digest}", write=write,
+                                 what=f"built-in scenes ({data.dataset} items)", cache_dir=data.cache_dir or None)
+    return dataclasses.replace(data, train_shards=[str(directory)], train_weights=[], eval_shards="",
+                               train_split="train", eval_split="test")
+
+
+def build_dense_data(data: DataConfig, *, scenes: SceneOptions, num_categories: int, rank: int, world_size: int,
+                     micro_batch_size: int, seed: int, num_epochs: int, hflip: float,
+                     scale_range: tuple[float, float]) -> DenseData:
+    """The dense training stream and evaluation batches ``data`` describes, for this rank."""
+    if len(data.train_shards) > 1:
+        raise ConfigError("a dense task reads one data.train_shards source (a directory of dense shards)")
+    if data.sampling != "instance":
+        raise ConfigError(f"data.sampling={data.sampling!r} re-samples by image class; dense tasks use "
+                          "data.sampling=instance")
+    data = with_builtin_scenes(data, scenes=scenes, seed=seed)
+    decoder = build_dense_decoder(num_categories=num_categories, train=True, size=data.image_size, hflip=hflip,
+                                  scale_range=scale_range, max_image_pixels=data.max_image_pixels)
+    stream, manifests = build_train_stream(
+        shards=data.train_shards, weights=[], split=data.train_split, rank=rank, world_size=world_size,
+        num_workers=data.num_workers, batch_size=micro_batch_size, seed=seed, decoder=decoder,
+        shuffle_buffer=data.shuffle_buffer, num_samples=data.num_samples, sampling="instance",
+        num_epochs=num_epochs, max_corrupt=data.max_corrupt, num_classes=num_categories,
+        max_member_bytes=data.max_member_bytes, allow_pipe=data.allow_pipe)
+    manifest = manifests[0]
+    if manifest is None or manifest.dense is None:
+        raise ConfigError(f"data.train_shards={data.train_shards} are not dense shards (their manifest.json has no "
+                          "'dense' section); write them with `cvdist shards scenes`")
+    # (model.num_classes against the manifest's categories: checked by resolve_source, as for every recipe)
+    eval_source, _ = resolve_source(data.eval_shards or data.train_shards[0], split=data.eval_split,
+                                    num_classes=num_categories, max_corrupt=data.max_corrupt,
+                                    max_member_bytes=data.max_member_bytes, allow_pipe=data.allow_pipe)
+    eval_decoder = build_dense_decoder(num_categories=num_categories, train=False, size=data.image_size,
+                                       max_image_pixels=data.max_image_pixels)
+    eval_batches = lambda: iterate_eval_shards(eval_source, rank=rank, world_size=world_size,  # noqa: E731
+                                               batch_size=data.eval_batch_size, decoder=eval_decoder,
+                                               max_corrupt=data.max_corrupt, max_member_bytes=data.max_member_bytes)
+    return DenseData(train=stream, eval_batches=eval_batches, category_names=list(manifest.class_names),
+                     train_instance_counts=list(manifest.dense.instance_counts[data.train_split]))

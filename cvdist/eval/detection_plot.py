@@ -1,0 +1,53 @@
+"""A PNG of evaluation images with their ground-truth boxes (green) and predicted boxes (red,
+with category name and score), written at each evaluation of the detection task."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from cvdist.io import atomic_write_bytes
+
+GROUND_TRUTH_COLOUR, PREDICTION_COLOUR = (0, 220, 0), (255, 40, 40)
+
+
+def _panel(image: torch.Tensor, target: dict, prediction: dict, *, names: Sequence[str], scale: int,
+           min_score: float) -> Image.Image:
+    pixels = (image.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    if pixels.shape[2] == 1:
+        pixels = np.repeat(pixels, 3, axis=2)
+    panel = Image.fromarray(pixels).resize((pixels.shape[1] * scale, pixels.shape[0] * scale), Image.NEAREST)
+    draw = ImageDraw.Draw(panel)
+    for box in target["boxes"].tolist():
+        draw.rectangle([v * scale for v in box], outline=GROUND_TRUTH_COLOUR)
+    for box, label, score in zip(prediction["boxes"].tolist(), prediction["labels"].tolist(),
+                                 prediction["scores"].tolist()):
+        if score >= min_score:
+            draw.rectangle([v * scale for v in box], outline=PREDICTION_COLOUR)
+            draw.text((box[0] * scale + 2, box[1] * scale + 1), f"{names[label]} {score:.2f}", fill=PREDICTION_COLOUR)
+    return panel
+
+
+def save_detection_grid(images: Sequence[torch.Tensor], targets: Sequence[dict], predictions: Sequence[dict], *,
+                        path: str | Path, category_names: Sequence[str], scale: int = 3,
+                        min_score: float = 0.3) -> Path:
+    """One row of panels (images scaled ``scale`` times; images in [0, 1]); predictions below
+    ``min_score`` are not drawn. Written atomically; returns ``path``."""
+    panels = [_panel(i, t, p, names=category_names, scale=scale, min_score=min_score)
+              for i, t, p in zip(images, targets, predictions, strict=True)]
+    if not panels:
+        raise ValueError("no image to draw")
+    grid = Image.new("RGB", (sum(p.width for p in panels) + 4 * (len(panels) - 1), max(p.height for p in panels)))
+    x = 0
+    for panel in panels:
+        grid.paste(panel, (x, 0))
+        x += panel.width + 4
+    buffer = io.BytesIO()
+    grid.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)

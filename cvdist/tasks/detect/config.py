@@ -1,0 +1,116 @@
+"""The detection recipe's config (``recipes/detect.py``): RunConfig plus ``detect`` and ``scenes``.
+
+The shared ``data`` section keeps its meaning where it applies: ``image_size`` is the training
+and model image side (and the built-in scenes' canvas), ``hflip`` the flip probability,
+``num_train_samples`` / ``num_eval_samples`` / ``dataset`` / ``imbalance_factor`` shape the
+built-in scenes. The classification augmentation keys do not apply: ``vflip``,
+``rotation_degrees``, ``color_jitter``, ``crop_scale`` and ``multi_scale`` are refused when set,
+and the ``augment`` preset is not used (boxes follow ``hflip`` and ``detect.scale_jitter``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from cvdist.config import (CheckpointConfig, ConfigError, DataConfig, ModelConfig, OptimConfig, RunConfig,
+                           ScheduleConfig, TrainConfig, section)
+from cvdist.data.scenes import SceneOptions
+
+
+@dataclass
+class DetectConfig:
+    """The detector and its training options (``cvdist.models.detection``)."""
+
+    architecture: Literal["faster_rcnn", "retinanet", "fcos"] = "fcos"
+    """torchvision detector on the ``model.name`` backbone: ``faster_rcnn`` (with FPN), ``retinanet``, ``fcos``."""
+    fpn_channels: int = 32
+    """Channels of every feature-pyramid level (FCOS: a multiple of 32)."""
+    num_levels: int = 3
+    """Deepest backbone stages fed to the pyramid (at most what the backbone has below the input size)."""
+    anchor_base: int = 8
+    """Anchor side in pixels on the finest level, doubling per level."""
+    scale_jitter: list[float] = field(default_factory=lambda: [0.75, 1.25])
+    """Training scale jitter range [low, high] of ``ScaleJitter`` (then a random crop to ``data.image_size``)."""
+    backbone_from: str = ""
+    """Empty = random init; else a cvdist run or checkpoint directory or a weights file whose
+    classifier trunk (same ``model.name``) initialises the backbone; keys must match."""
+    rare_max: int = 10
+    """APr: categories with at most this many training instances."""
+    common_max: int = 100
+    """APc: more than ``rare_max`` and at most this many; APf: more."""
+    num_box_images: int = 4
+    """Evaluation images drawn with their true (green) and predicted (red) boxes at each evaluation
+    (``boxes_step<N>.png`` in the run directory and W&B ``eval/boxes``); 0 = none."""
+
+
+@dataclass
+class ScenesConfig:
+    """The built-in scenes (when ``data.train_shards`` is empty), see ``cvdist.data.scenes``."""
+
+    max_items: int = 4
+    """Items per scene: 1 to this many."""
+    min_item_size: int = 20
+    """Smallest pasted item side in pixels."""
+    max_item_size: int = 44
+    """Largest pasted item side in pixels."""
+    occlusion: bool = False
+    """Let items overlap (boxes then cover the visible pixels)."""
+    tint: bool = False
+    """RGB scenes with a random tint per item (needs ``model.in_channels=3``)."""
+
+    def options(self) -> SceneOptions:
+        """The scene options (canvas and long-tail profile come from ``data``)."""
+        return SceneOptions(max_items=self.max_items, min_item_size=self.min_item_size,
+                            max_item_size=self.max_item_size, occlusion=self.occlusion, tint=self.tint)
+
+
+@dataclass
+class DetectRunConfig(RunConfig):
+    """RunConfig plus the ``detect`` and ``scenes`` sections."""
+
+    recipe: str = "detect"
+    name: str = "detect"
+    model: ModelConfig = section(ModelConfig, name="small_resnet")
+    data: DataConfig = section(DataConfig, image_size=96, global_batch_size=16, eval_batch_size=16,
+                               shuffle_buffer=200)
+    optim: OptimConfig = section(OptimConfig, name="adamw", lr=0.002, weight_decay=1e-4, grad_clip_norm=10.0)
+    schedule: ScheduleConfig = section(ScheduleConfig, name="cosine", warmup_steps=50)
+    train: TrainConfig = section(TrainConfig, epochs=4)
+    checkpoint: CheckpointConfig = section(CheckpointConfig, every_steps=200)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    scenes: ScenesConfig = field(default_factory=ScenesConfig)
+
+
+_NOT_DENSE = ("vflip", "rotation_degrees", "color_jitter")
+
+
+def validate_detect(config: DetectRunConfig) -> None:
+    """Check the detection recipe's own keys; raise ConfigError naming the key and the fix."""
+    det, data = config.detect, config.data
+    for key in _NOT_DENSE:
+        if getattr(data, key) is not None:
+            raise ConfigError(f"data.{key} does not apply to detection (boxes follow flips and scale jitter only); "
+                              "remove it")
+    if data.crop_scale or data.multi_scale:
+        raise ConfigError("data.crop_scale / data.multi_scale do not apply to detection; use detect.scale_jitter")
+    if data.hflip is not None and not 0 <= data.hflip <= 1:
+        raise ConfigError(f"data.hflip={data.hflip} must lie in [0, 1]")
+    if len(det.scale_jitter) != 2 or not 0 < det.scale_jitter[0] <= det.scale_jitter[1]:
+        raise ConfigError(f"detect.scale_jitter={det.scale_jitter} must be [low, high] with 0 < low <= high")
+    if det.num_box_images < 0:
+        raise ConfigError(f"detect.num_box_images={det.num_box_images} must be >= 0 (0 = no picture)")
+    for key in ("fpn_channels", "num_levels", "anchor_base"):
+        if getattr(det, key) < 1:
+            raise ConfigError(f"detect.{key}={getattr(det, key)} must be >= 1")
+    if det.architecture == "fcos" and det.fpn_channels % 32:
+        raise ConfigError(f"detect.fpn_channels={det.fpn_channels}: FCOS's head needs a multiple of 32")
+    if det.backbone_from and not Path(det.backbone_from).exists():
+        raise ConfigError(f"detect.backbone_from={det.backbone_from!r} does not exist; give a cvdist run or "
+                          "checkpoint directory or a weights file, or leave it empty for random init")
+    if not data.train_shards and config.scenes.tint != (config.model.in_channels == 3):
+        raise ConfigError(f"scenes.tint={config.scenes.tint} makes {'RGB' if config.scenes.tint else 'grey'} scenes; "
+                          f"set model.in_channels={3 if config.scenes.tint else 1}")
+    if len(data.mean) != config.model.in_channels or len(data.std) != config.model.in_channels:
+        raise ConfigError(f"data.mean / data.std need {config.model.in_channels} values (model.in_channels)")

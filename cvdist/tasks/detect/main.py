@@ -1,0 +1,64 @@
+"""``main`` of the detection task: parse the config, build the parts, call the engine, report.
+
+The user-facing entry point is ``recipes/detect.py`` (its docstring shows the command lines),
+which passes the recipe's YAML defaults as ``default_yaml``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from cvdist.config_loading import load_recipe_config
+from cvdist.data.dense_data import build_dense_data
+from cvdist.engine import TrainTask, fit, start_session
+from cvdist.engine.transfer import load_backbone
+from cvdist.eval.detection_plot import save_detection_grid
+from cvdist.tasks.detect.config import DetectRunConfig, validate_detect
+from cvdist.tasks.detect.step import build_detection_model, detection_loss, evaluate_detector
+
+
+def main(argv: Sequence[str], *, default_yaml: str | Path) -> int:
+    """Run the task with the recipe's YAML defaults ``default_yaml`` and the command line ``argv``."""
+    config = load_recipe_config(argv, default_yaml=default_yaml, recipe="detect", schema=DetectRunConfig)
+    validate_detect(config)
+    session = start_session(config)
+    env, det, data_config = session.env, config.detect, config.data
+    data = build_dense_data(data_config, scenes=config.scenes.options(), num_categories=config.model.num_classes,
+                            rank=env.rank, world_size=env.world_size, micro_batch_size=session.micro_batch_size,
+                            seed=config.train.seed, num_epochs=config.train.epochs,
+                            hflip=0.5 if data_config.hflip is None else data_config.hflip,
+                            scale_range=tuple(det.scale_jitter))
+    source = det.backbone_from if session.resume_from is None else ""  # a resumed run has its own weights
+
+    def load_trunk(classifier) -> None:
+        if source:
+            load_backbone(classifier, source=source, log=session.print)
+            session.print(f"[cvdist] backbone weights from {source}")
+
+    model = build_detection_model(
+        name=config.model.name, architecture=det.architecture, num_categories=config.model.num_classes,
+        in_channels=config.model.in_channels, small_stem=config.model.small_stem, image_size=data_config.image_size,
+        mean=data_config.mean, std=data_config.std, fpn_channels=det.fpn_channels, num_levels=det.num_levels,
+        anchor_base=det.anchor_base, load_trunk=load_trunk)
+    if det.backbone_from:
+        session.add_input(det.backbone_from)  # lineage: inputs.json and the W&B input artifact
+
+    def evaluate(model, progress):
+        def show(images, targets, predictions):  # rank 0's first images: boxes_step<N>.png, also to W&B
+            path = session.run_dir / f"boxes_step{progress.step}.png"
+            save_detection_grid(images, targets, predictions, path=path, category_names=data.category_names)
+            session.wandb.log_image("eval/boxes", path, step=progress.step)
+
+        return evaluate_detector(model, data.eval_batches(), to_device=session.backend.to_device, device=env.device,
+                                 category_names=data.category_names, train_instance_counts=data.train_instance_counts,
+                                 rare_max=det.rare_max, common_max=det.common_max,
+                                 num_shown=det.num_box_images if env.is_main else 0, show=show)
+
+    result = fit(session, TrainTask(model=model, compute_loss=detection_loss, train_batches=data.train,
+                                    evaluate=evaluate))
+    final = result.summary["final"]
+    session.print(f"[cvdist] done: step {result.step}, eval AP {final.get('eval/AP', float('nan')):.4f}, "
+                  f"AP50 {final.get('eval/AP50', float('nan')):.4f}, record in {session.run_dir}")
+    session.close()
+    return 0

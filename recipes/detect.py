@@ -1,0 +1,19 @@
+"""Object detection (Faster R-CNN / RetinaNet / FCOS on a cvdist backbone), on dense shards or
+the built-in scenes, with any strategy and launcher; COCO box AP at each evaluation.
+
+    python recipes/detect.py train.max_steps=50
+    python recipes/detect.py detect.architecture=faster_rcnn detect.backbone_from=runs/supervised
+    torchrun --nproc_per_node 2 recipes/detect.py data.train_shards=[data/scenes]
+"""
+
+import sys
+from functools import partial
+from pathlib import Path
+
+from cvdist.cli import run_recipe
+from cvdist.tasks.detect import main as run_task
+
+main = partial(run_task, default_yaml=Path(__file__).with_suffix(".yaml"))
+
+if __name__ == "__main__":
+    sys.exit(run_recipe(main))
