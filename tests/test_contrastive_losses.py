@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import sys
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from cvdist.losses.contrastive import info_nce_loss, moco_v3_loss, nt_xent_loss, triplet_margin_loss
 from cvdist.models import build_backbone, build_model
 from cvdist.models.backbones import remove_head
 from cvdist.models.heads import PredictionHead, ProjectionMLP, SSLHeads, SSLModel, momentum_at, update_momentum_encoder
+from tests.helpers.spawn import run_ranks
 
 
 def test_nt_xent_matches_a_hand_computed_value():
@@ -88,23 +87,8 @@ def _worker(rank: int, world_size: int, port: int, queue) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_equal_one_process_with_the_concatenated_batch():
-    context = mp.get_context("spawn")
-    queue = context.SimpleQueue()
-    port = _free_port()
-    processes = [context.Process(target=_worker, args=(rank, 2, port, queue)) for rank in range(2)]
-    for process in processes:
-        process.start()
-    gathered = dict(queue.get() for _ in processes)
-    for process in processes:
-        process.join(timeout=60)
-        assert process.exitcode == 0
+    gathered = run_ranks(_worker, world_size=2)
     x_a, x_b, weight = _data()
     for name in ("nt_xent", "moco_v3", "info_nce", "triplet"):
         w = weight.clone().requires_grad_(True)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from cvdist.eval.detection import DetectionAccumulator
+from tests.helpers.spawn import run_ranks
 
 CPU = torch.device("cpu")
 
@@ -86,7 +85,7 @@ def _score(images, *, valid=None):
     return accumulator
 
 
-def _worker(rank: int, port: int, queue) -> None:
+def _worker(rank: int, world_size: int, port: int, queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
@@ -100,18 +99,7 @@ def _worker(rank: int, port: int, queue) -> None:
 
 
 def test_two_ranks_give_exactly_the_one_rank_metrics():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    context = mp.get_context("spawn")
-    queue = context.SimpleQueue()
-    processes = [context.Process(target=_worker, args=(rank, port, queue)) for rank in range(2)]
-    for process in processes:
-        process.start()
-    results = dict(queue.get() for _ in processes)
-    for process in processes:
-        process.join(timeout=60)
-        assert process.exitcode == 0
+    results = run_ranks(_worker, world_size=2)
     single = _score(_images()).compute(device=CPU, train_instance_counts=[9, 50, 200])
     assert 0 < single["AP"] < 1
     assert results[0] == results[1] == single

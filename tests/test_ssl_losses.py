@@ -11,10 +11,9 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from cvdist.losses.ssl import barlow_twins_loss, byol_loss, dino_loss, simsiam_loss, vicreg_loss
-from tests.test_contrastive_losses import _free_port
+from tests.helpers.spawn import run_ranks
 
 
 def _rows(*rows):
@@ -166,16 +165,7 @@ def _worker(rank: int, world_size: int, port: int, queue) -> None:
 
 
 def test_coupled_losses_two_processes_equal_one_process_and_differ_without_the_reduction():
-    context = mp.get_context("spawn")
-    queue = context.SimpleQueue()
-    port = _free_port()
-    processes = [context.Process(target=_worker, args=(rank, 2, port, queue)) for rank in range(2)]
-    for process in processes:
-        process.start()
-    gathered = dict(queue.get() for _ in processes)
-    for process in processes:
-        process.join(timeout=60)
-        assert process.exitcode == 0
+    gathered = run_ranks(_worker, world_size=2)
     x, weight = _data()
     for name in ("vicreg", "barlow", "dino"):
         w = weight.clone().requires_grad_(True)
