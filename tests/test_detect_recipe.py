@@ -116,7 +116,7 @@ def _untrained_metrics(shards: Path, *, size: int) -> dict[str, float]:
     model = build_detection_model(name="small_resnet", architecture="fcos", num_categories=10, in_channels=1,
                                   small_stem=True, image_size=size, mean=[0.5], std=[0.5], fpn_channels=32,
                                   num_levels=3, anchor_base=8, load_trunk=lambda _: None).eval()
-    source, _ = resolve_source(str(shards), split="test")
+    source, _ = resolve_source(str(shards), split="test", num_classes=10)
     batches = iterate_eval_shards(source, rank=0, world_size=1, batch_size=16,
                                   decoder=build_dense_decoder(num_categories=10, train=False, size=size))
     manifest = load_manifest(shards)
