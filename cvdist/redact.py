@@ -14,15 +14,18 @@ from typing import Any
 
 MASK = "***"
 
+# The patterns run over error lines that can hold a hostile shard's member names (up to 1 MiB),
+# so each is linear in the text: a match may only start where its run of characters starts (the
+# look-behinds) and its runs stop at the next delimiter, with possessive quantifiers (no backtracking).
 # scheme://userinfo@host -> scheme://***@host (userinfo: anything up to the '@' before the host)
-_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s\"]+@")
+_USERINFO = re.compile(r"(?<![a-zA-Z0-9+.-])(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*+://)[^/@\s\"]++@")
 # ?token=... &X-Amz-Signature=... : the value of a query parameter whose name says it is secret
 # (one of its '-' / '_' / '.'-separated words is in _SECRET_WORDS; "monkey=1" stays)
-_PARAMETER = re.compile(r"(?P<name>[?&;](?P<key>[^=&\s'\"#]+)=)(?P<value>[^&\s'\"#]+)")
+_PARAMETER = re.compile(r"(?P<name>[?&;](?P<key>[^=&;?\s'\"#]++)=)(?P<value>[^&;\s'\"#]++)")
 _SECRET_WORDS = frozenset({"token", "sig", "signature", "secret", "password", "passwd", "pwd", "key", "apikey",
                            "credential", "credentials", "auth", "authorization", "session", "sas"})
 # Authorization: Bearer abc / Basic abc (a header passed to curl in a pipe: command)
-_AUTH_HEADER = re.compile(r"(?P<name>\b(?:bearer|basic|token)\s+)[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE)
+_AUTH_HEADER = re.compile(r"(?P<name>(?<![A-Za-z])(?:bearer|basic|token)\s++)[A-Za-z0-9._~+/=-]{8,}+", re.IGNORECASE)
 
 
 def redact_text(text: str) -> str:

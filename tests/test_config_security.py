@@ -42,6 +42,14 @@ def test_redaction_of_commands_and_nested_configs():
     assert redact_text("https://h.org/a.tar?monkey=1&keys=2") == "https://h.org/a.tar?monkey=1&keys=2"
 
 
+@pytest.mark.timeout(120)  # a hang bound: a quadratic pattern would take hours on these
+@pytest.mark.parametrize("unit", ["a.", ";", ";x", "a://", "bearer ", "?k", "x.y-z+", "&token"])
+def test_redaction_stays_linear_on_hostile_text(unit):
+    """Error lines hold a hostile shard's member names (up to 1 MiB): no backtracking blow-up."""
+    text = unit * (1_000_000 // len(unit)) + " https://u:pw@h.org/x"
+    assert redact_text(text).endswith(f" https://{MASK}@h.org/x")
+
+
 def test_config_yaml_and_wandb_config_hold_no_credentials():
     config = load_config(overrides=["data.train_shards=['https://bob:hunter22@h.org/t-{0..3}.tar']",
                                     "data.eval_shards=https://h.org/e.tar?X-Amz-Signature=deadbeef01"])

@@ -73,10 +73,12 @@ def test_the_training_stream_over_a_mutated_shard_ends_in_batches_or_data_error(
     path.write_bytes(mutate(base, mutations))
     stream = ShardStream(sources=[ShardSet(urls=[str(path)], shard_sizes=[4], class_counts=[2, 1, 1])], rank=0,
                          world_size=1, num_workers=0, batch_size=2, seed=0, decoder=DECODERS[0], shuffle_buffer=4,
-                         max_corrupt=10 ** 6, max_member_bytes=MAX_MEMBER_BYTES)
+                         max_corrupt=100, max_member_bytes=MAX_MEMBER_BYTES)
     try:
         batches = list(stream.iterate(epoch=0))
-    except DataError as error:  # every sample lost: the slot ran dry, said in one line
-        assert "ran out of samples" in str(error)
+    except DataError as error:
+        # every sample lost: the slot ran dry, or (samples that read but never decode: the slot
+        # re-reads its shard) the user's max_corrupt limit ends it; either way one line
+        assert "ran out of samples" in str(error) or "more than data.max_corrupt=100" in str(error), str(error)
     else:
         assert len(batches) == 2 and all(b["image"].shape == (2, 1, 8, 8) for b in batches)

@@ -80,10 +80,18 @@ def read_shard_samples(url: str, errors: list[str], *,
         errors.append(_one_line(f"{url}: {type(error).__name__}: {error}"))
 
 
+_MAX_LINE = 2000
+"""Characters of an error line kept (a hostile member name can be 1 MiB long)."""
+
+
 def _one_line(text: str) -> str:
     # Member names come from the shard: a newline in one must not split a log line or an error.
-    # Shard URLs and pipe: commands may hold credentials: redacted here, where every error line is made.
-    return redact_text(text.replace("\r", "\\r").replace("\n", "\\n"))
+    # Shard URLs and pipe: commands may hold credentials: redacted here, where every error line is
+    # made (before shortening, so a cut cannot leave half a secret).
+    text = redact_text(text.replace("\r", "\\r").replace("\n", "\\n"))
+    if len(text) > _MAX_LINE:
+        text = f"{text[:_MAX_LINE - 300]} ... [{len(text) - _MAX_LINE + 300} characters left out] ... {text[-200:]}"
+    return text
 
 
 def describe_sample_error(sample: dict, error: BaseException) -> str:
