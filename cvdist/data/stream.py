@@ -219,9 +219,10 @@ class ShardDataset(IterableDataset):
     """Worker side of :class:`ShardStream` (configured per epoch by it)."""
 
     def __init__(self, *, sources: list[ShardSet], rank: int, num_workers: int, batch_size: int, seed: int,
-                 shuffle_buffer: int, decoder: Decoder, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES):
+                 shuffle_buffer: int, decoder: Decoder, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+                 max_corrupt: int = 100):
         self.sources, self.rank, self.num_workers = sources, rank, max(num_workers, 1)
-        self.max_member_bytes = max_member_bytes
+        self.max_member_bytes, self.max_corrupt = max_member_bytes, max_corrupt
         self.batch_size, self.seed, self.shuffle_buffer, self.decoder = batch_size, seed, shuffle_buffer, decoder
         self.setup: Optional[_EpochSetup] = None
 
@@ -258,6 +259,9 @@ class ShardDataset(IterableDataset):
                 items.append(decode(sample))
             except Exception as error:  # noqa: BLE001 - any decode failure is a corrupt sample
                 errors.append(describe_sample_error(sample, error))
+                if len(errors) > self.max_corrupt:  # samples that read but never decode: no batch would end it
+                    raise DataError(f"reader slot {slot}: {len(errors)} corrupt samples or shards, more than "
+                                    f"data.max_corrupt={self.max_corrupt} (last: {errors[-1]})")
             if len(items) == self.batch_size:
                 remaining -= 1
                 yield collate(items), SlotProgress(worker, consumed, len(errors), errors[reported:])
@@ -300,7 +304,7 @@ class ShardStream:
         self.max_corrupt, self.multi_scale, self.pin_memory = max_corrupt, multi_scale, pin_memory
         self.dataset = ShardDataset(sources=sources, rank=rank, num_workers=num_workers, batch_size=batch_size,
                                     seed=seed, shuffle_buffer=shuffle_buffer if shuffle else 0, decoder=decoder,
-                                    max_member_bytes=max_member_bytes)
+                                    max_member_bytes=max_member_bytes, max_corrupt=max_corrupt)
         self._logical_workers = max(num_workers, 1)
         self._position = {"epoch": 0, "batch": 0, "consumed": [0] * self._logical_workers, "corrupt": 0}
         self._resume: Optional[dict] = None
