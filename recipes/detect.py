@@ -10,8 +10,13 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from cvdist.cli import run_recipe
-from cvdist.tasks.detect import main as run_task
+from cvdist.engine.signals import catch_stop_signals
+
+if __name__ == "__main__":  # first: a stop signal during the imports and start-up below is kept, not fatal
+    catch_stop_signals()
+
+from cvdist.cli import run_recipe  # noqa: E402
+from cvdist.tasks.detect import main as run_task  # noqa: E402
 
 main = partial(run_task, default_yaml=Path(__file__).with_suffix(".yaml"))
 
