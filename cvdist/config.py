@@ -153,7 +153,8 @@ class DistConfig:
     strategy: Literal["auto", "none", "ddp", "zero1", "zero2", "zero3"] = "auto"
     """``auto`` (ddp with several processes, else none), ``none``, ``ddp``, ``zero1``, ``zero2``, ``zero3``."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """``auto`` (bf16 on GPUs that support it, else fp32), ``fp32``, ``bf16``, ``fp16`` (GPU only)."""
+    """``auto`` (bf16 on GPUs that support it, else fp32), ``fp32``, ``bf16`` (GPU, or CPU autocast),
+    ``fp16`` (GPU only)."""
     deepspeed_config: str = ""
     """ZeRO only: a DeepSpeed JSON file merged into cvdist's config (offload, buckets, ...); batch
     sizes, precision, clipping, optimiser and schedule stay cvdist's (see launch/deepspeed/)."""
