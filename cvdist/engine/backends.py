@@ -39,7 +39,7 @@ def resolve_precision(requested: str, device: torch.device) -> str:
 
     bf16 runs on the CPU too (autocast: convolutions and matmuls in bf16, parameters and optimiser
     state in fp32; under ZeRO, DeepSpeed's bf16 mode with fp32 master weights). ``auto`` picks fp32
-    on the CPU: bench/bf16_cpu.py measured bf16 training steps at 0.22x (small_cnn) and 0.41x
+    on the CPU: bench/cpu_steps.py measured bf16 training steps at 0.22x (small_cnn) and 0.41x
     (small_resnet) of fp32 on this project's AVX2-only AMD EPYC machines, which have no native bf16
     arithmetic. fp16 needs a GPU (CPU autocast has no fp16 kernels worth using)."""
     if requested == "auto":
