@@ -56,8 +56,8 @@ class SegmentRunConfig(RunConfig):
                                shuffle_buffer=200)
     optim: OptimConfig = section(OptimConfig, name="adamw", lr=0.003, weight_decay=1e-4, grad_clip_norm=10.0)
     schedule: ScheduleConfig = section(ScheduleConfig, name="cosine", warmup_steps=20)
-    train: TrainConfig = section(TrainConfig, epochs=2)
-    checkpoint: CheckpointConfig = section(CheckpointConfig, every_steps=100)
+    train: TrainConfig = section(TrainConfig, epochs=4)
+    checkpoint: CheckpointConfig = section(CheckpointConfig, every_steps=200)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     scenes: ScenesConfig = field(default_factory=ScenesConfig)
 
