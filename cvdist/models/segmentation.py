@@ -65,7 +65,7 @@ class UNetDecoder(nn.Module):
         self.classifier = nn.Conv2d(width, num_classes, kernel_size=1)
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        deepest, *finer = list(features.values())[::-1]
+        deepest, *finer = [features[key] for key in sorted(features, key=int, reverse=True)]  # keys: stage index
         x = self.reduce(deepest)
         for fuse, skip in zip(self.fuse, finer):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
