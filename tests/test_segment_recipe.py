@@ -33,7 +33,6 @@ def _config(*overrides: str) -> SegmentRunConfig:
     (["segment.num_mask_images=-1"], "segment.num_mask_images=-1 must be >= 0"),
     (["segment.decoder_channels=0"], "segment.decoder_channels=0 must be >= 1"),
     (["model.num_classes=255"], "model.num_classes=255 must lie in 1..254"),
-    (["model.name=vit_micro"], "segment.head=unet needs a CNN's stages; model.name=vit_micro is a ViT"),
     (["scenes.tint=true"], "set model.in_channels=3"),
     (["segment.backbone_from=/nonexistent/run"], "segment.backbone_from='/nonexistent/run' does not exist"),
     (["segment.head=pspnet"], "pspnet"),
@@ -44,6 +43,7 @@ def test_bad_segmentation_settings_are_one_clear_error(overrides, words):
         validate_segment(_config(*overrides))
     validate_segment(_config())
     validate_segment(_config("model.name=vit_micro", "segment.head=linear"))
+    validate_segment(_config("model.name=vit_micro", "segment.head=unet"))
 
 
 @pytest.mark.slow

@@ -3,17 +3,19 @@ light U-Net-style decoder, and a linear head on frozen features.
 
 The trunk is a cvdist classifier, as for detection (``cvdist.models.detection``). For a CNN its
 stage outputs are found by :func:`cvdist.models.detection.pyramid_nodes` and taken with
-torchvision's ``create_feature_extractor``; for a cvdist ViT (``vit_*``) the patch tokens of the
-last block are reshaped to their ``side x side`` grid, which is the one feature map. Heads:
+torchvision's ``create_feature_extractor``. For a cvdist ViT (``vit_*``) the feature map is the
+last block's patch tokens on their grid (``cvdist.models.vit_pyramid.VitTrunk``, the images
+padded to a square multiple of the patch size and the map cropped back); ``unet`` takes its
+stages from ViTDet's simple feature pyramid instead (``SimpleFeaturePyramid``: strides p/2, p,
+2p with an FPN, as the detectors use). Heads:
 
 - ``fcn`` / ``deeplabv3``: torchvision's heads on the deepest feature map (DeepLabv3's atrous
-  rates scaled down for the small feature maps of 64-128 px images). CNN or ViT.
+  rates scaled down for the small feature maps of 64-128 px images).
 - ``unet``: from the deepest stage up, each step upsamples, concatenates the next finer stage's
-  output (the skip connection) and applies conv-BN-ReLU at ``decoder_channels``. CNNs only: a
-  ViT has one patch grid, no stages to skip from.
+  output (the skip connection) and applies conv-BN-ReLU at ``decoder_channels``.
 - ``linear``: BatchNorm + a 1x1 convolution on the deepest map of a FROZEN trunk (the DINOv2
   linear protocol: it measures the features, so the trunk gets no gradient and its BatchNorm
-  keeps its running statistics). CNN or ViT.
+  keeps its running statistics).
 
 Logits are upsampled bilinearly to the input size. Images enter in [0, 1] and are normalised
 by ``image_mean`` / ``image_std`` inside the model (as torchvision's detectors do), so a saved
@@ -22,6 +24,7 @@ model is used without knowing the data section.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -34,6 +37,7 @@ from torchvision.ops import Conv2dNormActivation
 
 from cvdist.models.detection import pyramid_nodes
 from cvdist.models.vit import VisionTransformer
+from cvdist.models.vit_pyramid import SimpleFeaturePyramid, VitTrunk
 
 SEGMENTATION_HEADS = ("fcn", "deeplabv3", "unet", "linear")
 _SMALL_ATROUS_RATES = (2, 4, 6)
@@ -41,17 +45,24 @@ _SMALL_ATROUS_RATES = (2, 4, 6)
 
 
 class VitGrid(nn.Module):
-    """A cvdist ViT's last-block patch tokens as a feature map ``{"out": [B, dim, side, side]}``."""
+    """A cvdist ViT's last-block patch tokens as ``{"out": [B, dim, ceil(H/p), ceil(W/p)]}`` for
+    any image size (padded bottom / right to a square multiple of the patch size p, for the
+    ViT's square sine-cosine positions, then cropped back)."""
 
     def __init__(self, vit: VisionTransformer):
         super().__init__()
-        vit.head = nn.Identity()  # unused here: a parameter without gradient would stall DDP
-        self.vit = vit
+        self.trunk = VitTrunk(vit)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        tokens = self.vit.tokens(images)
-        side = images.shape[-1] // self.vit.patch_size
-        return {"out": tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side)}
+        height, width = images.shape[-2:]
+        patch = self.trunk.patch_size
+        side = math.ceil(max(height, width) / patch) * patch
+        grid = self.trunk(F.pad(images, (0, side - width, 0, side - height)))
+        return {"out": grid[..., :math.ceil(height / patch), :math.ceil(width / patch)]}
+
+
+_VIT_UNET_LEVELS = 3
+"""Simple-pyramid levels under ``unet`` on a ViT: strides p/2, p, 2p (valid for every patch size)."""
 
 
 class UNetDecoder(nn.Module):
@@ -109,15 +120,17 @@ def build_segmenter(*, head: str, classifier: nn.Module, num_classes: int, in_ch
                     decoder_channels: int = 32, image_mean: Sequence[float] = (0.0,),
                     image_std: Sequence[float] = (1.0,)) -> Segmenter:
     """The ``head`` (one of SEGMENTATION_HEADS) on ``classifier``'s trunk (see the module doc);
-    ``num_classes`` counts the background class too. ValueError for an unknown head or a head
-    the backbone cannot feed (``unet`` on a ViT)."""
+    ``num_classes`` counts the background class too. ValueError for an unknown head or a
+    backbone without feature maps (timm ViTs)."""
     if head not in SEGMENTATION_HEADS:
         raise ValueError(f"segmentation head {head!r} unknown; use one of {', '.join(SEGMENTATION_HEADS)}")
     norm = dict(image_mean=image_mean, image_std=image_std)
     if isinstance(classifier, VisionTransformer):
-        if head == "unet":
-            raise ValueError("segmentation head 'unet' needs a CNN's stage outputs for its skip connections; a ViT "
-                             "has one patch grid: use segment.head=linear, fcn or deeplabv3 with a vit_* model")
+        if head == "unet":  # the pyramid's FPN outputs are the stages, all decoder_channels wide
+            body = SimpleFeaturePyramid(classifier, num_levels=_VIT_UNET_LEVELS, out_channels=decoder_channels)
+            decoder = UNetDecoder([decoder_channels] * _VIT_UNET_LEVELS, width=decoder_channels,
+                                  num_classes=num_classes)
+            return Segmenter(body, decoder, multi_scale=True, **norm)
         body, channels, nodes = VitGrid(classifier), classifier.feature_dim, None
     else:
         nodes = pyramid_nodes(classifier, in_channels=in_channels, image_size=image_size)

@@ -29,9 +29,10 @@ class SegmentConfig:
     """The segmentation model and its training options (``cvdist.models.segmentation``)."""
 
     head: Literal["fcn", "deeplabv3", "unet", "linear"] = "unet"
-    """``unet`` (skip connections from every stage; CNNs), ``fcn`` / ``deeplabv3`` (torchvision's
-    heads on the deepest map), ``linear`` (BatchNorm + 1x1 conv on a FROZEN trunk: the DINOv2
-    linear protocol, for ``vit_*`` and CNN trunks; usually with ``segment.backbone_from``)."""
+    """``unet`` (skip connections from every stage; on a ``vit_*`` the stages of ViTDet's simple
+    feature pyramid), ``fcn`` / ``deeplabv3`` (torchvision's heads on the deepest map),
+    ``linear`` (BatchNorm + 1x1 conv on a FROZEN trunk: the DINOv2 linear protocol, for CNN and
+    ``vit_*`` trunks; usually with ``segment.backbone_from``)."""
     decoder_channels: int = 32
     """Width of the ``unet`` decoder's layers."""
     scale_jitter: list[float] = field(default_factory=lambda: [0.75, 1.25])
@@ -75,9 +76,6 @@ def validate_segment(config: SegmentRunConfig) -> None:
     if not 1 <= model.num_classes < IGNORE_INDEX:
         raise ConfigError(f"model.num_classes={model.num_classes} must lie in 1..{IGNORE_INDEX - 1} (8-bit label "
                           f"maps: background 0, categories 1..num_classes, {IGNORE_INDEX} ignored)")
-    if model.name.startswith("vit_") and seg.head == "unet":
-        raise ConfigError(f"segment.head=unet needs a CNN's stages; model.name={model.name} is a ViT: use "
-                          "segment.head=linear (or fcn / deeplabv3)")
     if seg.backbone_from and not Path(seg.backbone_from).exists():
         raise ConfigError(f"segment.backbone_from={seg.backbone_from!r} does not exist; give a cvdist run or "
                           "checkpoint directory or a weights file, or leave it empty for random init")
