@@ -86,6 +86,9 @@ def test_bad_label_maps_are_refused_naming_the_file(tmp_path):
     Image.new("L", (10, 10)).save(tmp_path / "size" / "labels" / "train" / "train_0.png")
     with pytest.raises(ValueError, match="train_0.png is 24x20 px but its label map .* is 10x10"):
         write_segfolder_shards(root=tmp_path / "size", out_dir=tmp_path / "z")
+    (tmp_path / "size" / "images" / "extra").mkdir()
+    with pytest.raises(FileNotFoundError, match="no sub-folder for the split.s. extra that images/ has"):
+        write_segfolder_shards(root=tmp_path / "size", out_dir=tmp_path / "u")
     with pytest.raises(FileNotFoundError, match="needs images/ and labels/"):
         write_segfolder_shards(root=tmp_path / "nothing", out_dir=tmp_path / "w", num_classes=2)
     (tmp_path / "nameless" / "images").mkdir(parents=True)

@@ -57,6 +57,10 @@ def find_splits(root: Path, *, split: str = "train") -> dict[str, tuple[Path, Pa
     folders = sorted(p for p in images.iterdir() if p.is_dir())
     if not folders:
         return {split: (images, labels)}
+    missing = [folder.name for folder in folders if not (labels / folder.name).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{labels} has no sub-folder for the split(s) {', '.join(missing)} that images/ has; "
+                                "each images/<split> needs its labels/<split> (or annotations/<split>)")
     return {folder.name: (folder, labels / folder.name) for folder in folders}
 
 
