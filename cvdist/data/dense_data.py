@@ -68,8 +68,10 @@ def with_builtin_scenes(data: DataConfig, *, scenes: SceneOptions, seed: int) ->
 
 def build_dense_data(data: DataConfig, *, scenes: SceneOptions, num_categories: int, rank: int, world_size: int,
                      micro_batch_size: int, seed: int, num_epochs: int, hflip: float,
-                     scale_range: tuple[float, float]) -> DenseData:
-    """The dense training stream and evaluation batches ``data`` describes, for this rank."""
+                     scale_range: tuple[float, float], with_semantic: bool = False,
+                     mask_fill: int = 0) -> DenseData:
+    """The dense training stream and evaluation batches ``data`` describes, for this rank;
+    ``with_semantic`` adds ``target["semantic"]``, whose crop padding is ``mask_fill``."""
     if len(data.train_shards) > 1:
         raise ConfigError("a dense task reads one data.train_shards source (a directory of dense shards)")
     if data.sampling != "instance":
@@ -77,7 +79,8 @@ def build_dense_data(data: DataConfig, *, scenes: SceneOptions, num_categories: 
                           "data.sampling=instance")
     data = with_builtin_scenes(data, scenes=scenes, seed=seed)
     decoder = build_dense_decoder(num_categories=num_categories, train=True, size=data.image_size, hflip=hflip,
-                                  scale_range=scale_range, max_image_pixels=data.max_image_pixels)
+                                  scale_range=scale_range, max_image_pixels=data.max_image_pixels,
+                                  with_semantic=with_semantic, mask_fill=mask_fill)
     stream, manifests = build_train_stream(
         shards=data.train_shards, weights=[], split=data.train_split, rank=rank, world_size=world_size,
         num_workers=data.num_workers, batch_size=micro_batch_size, seed=seed, decoder=decoder,
@@ -93,7 +96,7 @@ def build_dense_data(data: DataConfig, *, scenes: SceneOptions, num_categories: 
                                     num_classes=num_categories, max_corrupt=data.max_corrupt,
                                     max_member_bytes=data.max_member_bytes, allow_pipe=data.allow_pipe)
     eval_decoder = build_dense_decoder(num_categories=num_categories, train=False, size=data.image_size,
-                                       max_image_pixels=data.max_image_pixels)
+                                       max_image_pixels=data.max_image_pixels, with_semantic=with_semantic)
     eval_batches = lambda: iterate_eval_shards(eval_source, rank=rank, world_size=world_size,  # noqa: E731
                                                batch_size=data.eval_batch_size, decoder=eval_decoder,
                                                max_corrupt=data.max_corrupt, max_member_bytes=data.max_member_bytes)
