@@ -164,6 +164,7 @@ RECIPE_SCHEMAS = {
     "distill": "cvdist.tasks.distill.config:DistillRunConfig",
     "compress": "cvdist.tasks.compress.run:CompressRunConfig",
     "detect": "cvdist.tasks.detect.config:DetectRunConfig",
+    "segment": "cvdist.tasks.segment.config:SegmentRunConfig",
 }
 
 

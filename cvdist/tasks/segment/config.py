@@ -60,7 +60,8 @@ class SegmentRunConfig(RunConfig):
     train: TrainConfig = section(TrainConfig, epochs=4)
     checkpoint: CheckpointConfig = section(CheckpointConfig, every_steps=200)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
-    scenes: ScenesConfig = field(default_factory=ScenesConfig)
+    # 64 px canvases (detection's are 96): items scaled to fit, as recipes/segment.yaml says
+    scenes: ScenesConfig = section(ScenesConfig, min_item_size=16, max_item_size=32)
 
 
 def validate_segment(config: SegmentRunConfig) -> None:
