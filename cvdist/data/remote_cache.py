@@ -146,12 +146,13 @@ class RemoteCache:
             try:
                 with open(part, "wb") as out:
                     (_fetch_pipe if url.startswith("pipe:") else _fetch_http)(url, out, timeout_s=self.timeout_s)
+                    os.fsync(out.fileno())  # the bytes on disk before the name says "complete"
                 os.replace(part, shard)
                 return
             except _Transient as error:
                 part.unlink(missing_ok=True)
                 if attempt == self.retries:
-                    raise RemoteShardError(f"{redact_text(url)}: {error} (after {attempt + 1} attempts, "
+                    raise RemoteShardError(f"{error} (after {attempt + 1} attempts, "  # (the reader names the URL)
                                            f"data.remote_retries={self.retries})") from None
                 self.num_retries += 1
                 wait = min(self.backoff_s * 2 ** attempt, 60.0)
