@@ -141,6 +141,19 @@ def test_concurrent_readers_of_one_shard_download_it_once(served, tmp_path):
     assert results == [SAMPLES_PER_SHARD] * 4 and served.requests["train-000003.tar"] == 1
 
 
+def test_concurrent_processes_share_one_download(served, tmp_path):
+    cache = make_cache(tmp_path)
+    url = f"{served.base}/train-000003.tar"
+    served.faults["train-000003.tar"] = ["slow"]
+    code = ("from cvdist.data.remote_cache import RemoteCache\nfrom cvdist.data.tar_samples import iter_samples\n"
+            f"with RemoteCache(directory={cache.directory!r}).open({url!r}) as stream:\n"
+            "    print(len(list(iter_samples(stream))))")
+    readers = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=clean_env(), stdout=subprocess.PIPE,
+                                text=True) for _ in range(3)]
+    outputs = [reader.communicate(timeout=60)[0].strip() for reader in readers]
+    assert outputs == [str(SAMPLES_PER_SHARD)] * 3 and served.requests["train-000003.tar"] == 1
+
+
 def test_transient_errors_are_retried_and_counted_in_the_metrics(served, tmp_path, capsys):
     cache = make_cache(tmp_path)
     served.faults["train-000000.tar"] = ["503", "truncate"]
