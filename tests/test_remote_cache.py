@@ -167,6 +167,15 @@ def test_transient_errors_are_retried_and_counted_in_the_metrics(served, tmp_pat
     assert capsys.readouterr().out.count("retrying remote shard") == 2
 
 
+def test_a_stalled_server_times_out_and_the_retry_succeeds(served, tmp_path):
+    cache = make_cache(tmp_path, timeout_s=0.5, retries=1)
+    served.faults["train-000000.tar"] = ["stall"]  # half the body, then silence: never a hang
+    start = time.monotonic()
+    samples, errors = read(f"{served.base}/train-000000.tar", cache)
+    assert not errors and len(samples) == SAMPLES_PER_SHARD and cache.num_retries == 1
+    assert time.monotonic() - start < 10
+
+
 def test_retries_run_out_into_one_counted_corrupt_shard(served, tmp_path):
     cache = make_cache(tmp_path, retries=2)
     served.faults["train-000000.tar"] = ["503"] * 3
