@@ -108,6 +108,17 @@ def test_a_truncated_download_leaves_nothing_trusted(served, tmp_path):
     assert not errors and len(again) == SAMPLES_PER_SHARD and served.requests["train-000001.tar"] == 2
 
 
+def test_a_cached_shard_found_damaged_is_fetched_again(served, tmp_path):
+    cache = make_cache(tmp_path)
+    url = f"{served.base}/train-000001.tar"
+    served.faults["train-000001.tar"] = ["short"]  # cut short with no Content-Length: cached, then found damaged
+    samples, errors = read(url, cache)
+    assert len(samples) < SAMPLES_PER_SHARD and len(errors) == 1 and "CorruptShard" in errors[0]
+    assert not cache.paths(url)[0].exists()
+    again, errors = read(url, cache)
+    assert not errors and len(again) == SAMPLES_PER_SHARD and served.requests["train-000001.tar"] == 2
+
+
 def test_a_reader_killed_mid_download_leaves_no_shard_and_the_next_read_refetches(served, tmp_path):
     cache = make_cache(tmp_path)
     url = f"{served.base}/train-000002.tar"

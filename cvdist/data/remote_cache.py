@@ -8,7 +8,9 @@ run) reads the local file. The rules, and why:
   when the stream ended cleanly and (for HTTP with a ``Content-Length``) the byte count matches;
   a killed reader leaves at most a ``.part``, which no reader ever opens and which the next
   process to download that shard overwrites (leftovers of dead processes are deleted when a
-  process first uses the cache).
+  process first uses the cache). A cached shard the tar reader finds damaged (a body cut short
+  by a server that sent no Content-Length) is dropped (:meth:`RemoteCache.discard`) and fetched
+  again at its next read.
 - **Concurrency: one ``flock`` lock file per shard** (``<key>.lock``, kept: deleting a lock file
   while others wait on it would hand out two locks). The downloader holds it exclusively; readers
   hold it shared while the shard is open; the kernel drops a dead process's locks, so a SIGKILLed
@@ -124,6 +126,15 @@ class RemoteCache:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_SH)  # (flock converts the lock in place)
             return stream
+
+    def discard(self, url: str) -> None:
+        """Delete the cached copy of ``url`` (found damaged) unless a reader has it open, so the
+        next read fetches it again: a body cut short by a server that sent no Content-Length
+        must not stay trusted."""
+        shard, _, lock_path = self.paths(url)
+        with contextlib.suppress(OSError), open(lock_path, "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError (suppressed): in use, kept
+            shard.unlink(missing_ok=True)
 
     def _prepare(self) -> None:
         """Create the directory; delete ``.part`` files no live process is writing (once per process)."""

@@ -24,7 +24,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cvdist.data.decode import Decoder
-from cvdist.data.remote_cache import RemoteCache, default_remote_cache, is_cached_source, open_remote
+from cvdist.data.remote_cache import (RemoteCache, RemoteShardError, default_remote_cache, is_cached_source,
+                                      open_remote)
 from cvdist.data.resampling import repeat_factors
 from cvdist.data.sharding import EpochPlan, SlotPlan, consumed_per_worker, plan_epoch
 from cvdist.data.tar_samples import DEFAULT_MAX_MEMBER_BYTES, iter_samples
@@ -84,6 +85,8 @@ def read_shard_samples(url: str, errors: list[str], *, max_member_bytes: int = D
                 yield sample
     except Exception as error:  # noqa: BLE001 - whatever the damage, this shard ends here, counted
         errors.append(_one_line(f"{url}: {type(error).__name__}: {error}"))
+        if remote is not None and is_cached_source(url) and not isinstance(error, RemoteShardError):
+            remote.discard(url)  # a damaged cached copy is fetched again next time, not trusted
 
 
 _MAX_LINE = 2000

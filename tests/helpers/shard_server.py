@@ -12,7 +12,8 @@ from pathlib import Path
 class ShardServer:
     """Serves the files of ``root`` on 127.0.0.1 in a thread; counts requests per path and
     plays the faults queued in :attr:`faults` (path -> list of ``"503"``, ``"truncate"`` (full
-    Content-Length, half the body, connection closed), ``"stall"`` (half the body, then nothing
+    Content-Length, half the body, connection closed), ``"short"`` (about half the body and no
+    Content-Length: the client cannot tell it is short), ``"stall"`` (half the body, then nothing
     until :meth:`close`), ``"slow"`` (the whole body after 0.3 s)) one per request."""
 
     def __init__(self, root: Path):
@@ -60,10 +61,11 @@ class ShardServer:
                 if fault == "slow":
                     time.sleep(0.3)
                 self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
+                if fault != "short":
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                if fault in ("truncate", "stall"):
-                    self.wfile.write(body[:len(body) // 2])
+                if fault in ("truncate", "stall", "short"):
+                    self.wfile.write(body[:len(body) // 2 + 100])  # (mid-block: a tar reader can see the cut)
                     self.wfile.flush()
                     if fault == "stall":
                         server.released.wait(60)
