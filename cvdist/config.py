@@ -99,8 +99,19 @@ class DataConfig:
     profile, class 0 the head; 1 = keep all). For shards, write a long-tailed set with
     ``cvdist shards longtail``."""
     cache_dir: str = ""
-    """Built-in data: where it is written as shards on first use (empty = ``$CVDIST_CACHE_DIR``,
-    else ``$XDG_CACHE_HOME/cvdist``, else ``~/.cache/cvdist``); see ``cvdist/data/builtin_shards.py``."""
+    """Local cache: the built-in data written as shards on first use, and ``http(s)://`` /
+    ``pipe:`` shards fetched once into ``remote-shards/`` (empty = ``$CVDIST_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/cvdist``, else ``~/.cache/cvdist``); see ``cvdist/data/builtin_shards.py``
+    and ``cvdist/data/remote_cache.py``."""
+    cache_limit_gb: float = 50.0
+    """Size limit of the remote-shard cache (``cache_dir/remote-shards``) in GB (2**30 bytes):
+    least recently used whole shards are deleted beyond it, never one a reader has open."""
+    remote_retries: int = 3
+    """Retries of a remote shard fetch after a transient error (connection reset, timeout, HTTP
+    5xx, truncated body, failing ``pipe:`` command), with exponential back-off; each is counted
+    (``data/remote_retries``) and the final failure is a corrupt shard."""
+    remote_timeout_s: float = 60.0
+    """Seconds a remote fetch may go without receiving a byte (socket timeout) before the attempt fails."""
     global_batch_size: int = 128
     """Samples per optimiser step over all processes and accumulation steps."""
     eval_batch_size: int = 256
@@ -315,8 +326,8 @@ def validate(config: RunConfig, *, world_size: int) -> None:
 _POSITIVE = ("data.global_batch_size", "optim.accum_steps", "optim.lr", "checkpoint.keep_last",
              "checkpoint.lock_stale_after_s", "tracking.log_every_steps", "model.num_classes", "model.in_channels",
              "data.image_size", "data.eval_batch_size", "dist.timeout_s", "data.max_member_bytes",
-             "data.max_image_pixels")
-_NON_NEGATIVE = ("data.num_workers", "data.num_samples", "data.shuffle_buffer", "data.max_corrupt",
+             "data.max_image_pixels", "data.cache_limit_gb", "data.remote_timeout_s")
+_NON_NEGATIVE = ("data.num_workers", "data.num_samples", "data.shuffle_buffer", "data.max_corrupt", "data.remote_retries",
                  "data.num_train_samples", "data.num_eval_samples", "train.max_steps", "train.epochs",
                  "train.eval_every_steps", "train.max_nonfinite_steps", "checkpoint.every_steps",
                  "schedule.warmup_steps", "optim.grad_clip_norm", "optim.weight_decay")

@@ -19,6 +19,7 @@ from cvdist.config import ConfigError, DataConfig
 from cvdist.data.builtin_shards import cached_shard_dir, source_fingerprint
 from cvdist.data.dense_decode import build_dense_decoder
 from cvdist.data.dense_shards import write_scene_shards
+from cvdist.data.from_config import build_remote_cache
 from cvdist.data.scenes import SceneOptions
 from cvdist.data.shard_sources import build_train_stream, iterate_eval_shards, resolve_source
 
@@ -86,7 +87,7 @@ def build_dense_data(data: DataConfig, *, scenes: SceneOptions, num_categories: 
         num_workers=data.num_workers, batch_size=micro_batch_size, seed=seed, decoder=decoder,
         shuffle_buffer=data.shuffle_buffer, num_samples=data.num_samples, sampling="instance",
         num_epochs=num_epochs, max_corrupt=data.max_corrupt, num_classes=num_categories,
-        max_member_bytes=data.max_member_bytes, allow_pipe=data.allow_pipe)
+        max_member_bytes=data.max_member_bytes, allow_pipe=data.allow_pipe, remote=build_remote_cache(data))
     manifest = manifests[0]
     if manifest is None or manifest.dense is None:
         raise ConfigError(f"data.train_shards={data.train_shards} are not dense shards (their manifest.json has no "
@@ -99,6 +100,7 @@ def build_dense_data(data: DataConfig, *, scenes: SceneOptions, num_categories: 
                                        max_image_pixels=data.max_image_pixels, with_semantic=with_semantic)
     eval_batches = lambda: iterate_eval_shards(eval_source, rank=rank, world_size=world_size,  # noqa: E731
                                                batch_size=data.eval_batch_size, decoder=eval_decoder,
-                                               max_corrupt=data.max_corrupt, max_member_bytes=data.max_member_bytes)
+                                               max_corrupt=data.max_corrupt, max_member_bytes=data.max_member_bytes,
+                                               remote=build_remote_cache(data))
     return DenseData(train=stream, eval_batches=eval_batches, category_names=list(manifest.class_names),
                      train_instance_counts=list(manifest.dense.instance_counts[data.train_split]))
