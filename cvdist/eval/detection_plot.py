@@ -1,5 +1,6 @@
 """A PNG of evaluation images with their ground-truth boxes (green) and predicted boxes (red,
-with category name and score), written at each evaluation of the detection task."""
+with category name and score; Mask R-CNN's predicted masks tinted red under them), written at
+each evaluation of the detection task."""
 
 from __future__ import annotations
 
@@ -21,6 +22,12 @@ def _panel(image: torch.Tensor, target: dict, prediction: dict, *, names: Sequen
     pixels = (image.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     if pixels.shape[2] == 1:
         pixels = np.repeat(pixels, 3, axis=2)
+    if "masks" in prediction:  # half-way towards red where a drawn prediction's mask is on
+        shown = prediction["scores"] >= min_score
+        covered = (prediction["masks"][shown, 0] > 0.5).any(dim=0).numpy() if shown.any() else None
+        if covered is not None:
+            pixels = pixels.copy()
+            pixels[covered] = (pixels[covered] // 2 + np.array(PREDICTION_COLOUR) // 2).astype(np.uint8)
     panel = Image.fromarray(pixels).resize((pixels.shape[1] * scale, pixels.shape[0] * scale), Image.NEAREST)
     draw = ImageDraw.Draw(panel)
     for box in target["boxes"].tolist():

@@ -23,8 +23,9 @@ from cvdist.data.scenes import SceneOptions
 class DetectConfig:
     """The detector and its training options (``cvdist.models.detection``)."""
 
-    architecture: Literal["faster_rcnn", "retinanet", "fcos"] = "fcos"
-    """torchvision detector on the ``model.name`` backbone: ``faster_rcnn`` (with FPN), ``retinanet``, ``fcos``."""
+    architecture: Literal["faster_rcnn", "mask_rcnn", "retinanet", "fcos"] = "fcos"
+    """torchvision detector on the ``model.name`` backbone: ``faster_rcnn`` (with FPN), ``mask_rcnn``
+    (Faster R-CNN + mask head; needs shards with instance masks; adds mask AP), ``retinanet``, ``fcos``."""
     fpn_channels: int = 32
     """Channels of every feature-pyramid level (FCOS: a multiple of 32)."""
     num_levels: int = 3

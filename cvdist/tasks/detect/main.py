@@ -24,11 +24,12 @@ def main(argv: Sequence[str], *, default_yaml: str | Path) -> int:
     validate_detect(config)
     session = start_session(config)
     env, det, data_config = session.env, config.detect, config.data
+    with_masks = det.architecture == "mask_rcnn"  # only then are instance maps decoded (they cost time)
     data = build_dense_data(data_config, scenes=config.scenes.options(), num_categories=config.model.num_classes,
                             rank=env.rank, world_size=env.world_size, micro_batch_size=session.micro_batch_size,
                             seed=config.train.seed, num_epochs=config.train.epochs,
                             hflip=0.5 if data_config.hflip is None else data_config.hflip,
-                            scale_range=tuple(det.scale_jitter))
+                            scale_range=tuple(det.scale_jitter), with_masks=with_masks)
     source = det.backbone_from if session.resume_from is None else ""  # a resumed run has its own weights
 
     def load_trunk(classifier) -> None:
@@ -53,12 +54,15 @@ def main(argv: Sequence[str], *, default_yaml: str | Path) -> int:
         return evaluate_detector(model, data.eval_batches(), to_device=session.backend.to_device, device=env.device,
                                  category_names=data.category_names, train_instance_counts=data.train_instance_counts,
                                  rare_max=det.rare_max, common_max=det.common_max,
-                                 num_shown=det.num_box_images if env.is_main else 0, show=show)
+                                 num_shown=det.num_box_images if env.is_main else 0, with_masks=with_masks,
+                                 show=show)
 
     result = fit(session, TrainTask(model=model, compute_loss=detection_loss, train_batches=data.train,
                                     evaluate=evaluate))
     final = result.summary["final"]
     session.print(f"[cvdist] done: step {result.step}, eval AP {final.get('eval/AP', float('nan')):.4f}, "
-                  f"AP50 {final.get('eval/AP50', float('nan')):.4f}, record in {session.run_dir}")
+                  f"AP50 {final.get('eval/AP50', float('nan')):.4f}"
+                  + (f", mask AP {final.get('eval/mask_AP', float('nan')):.4f}" if with_masks else "")
+                  + f", record in {session.run_dir}")
     session.close()
     return 0

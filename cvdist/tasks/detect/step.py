@@ -32,11 +32,12 @@ def detection_loss(model: nn.Module, batch: dict, progress: Any) -> tuple[torch.
 
 def evaluate_detector(model: nn.Module, batches: Iterator[dict], *, to_device: Callable[[Any], Any],
                       device: torch.device, category_names: list[str], train_instance_counts: list[int],
-                      rare_max: int, common_max: int, num_shown: int = 0,
+                      rare_max: int, common_max: int, num_shown: int = 0, with_masks: bool = False,
                       show: Optional[Callable[[list, list, list], None]] = None) -> dict[str, float]:
-    """COCO box AP over every rank's evaluation images (``cvdist.eval.detection``); ``show``
-    receives this rank's first ``num_shown`` valid images, targets and predictions."""
-    accumulator = DetectionAccumulator(category_names=category_names)
+    """COCO box AP (and with ``with_masks`` mask AP) over every rank's evaluation images
+    (``cvdist.eval.detection``); ``show`` receives this rank's first ``num_shown`` valid images,
+    targets and predictions."""
+    accumulator = DetectionAccumulator(category_names=category_names, with_masks=with_masks)
     shown: tuple[list, list, list] = ([], [], [])
     for batch in batches:
         images = to_device(batch["image"])
