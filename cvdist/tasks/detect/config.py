@@ -41,6 +41,10 @@ class DetectConfig:
     """APr: categories with at most this many training instances."""
     common_max: int = 100
     """APc: more than ``rare_max`` and at most this many; APf: more."""
+    repeat_factor_threshold: float = 0.0
+    """LVIS repeat-factor sampling threshold t (``cvdist.data.repeat_factor``): an image whose rarest
+    category is in a fraction f < t of the training images is drawn sqrt(t / f) times per epoch on
+    average; 0 = off, LVIS uses 0.001. Costs one pass over the training annotations at start-up."""
     num_box_images: int = 4
     """Evaluation images drawn with their true (green) and predicted (red) boxes at each evaluation
     (``boxes_step<N>.png`` in the run directory and W&B ``eval/boxes``); 0 = none."""
@@ -100,6 +104,9 @@ def validate_detect(config: DetectRunConfig) -> None:
         raise ConfigError(f"data.hflip={data.hflip} must lie in [0, 1]")
     if len(det.scale_jitter) != 2 or not 0 < det.scale_jitter[0] <= det.scale_jitter[1]:
         raise ConfigError(f"detect.scale_jitter={det.scale_jitter} must be [low, high] with 0 < low <= high")
+    if not 0 <= det.repeat_factor_threshold <= 1:
+        raise ConfigError(f"detect.repeat_factor_threshold={det.repeat_factor_threshold} must lie in [0, 1] "
+                          "(0 = off, LVIS uses 0.001)")
     if det.num_box_images < 0:
         raise ConfigError(f"detect.num_box_images={det.num_box_images} must be >= 0 (0 = no picture)")
     for key in ("fpn_channels", "num_levels", "anchor_base"):

@@ -29,7 +29,11 @@ def main(argv: Sequence[str], *, default_yaml: str | Path) -> int:
                             rank=env.rank, world_size=env.world_size, micro_batch_size=session.micro_batch_size,
                             seed=config.train.seed, num_epochs=config.train.epochs,
                             hflip=0.5 if data_config.hflip is None else data_config.hflip,
-                            scale_range=tuple(det.scale_jitter), with_masks=with_masks)
+                            scale_range=tuple(det.scale_jitter), with_masks=with_masks,
+                            repeat_factor_threshold=det.repeat_factor_threshold)
+    if data.category_repeat_factors:
+        session.print(f"[cvdist] repeat-factor sampling (t={det.repeat_factor_threshold:g}): category repeat factors "
+                      + ", ".join(f"{r:.2f}" for r in data.category_repeat_factors))
     source = det.backbone_from if session.resume_from is None else ""  # a resumed run has its own weights
 
     def load_trunk(classifier) -> None:
