@@ -37,6 +37,13 @@ class DetectConfig:
     backbone_from: str = ""
     """Empty = random init; else a cvdist run or checkpoint directory or a weights file whose
     classifier trunk (same ``model.name``) initialises the backbone; keys must match."""
+    frozen_stages: int = 0
+    """Freeze the backbone's stem and its first N stages (``cvdist.models.finetune``); 0 = train all."""
+    frozen_bn: bool = False
+    """Replace the backbone's BatchNorm by FrozenBatchNorm2d, keeping the loaded (pretrained) statistics."""
+    layer_decay: float = 1.0
+    """Layer-wise LR decay in (0, 1]: the backbone's last stage trains at ``optim.lr * decay``, each
+    unit towards the input one more factor ``decay``; pyramid and heads at ``optim.lr``. 1 = off."""
     rare_max: int = 10
     """APr: categories with at most this many training instances."""
     common_max: int = 100
@@ -107,6 +114,10 @@ def validate_detect(config: DetectRunConfig) -> None:
     if not 0 <= det.repeat_factor_threshold <= 1:
         raise ConfigError(f"detect.repeat_factor_threshold={det.repeat_factor_threshold} must lie in [0, 1] "
                           "(0 = off, LVIS uses 0.001)")
+    if det.frozen_stages < 0:
+        raise ConfigError(f"detect.frozen_stages={det.frozen_stages} must be >= 0 (0 = train every stage)")
+    if not 0 < det.layer_decay <= 1:
+        raise ConfigError(f"detect.layer_decay={det.layer_decay} must lie in (0, 1] (1 = off)")
     if det.num_box_images < 0:
         raise ConfigError(f"detect.num_box_images={det.num_box_images} must be >= 0 (0 = no picture)")
     for key in ("fpn_channels", "num_levels", "anchor_base"):

@@ -15,7 +15,8 @@ from cvdist.engine import TrainTask, fit, start_session
 from cvdist.engine.transfer import load_backbone
 from cvdist.eval.detection_plot import save_detection_grid
 from cvdist.tasks.detect.config import DetectRunConfig, validate_detect
-from cvdist.tasks.detect.step import build_detection_model, detection_loss, evaluate_detector
+from cvdist.tasks.detect.step import (build_detection_model, detection_loss, detection_parameter_groups,
+                                      evaluate_detector)
 
 
 def main(argv: Sequence[str], *, default_yaml: str | Path) -> int:
@@ -45,7 +46,7 @@ def main(argv: Sequence[str], *, default_yaml: str | Path) -> int:
         name=config.model.name, architecture=det.architecture, num_categories=config.model.num_classes,
         in_channels=config.model.in_channels, small_stem=config.model.small_stem, image_size=data_config.image_size,
         mean=data_config.mean, std=data_config.std, fpn_channels=det.fpn_channels, num_levels=det.num_levels,
-        anchor_base=det.anchor_base, load_trunk=load_trunk)
+        anchor_base=det.anchor_base, load_trunk=load_trunk, frozen_stages=det.frozen_stages, frozen_bn=det.frozen_bn)
     if det.backbone_from:
         session.add_input(det.backbone_from)  # lineage: inputs.json and the W&B input artifact
 
@@ -61,8 +62,9 @@ def main(argv: Sequence[str], *, default_yaml: str | Path) -> int:
                                  num_shown=det.num_box_images if env.is_main else 0, with_masks=with_masks,
                                  show=show)
 
+    groups = detection_parameter_groups(model, lr=config.optim.lr, layer_decay=det.layer_decay)
     result = fit(session, TrainTask(model=model, compute_loss=detection_loss, train_batches=data.train,
-                                    evaluate=evaluate))
+                                    evaluate=evaluate, parameter_groups=groups))
     final = result.summary["final"]
     session.print(f"[cvdist] done: step {result.step}, eval AP {final.get('eval/AP', float('nan')):.4f}, "
                   f"AP50 {final.get('eval/AP50', float('nan')):.4f}"
