@@ -72,7 +72,9 @@ def test_table_has_differing_keys_and_seed_mean(run_root):
     assert second.config == {"optim.lr": 0.01} and second.names == ["lr001-s0"]
     assert second.stats[("eval/top1", "final")] == (pytest.approx(0.6), None)
     text = compare.format_terminal(table)
-    assert "0.825 ± 0.03536" in text and "0.6 ± -" in text and "train.seed" not in text
+    assert "0.825 ± 0.03536" in text and "train.seed" not in text
+    single_run_line = next(line for line in text.splitlines() if line.startswith("lr001-s0"))
+    assert "0.6" in single_run_line and "±" not in single_run_line  # no spread without repeats
 
 
 def test_sort_by_loss_is_ascending_and_seed_rows_without_mean(run_root):
@@ -91,7 +93,7 @@ def test_markdown_and_csv(run_root):
     assert markdown[0] == "| run | optim.lr | n | eval/top1 final | eval/top1 best |"
     assert markdown[1] == "| --- | --- | --- | --- | --- |"
     assert markdown[2] == "| lr01-s0, lr01-s1 | 0.1 | 2 | 0.825 ± 0.03536 | 0.85 ± 0.07071 |"
-    assert markdown[3] == "| lr001-s0 | 0.01 | 1 | 0.6 ± - | 0.6 ± - |"
+    assert markdown[3] == "| lr001-s0 | 0.01 | 1 | 0.6 | 0.6 |"
     rows = list(csv.DictReader(io.StringIO(compare.format_csv(table))))
     assert [row["optim.lr"] for row in rows] == ["0.1", "0.01"]
     assert rows[0]["run"] == "lr01-s0;lr01-s1" and rows[0]["n"] == "2"

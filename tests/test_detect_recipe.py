@@ -145,3 +145,27 @@ def test_retinanet_backbone_from_a_contrastive_run(tmp_path):
     conv = "model.backbone.body.layer1.conv1.weight"  # one step at lr 1e-9: still the SSL trunk's weights
     torch.testing.assert_close(detector[conv], pretrained["layer1.conv1.weight"], atol=1e-6, rtol=0)
 
+
+
+@pytest.mark.slow
+def test_accelerate_launch_zero1_detection_equals_a_killed_and_resumed_zero1_run(tmp_path):
+    # The accelerate config sets the strategy and the DeepSpeed JSON; the torchrun run names them.
+    import subprocess
+
+    from tests.helpers.recipes import BIN
+
+    env = clean_env(CVDIST_CACHE_DIR=str(tmp_path / "cache"))
+    args = [*TINY_DETECT, f"output_dir={tmp_path}", "train.max_steps=4", "checkpoint.every_steps=2",
+            "train.eval_every_steps=4"]
+    command = [str(BIN / "accelerate"), "launch", "--config_file", "launch/accelerate/zero1.yaml",
+               "--num_processes", "2", str(DETECT), *args, "name=accelerate"]
+    launched = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert launched.returncode == 0, launched.stderr[-5000:]
+    assert "strategy zero1 | 2 process(es)" in launched.stdout + launched.stderr
+
+    resumed = [*args, "name=resumed", "dist.strategy=zero1", "dist.deepspeed_config=launch/deepspeed/zero1.json"]
+    run_killed_after_checkpoint(resumed, nproc=2, step=2, marker=tmp_path / "marker", kind="hang_after_checkpoint",
+                                CVDIST_FAULT_RECIPE="detect", CVDIST_CACHE_DIR=str(tmp_path / "cache"))
+    run_recipe([*resumed, "checkpoint.resume=auto"], nproc=2, env=env, script=DETECT, timeout=600)
+    assert_same(weights(tmp_path / "resumed"), weights(tmp_path / "accelerate"), atol=0)
+    assert read_metrics(tmp_path / "resumed")[-1]["eval/AP"] == read_metrics(tmp_path / "accelerate")[-1]["eval/AP"]

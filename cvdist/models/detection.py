@@ -9,6 +9,8 @@ size its feature maps go through, the *last* node at that size is a pyramid leve
 output), up to the classifier's adaptive / global pool where its head begins. The deepest
 ``num_levels`` levels feed torchvision's ``FeaturePyramidNetwork`` (plus a max-pooled level for
 Faster R-CNN and Mask R-CNN, P6/P7 for RetinaNet and FCOS, as in torchvision's own builders).
+cvdist's ViTs (``vit_*``) have no stages: their pyramid is ViTDet's, built from the last block's
+patch tokens (:mod:`cvdist.models.vit_pyramid`, which also explains its strides).
 Mask R-CNN is Faster R-CNN (same backbone, anchors and box head) plus torchvision's mask branch
 (``MaskRCNNHeads`` + ``MaskRCNNPredictor``, 14x14 RoIs, 28x28 mask logits), narrowed to
 ``_MASK_HEAD_WIDTH`` channels; its targets carry ``masks`` ``[N, H, W]`` (uint8) and its
@@ -34,10 +36,14 @@ from torchvision.models.feature_extraction import create_feature_extractor, get_
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
+from cvdist.models.vit import VisionTransformer
+from cvdist.models.vit_pyramid import SimpleFeaturePyramid
+
 ARCHITECTURES = ("faster_rcnn", "mask_rcnn", "retinanet", "fcos")
 _POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _CNN_ONLY = ("detection and segmentation need a CNN backbone (small_cnn, small_resnet, resnet18/34/50, "
-             "timm:<cnn>); ViT backbones need a simple feature pyramid, not available yet")
+             "timm:<cnn>); of the ViTs, detection takes cvdist's vit_* (a simple feature pyramid), "
+             "not timm's")
 _BOX_HEAD_WIDTH = 256
 """Faster R-CNN's box head width (torchvision's default 1024 makes the head 4 M parameters)."""
 _MASK_HEAD_WIDTH = 64
@@ -56,9 +62,14 @@ def pyramid_nodes(classifier: nn.Module, *, in_channels: int, image_size: int) -
                          f"{_CNN_ONLY}") from None
     was_training = classifier.training
     extractor.eval()
-    with torch.no_grad():
-        outputs = extractor(torch.zeros(1, in_channels, image_size, image_size))
-    classifier.train(was_training)
+    try:
+        with torch.no_grad():
+            outputs = extractor(torch.zeros(1, in_channels, image_size, image_size))
+    except Exception as error:  # e.g. timm's ViTs assert their fixed input size
+        raise ValueError(f"backbone {type(classifier).__name__} fails on a {image_size} px image ({error}); "
+                         f"{_CNN_ONLY}") from None
+    finally:
+        classifier.train(was_training)
     last_at_size: OrderedDict[int, tuple[str, int]] = OrderedDict()
     for name in nodes:
         value = outputs[name]
@@ -117,11 +128,15 @@ def build_detector(*, architecture: str, classifier: nn.Module, num_categories: 
         raise ValueError(f"detection architecture {architecture!r} unknown; use one of {', '.join(ARCHITECTURES)}")
     if architecture == "fcos" and fpn_channels % 32:
         raise ValueError(f"FCOS's head normalises in 32 groups: fpn_channels={fpn_channels} must be a multiple of 32")
-    nodes = pyramid_nodes(classifier, in_channels=in_channels, image_size=image_size)[-num_levels:]
     rcnn = architecture in ("faster_rcnn", "mask_rcnn")
     extra = LastLevelMaxPool() if rcnn else LastLevelP6P7(fpn_channels, fpn_channels)
-    backbone = PyramidBackbone(classifier, nodes=nodes, out_channels=fpn_channels, extra_blocks=extra)
-    num_maps = len(nodes) + (1 if rcnn else 2)
+    if isinstance(classifier, VisionTransformer):  # one token map, no stages: ViTDet's simple pyramid
+        backbone = SimpleFeaturePyramid(classifier, num_levels=num_levels, out_channels=fpn_channels,
+                                        extra_blocks=extra)
+    else:
+        nodes = pyramid_nodes(classifier, in_channels=in_channels, image_size=image_size)[-num_levels:]
+        backbone = PyramidBackbone(classifier, nodes=nodes, out_channels=fpn_channels, extra_blocks=extra)
+    num_maps = len(backbone.fpn.inner_blocks) + (1 if rcnn else 2)
     sizes = [anchor_base * 2 ** i for i in range(num_maps)]
     common = dict(min_size=image_size, max_size=image_size, image_mean=list(image_mean), image_std=list(image_std))
     if rcnn:

@@ -9,7 +9,8 @@ that are single layers (torchvision ResNets' ``conv1``, ``bn1``) or a unit named
 (``small_resnet``, timm's stems); when neither exists (``small_cnn``: numbered conv blocks) the
 first unit is the stem. The remaining units are the *stages*, e.g. ``layer1`` .. ``layer4`` of
 a ResNet; in ``small_resnet`` the downsampling block ``down`` between its two residual blocks is
-a stage of its own.
+a stage of its own; in a cvdist ViT's trunk (``cvdist.models.vit_pyramid``) the stem is the patch
+embedding and the stages are the blocks, then the final norm.
 
 - :func:`freeze_stages`: the stem and the first N stages stop training (``requires_grad``
   False; N = 1 is detectron2's ``FREEZE_AT=2``). Their BatchNorm layers still update their running

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import yaml
 
 from cvdist.tracking.records import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, _lower_is_better, read_metrics
+from cvdist.tracking.terminal_table import render_table
 
 DEFAULT_METRICS = ("eval/top1", "train/loss")
 SEED_KEY = "train.seed"
@@ -194,7 +195,7 @@ class ComparisonTable:
     metrics: list[str]
     rows: list[ComparisonRow]
     aggregated: bool
-    """Rows are seed groups: show ``n`` and mean ± std."""
+    """Some row averages repeated runs (seeds): show ``n``, and mean ± std on those rows."""
 
     def header(self) -> list[str]:
         """Column titles of the terminal and Markdown tables."""
@@ -263,7 +264,8 @@ def compare_runs(runs: Sequence[RunData], *, metrics: Optional[Sequence[str]] = 
     direction = 1.0 if _lower_is_better(sort) else -1.0
     rows.sort(key=lambda row: (row.stats[(sort, sort_by)][0] is None,
                                direction * (row.stats[(sort, sort_by)][0] or 0.0)))
-    return ComparisonTable(keys=keys, metrics=metrics, rows=rows, aggregated=aggregate_seeds)
+    repeated = aggregate_seeds and any(len(row.names) > 1 for row in rows)  # else "n" would be all 1s
+    return ComparisonTable(keys=keys, metrics=metrics, rows=rows, aggregated=repeated)
 
 
 def _aggregate(members: list[RunData], *, keys: list[str], metrics: list[str]) -> ComparisonRow:
@@ -300,19 +302,16 @@ def _cells(table: ComparisonTable, row: ComparisonRow) -> list[str]:
         for kind in ("final", "best"):
             mean, std = row.stats[(metric, kind)]
             text = format_metric(mean)
-            if table.aggregated and mean is not None:
-                text += f" ± {format_metric(std)}"  # std is "-" for a single run
+            if std is not None:  # only rows that average repeated runs have a spread
+                text += f" ± {format_metric(std)}"
             cells.append(text)
     return cells
 
 
-def format_terminal(table: ComparisonTable) -> str:
-    """Aligned plain-text table."""
-    lines = [table.header(), *(_cells(table, row) for row in table.rows)]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    render = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
-    render.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(render) + "\n"
+def format_terminal(table: ComparisonTable, *, width: Optional[int] = None) -> str:
+    """Aligned plain-text table fitted to ``width`` (default: the terminal's) by
+    :func:`cvdist.tracking.terminal_table.render_table`."""
+    return render_table(table.header(), [_cells(table, row) for row in table.rows], width=width)
 
 
 def format_markdown(table: ComparisonTable) -> str:
