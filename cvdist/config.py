@@ -99,8 +99,19 @@ class DataConfig:
     profile, class 0 the head; 1 = keep all). For shards, write a long-tailed set with
     ``cvdist shards longtail``."""
     cache_dir: str = ""
-    """Built-in data: where it is written as shards on first use (empty = ``$CVDIST_CACHE_DIR``,
-    else ``$XDG_CACHE_HOME/cvdist``, else ``~/.cache/cvdist``); see ``cvdist/data/builtin_shards.py``."""
+    """Local cache: the built-in data written as shards on first use, and ``http(s)://`` /
+    ``pipe:`` shards fetched once into ``remote-shards/`` (empty = ``$CVDIST_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/cvdist``, else ``~/.cache/cvdist``); see ``cvdist/data/builtin_shards.py``
+    and ``cvdist/data/remote_cache.py``."""
+    cache_limit_gb: float = 50.0
+    """Size limit of the remote-shard cache (``cache_dir/remote-shards``) in GB (2**30 bytes):
+    least recently used whole shards are deleted beyond it, never one a reader has open."""
+    remote_retries: int = 3
+    """Retries of a remote shard fetch after a transient error (connection reset, timeout, HTTP
+    5xx, truncated body, failing ``pipe:`` command), with exponential back-off; each is counted
+    (``data/remote_retries``) and the final failure is a corrupt shard."""
+    remote_timeout_s: float = 60.0
+    """Seconds a remote fetch may go without receiving a byte (socket timeout) before the attempt fails."""
     global_batch_size: int = 128
     """Samples per optimiser step over all processes and accumulation steps."""
     eval_batch_size: int = 256
@@ -153,7 +164,8 @@ class DistConfig:
     strategy: Literal["auto", "none", "ddp", "zero1", "zero2", "zero3"] = "auto"
     """``auto`` (ddp with several processes, else none), ``none``, ``ddp``, ``zero1``, ``zero2``, ``zero3``."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """``auto`` (bf16 on GPUs that support it, else fp32), ``fp32``, ``bf16``, ``fp16`` (GPU only)."""
+    """``auto`` (bf16 on GPUs that support it, else fp32), ``fp32``, ``bf16`` (GPU, or CPU autocast),
+    ``fp16`` (GPU only)."""
     deepspeed_config: str = ""
     """ZeRO only: a DeepSpeed JSON file merged into cvdist's config (offload, buckets, ...); batch
     sizes, precision, clipping, optimiser and schedule stay cvdist's (see launch/deepspeed/)."""
@@ -166,6 +178,11 @@ class DistConfig:
     and cuDNN's tensor cores (GPU) convolve fastest (1.27-1.62x per training step for cvdist's CNNs
     on 2 CPU cores, bench/channels_last.py). Only the layout changes, not the values. Strategies
     none and ddp; ZeRO keeps NCHW (DeepSpeed packs parameters into flat buffers)."""
+    compile: bool = False
+    """``torch.compile`` the model (strategies none and ddp): the first forward pays the compilation
+    (logged); off by default because a small CNN on 2 CPU cores ran slower compiled (bench/cpu_steps.py)."""
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    """``torch.compile``'s mode when ``dist.compile`` is on."""
     timeout_s: int = 600
     """Seconds a rank waits in one collective (gradient all-reduce, barrier, ...) before it gives
     up: a dead or hung rank ends the job within about this time, with an error naming it (DDP and
@@ -309,8 +326,8 @@ def validate(config: RunConfig, *, world_size: int) -> None:
 _POSITIVE = ("data.global_batch_size", "optim.accum_steps", "optim.lr", "checkpoint.keep_last",
              "checkpoint.lock_stale_after_s", "tracking.log_every_steps", "model.num_classes", "model.in_channels",
              "data.image_size", "data.eval_batch_size", "dist.timeout_s", "data.max_member_bytes",
-             "data.max_image_pixels")
-_NON_NEGATIVE = ("data.num_workers", "data.num_samples", "data.shuffle_buffer", "data.max_corrupt",
+             "data.max_image_pixels", "data.cache_limit_gb", "data.remote_timeout_s")
+_NON_NEGATIVE = ("data.num_workers", "data.num_samples", "data.shuffle_buffer", "data.max_corrupt", "data.remote_retries",
                  "data.num_train_samples", "data.num_eval_samples", "train.max_steps", "train.epochs",
                  "train.eval_every_steps", "train.max_nonfinite_steps", "checkpoint.every_steps",
                  "schedule.warmup_steps", "optim.grad_clip_norm", "optim.weight_decay")
@@ -344,6 +361,9 @@ def _check_launch(config: RunConfig, *, world_size: int) -> None:
         raise ConfigError(f"train.max_nonfinite_steps={config.train.max_nonfinite_steps} (skipping steps) is not "
                           f"available under dist.strategy={config.dist.strategy}; set it to 0 (stop at the first "
                           "NaN / inf loss) or use dist.strategy=ddp")
+    if config.dist.compile and config.dist.strategy.startswith("zero"):
+        raise ConfigError(f"dist.compile=true works with dist.strategy none / ddp / auto, not "
+                          f"{config.dist.strategy} (DeepSpeed's engine is not compiled by cvdist); set dist.compile=false")
     if config.dist.strategy == "none" and world_size > 1:
         raise ConfigError(
             f"dist.strategy='none' runs one process but {world_size} were started; "

@@ -135,12 +135,14 @@ def test_every_choice_field_of_every_task_fails_with_one_message():
     from cvdist.tasks.autoencoder.config import AutoencoderRunConfig
     from cvdist.tasks.compress.run import CompressRunConfig
     from cvdist.tasks.contrastive.config import ContrastiveRunConfig
+    from cvdist.tasks.detect.config import DetectRunConfig
     from cvdist.tasks.distill.config import DistillRunConfig
     from cvdist.tasks.longtail.config import LongtailRunConfig
+    from cvdist.tasks.segment.config import SegmentRunConfig
 
     checked = set()
     for schema in (SupervisedRunConfig, LongtailRunConfig, ContrastiveRunConfig, AutoencoderRunConfig,
-                   DistillRunConfig, CompressRunConfig):
+                   DistillRunConfig, CompressRunConfig, DetectRunConfig, SegmentRunConfig):
         for key, allowed in _choice_fields(schema):
             expected = f"{key}='bogus' is not allowed; choose one of {', '.join(repr(a) for a in allowed)}"
             with pytest.raises(ConfigError) as error:
@@ -150,7 +152,8 @@ def test_every_choice_field_of_every_task_fails_with_one_message():
             checked.add(key)
     # the choice fields of the shared sections and of each task are all Literal types
     assert {"data.sampling", "data.augment", "optim.name", "dist.strategy", "loss.name", "longtail.stage",
-            "ssl.method", "ae.kind", "ae.vit", "kd.feature_loss", "prune.method", "report.balanced"} <= checked
+            "ssl.method", "ae.kind", "ae.vit", "kd.feature_loss", "prune.method", "report.balanced",
+            "detect.architecture", "segment.head"} <= checked
 
 
 RECIPE_SCHEMAS = {
@@ -161,6 +164,7 @@ RECIPE_SCHEMAS = {
     "distill": "cvdist.tasks.distill.config:DistillRunConfig",
     "compress": "cvdist.tasks.compress.run:CompressRunConfig",
     "detect": "cvdist.tasks.detect.config:DetectRunConfig",
+    "segment": "cvdist.tasks.segment.config:SegmentRunConfig",
 }
 
 

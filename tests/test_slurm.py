@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from cvdist.tracking.records import read_metrics
-from tests.helpers.recipes import BIN, LONGTAIL_TINY, REPO, TINY, TINY_DETECT, clean_env
+from tests.helpers.recipes import BIN, LONGTAIL_TINY, REPO, TINY, TINY_DETECT, TINY_SEGMENT, clean_env
 from tests.helpers.runs import assert_same, kill_tree, weights
 
 if TYPE_CHECKING:
@@ -175,6 +175,7 @@ RECIPE_SCRIPT_ARGS = {
     "pretrain_contrastive": [*TINY, "train.max_steps=4", "ssl.knn_bank_size=128", "ssl.knn_k=20"],
     "longtail": [*LONGTAIL_TINY, "train.max_steps=4"],
     "detect": [*TINY_DETECT, "train.max_steps=4", "dist.strategy=zero3"],  # DDP: tests/test_detect_recipe.py
+    "segment": [*TINY_SEGMENT, "train.max_steps=4", "dist.strategy=zero1"],  # DDP / ZeRO-2: test_segment_recipe.py
     "pretrain_autoencoder": ["--config", "recipes/pretrain_multitask.yaml", "data.num_train_samples=256", "ae.knn_bank_size=256",
                              "data.num_eval_samples=64", "data.global_batch_size=32", "train.max_steps=4",
                              "tracking.wandb_mode=disabled"],

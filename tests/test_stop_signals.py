@@ -16,7 +16,8 @@ from cvdist.tracking.records import read_metrics
 from tests.helpers.recipes import REPO, TINY, clean_env, run_recipe
 from tests.helpers.runs import FAULT_SCRIPT
 
-TRAINING_RECIPES = ["detect", "distill", "longtail", "pretrain_autoencoder", "pretrain_contrastive", "supervised"]
+TRAINING_RECIPES = ["detect", "distill", "longtail", "pretrain_autoencoder", "pretrain_contrastive", "segment",
+                    "supervised"]
 
 
 def test_the_signal_module_imports_nothing_heavy():

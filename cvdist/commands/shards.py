@@ -14,6 +14,7 @@ from typing import Callable
 
 from cvdist.data.converters import build_cifar_source, build_fashion_mnist_source, build_folder_source
 from cvdist.data.coco_import import write_coco_shards
+from cvdist.data.segfolder_import import write_segfolder_shards
 from cvdist.data.dense_shards import SCENE_DATASETS, write_scene_shards
 from cvdist.data.longtail import write_longtail_shards
 from cvdist.data.manifest import IMAGE_FORMATS, Manifest
@@ -110,12 +111,32 @@ def _coco(args: argparse.Namespace) -> int:
     return 0
 
 
+def _segfolder(args: argparse.Namespace) -> int:
+    result = write_segfolder_shards(root=args.root, out_dir=args.out, num_classes=args.num_classes, split=args.split,
+                                    image_format=args.image_format, samples_per_shard=args.samples_per_shard,
+                                    overwrite=args.overwrite, progress=not args.quiet)
+    print(_summary(result.manifest))
+    print(f"left out: {result.skipped_images} images without a label map")
+    return 0
+
+
 def _add_dense_commands(commands) -> None:
     coco = commands.add_parser("coco", help="dense shards from a COCO-format folder (instances_<split>.json + images/)")
     coco.add_argument("--root", required=True, help="folder with instances_<split>.json (or annotations/...)")
     coco.add_argument("--images", default=None, help="image directory (default: ROOT/images)")
     _add_output_options(coco, image_options=True, samples_per_shard_default=500)
     coco.set_defaults(handler=_one_line_errors(_coco))
+
+    segfolder = commands.add_parser("segfolder", help="dense shards from images + PNG label maps (VOC / ADE20K style)")
+    segfolder.add_argument("--root", required=True, help="folder with images/ and labels/ (or annotations/); "
+                           "sub-folders of images/ are splits, with the same sub-folders under labels/")
+    segfolder.add_argument("--split", default="train", help="split name when images/ has no sub-folders "
+                           "(default: %(default)s)")
+    segfolder.add_argument("--num-classes", type=int, default=0, metavar="N",
+                           help="categories (label values 1..N; 0 background, 255 ignore) when there is no "
+                           "ROOT/classes.txt")
+    _add_output_options(segfolder, image_options=True, samples_per_shard_default=500)
+    segfolder.set_defaults(handler=_one_line_errors(_segfolder))
 
     scenes = commands.add_parser("scenes", help="the built-in detection / segmentation set: items pasted on canvases")
     scenes.add_argument("--items", choices=SCENE_DATASETS, default="fashion_mnist",
@@ -154,10 +175,11 @@ def _add_output_options(parser: argparse.ArgumentParser, *, image_options: bool,
 
 
 def add_shards_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``shards`` with its sub-commands fashion-mnist, folder, cifar, longtail, scenes and coco."""
+    """Register ``shards`` with its sub-commands fashion-mnist, folder, cifar, longtail, scenes, coco and
+    segfolder."""
     shards = subparsers.add_parser("shards", help="write WebDataset shards + manifest.json, or a long-tailed subset")
     commands = shards.add_subparsers(dest="shards_command", required=True,
-                                     metavar="{fashion-mnist,folder,cifar,longtail,scenes,coco}")
+                                     metavar="{fashion-mnist,folder,cifar,longtail,scenes,coco,segfolder}")
 
     fashion = commands.add_parser("fashion-mnist", help="shards from the Fashion-MNIST IDX files")
     fashion.add_argument("--root", default=DEFAULT_FASHION_MNIST_ROOT,

@@ -16,6 +16,7 @@ Reading (shards -> batches):
                         stream and the rank-sharded evaluation reader built on them
     sharding.py         the epoch plan: shards and samples dealt to ranks x workers, equal batches
     tar_samples.py      the tar reader: tar bytes -> raw samples (image and label members only)
+    remote_cache.py     http(s):// and pipe: shards fetched once into a bounded local cache (LRU, retries)
     resampling.py       class-aware repeat factors (class-balanced, sqrt, progressive)
     stream.py           the streaming pipeline: re-sampling, shuffle buffer, resume, corrupt-data counting
     decode.py           raw sample -> image tensor, label, extra labels (any transform)

@@ -19,6 +19,7 @@ from cvdist.config import ConfigError, DataConfig
 from cvdist.data.builtin_shards import cached_shard_dir, source_fingerprint
 from cvdist.data.dense_decode import build_dense_decoder
 from cvdist.data.dense_shards import INSTANCE_MEMBER, write_scene_shards
+from cvdist.data.from_config import build_remote_cache
 from cvdist.data.repeat_factor import RepeatFactor, build_repeat_factor
 from cvdist.data.scenes import SceneOptions
 from cvdist.data.shard_sources import build_train_stream, iterate_eval_shards, read_intact_shard, resolve_source
@@ -81,9 +82,10 @@ def check_instance_masks(url: str, *, max_member_bytes: int) -> None:
 
 def build_dense_data(data: DataConfig, *, scenes: SceneOptions, num_categories: int, rank: int, world_size: int,
                      micro_batch_size: int, seed: int, num_epochs: int, hflip: float,
-                     scale_range: tuple[float, float], with_masks: bool = False,
-                     repeat_factor_threshold: float = 0.0) -> DenseData:
+                     scale_range: tuple[float, float], with_semantic: bool = False, mask_fill: int = 0,
+                     with_masks: bool = False, repeat_factor_threshold: float = 0.0) -> DenseData:
     """The dense training stream and evaluation batches ``data`` describes, for this rank;
+    ``with_semantic`` adds ``target["semantic"]``, whose crop padding is ``mask_fill``;
     ``with_masks``: targets carry per-instance ``masks`` (refused for shards without them);
     ``repeat_factor_threshold`` > 0: LVIS repeat-factor sampling (:mod:`cvdist.data.repeat_factor`)."""
     if len(data.train_shards) > 1:
@@ -101,13 +103,14 @@ def build_dense_data(data: DataConfig, *, scenes: SceneOptions, num_categories: 
                                      max_member_bytes=data.max_member_bytes)
     decoder = build_dense_decoder(num_categories=num_categories, train=True, size=data.image_size, hflip=hflip,
                                   scale_range=scale_range, max_image_pixels=data.max_image_pixels,
-                                  with_masks=with_masks)
+                                  with_semantic=with_semantic, mask_fill=mask_fill, with_masks=with_masks)
     stream, manifests = build_train_stream(
         shards=data.train_shards, weights=[], split=data.train_split, rank=rank, world_size=world_size,
         num_workers=data.num_workers, batch_size=micro_batch_size, seed=seed, decoder=decoder,
         shuffle_buffer=data.shuffle_buffer, num_samples=data.num_samples, sampling="instance",
         num_epochs=num_epochs, max_corrupt=data.max_corrupt, num_classes=num_categories,
-        max_member_bytes=data.max_member_bytes, allow_pipe=data.allow_pipe, sample_repeat=repeat)
+        max_member_bytes=data.max_member_bytes, allow_pipe=data.allow_pipe, remote=build_remote_cache(data),
+        sample_repeat=repeat)
     manifest = manifests[0]
     if manifest is None or manifest.dense is None:
         raise ConfigError(f"data.train_shards={data.train_shards} are not dense shards (their manifest.json has no "
@@ -119,10 +122,12 @@ def build_dense_data(data: DataConfig, *, scenes: SceneOptions, num_categories: 
                                     num_classes=num_categories, max_corrupt=data.max_corrupt,
                                     max_member_bytes=data.max_member_bytes, allow_pipe=data.allow_pipe)
     eval_decoder = build_dense_decoder(num_categories=num_categories, train=False, size=data.image_size,
-                                       max_image_pixels=data.max_image_pixels, with_masks=with_masks)
+                                       max_image_pixels=data.max_image_pixels, with_semantic=with_semantic,
+                                       with_masks=with_masks)
     eval_batches = lambda: iterate_eval_shards(eval_source, rank=rank, world_size=world_size,  # noqa: E731
                                                batch_size=data.eval_batch_size, decoder=eval_decoder,
-                                               max_corrupt=data.max_corrupt, max_member_bytes=data.max_member_bytes)
+                                               max_corrupt=data.max_corrupt, max_member_bytes=data.max_member_bytes,
+                                               remote=build_remote_cache(data))
     return DenseData(train=stream, eval_batches=eval_batches, category_names=list(manifest.class_names),
                      train_instance_counts=list(manifest.dense.instance_counts[data.train_split]),
                      category_repeat_factors=list(repeat.category_factors) if repeat else [])

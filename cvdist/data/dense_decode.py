@@ -36,15 +36,17 @@ def _labels_and_iscrowd(inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def build_dense_transform(*, train: bool, size: int, hflip: float = 0.5,
-                          scale_range: tuple[float, float] = (0.75, 1.25)) -> v2.Transform:
-    """The joint image / box / mask transform (see the module doc); evaluation only converts."""
+                          scale_range: tuple[float, float] = (0.75, 1.25), mask_fill: int = 0) -> v2.Transform:
+    """The joint image / box / mask transform (see the module doc); evaluation only converts.
+    ``mask_fill``: the value of mask pixels the crop pads (segmentation: its ignore index, so
+    padding is neither background nor scored)."""
     ops: list = []
     if train:
         if hflip:
             ops.append(v2.RandomHorizontalFlip(p=hflip))
         if tuple(scale_range) != (1.0, 1.0):
             ops.append(v2.ScaleJitter(target_size=(size, size), scale_range=tuple(scale_range), antialias=True))
-        ops.append(v2.RandomCrop(size=size, pad_if_needed=True))
+        ops.append(v2.RandomCrop(size=size, pad_if_needed=True, fill={tv_tensors.Mask: mask_fill, "others": 0}))
     ops += [v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=_labels_and_iscrowd),
             v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True), v2.ToPureTensor()]
     return v2.Compose(ops)
@@ -105,10 +107,11 @@ class DenseDecoder:
 def build_dense_decoder(*, num_categories: int, train: bool, size: int, hflip: float = 0.5,
                         scale_range: tuple[float, float] = (0.75, 1.25), with_masks: bool = False,
                         with_semantic: bool = False, transform: Optional[Any] = None,
-                        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> DenseDecoder:
+                        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, mask_fill: int = 0) -> DenseDecoder:
     """A decoder with :func:`build_dense_transform` (or ``transform``) for dense shards; images
     above ``max_image_pixels`` (``data.max_image_pixels``) or not in their declared format are
-    corrupt samples, as for classification."""
-    transform = transform or build_dense_transform(train=train, size=size, hflip=hflip, scale_range=scale_range)
+    corrupt samples, as for classification; ``mask_fill`` see :func:`build_dense_transform`."""
+    transform = transform or build_dense_transform(train=train, size=size, hflip=hflip, scale_range=scale_range,
+                                                   mask_fill=mask_fill)
     return DenseDecoder(num_categories=num_categories, transform=transform, with_masks=with_masks,
                         with_semantic=with_semantic, max_image_pixels=max_image_pixels)

@@ -10,7 +10,8 @@ The convention (plain WebDataset: one sample = the members sharing a key):
                      boxes in pixels, xyxy with exclusive ends; category ids index the manifest's
                      class_names; instance_ids[i] is annotation i's value in the instance map
     <key>.inst.png   uint8 instance map: 0 background, instance_ids[i] on annotation i's pixels
-    <key>.sem.png    uint8 semantic map: 0 background, category + 1
+    <key>.sem.png    uint8 semantic map: 0 background, category + 1 (255: ignored pixels, in
+                     maps imported by ``cvdist shards segfolder``)
 
 The manifest (``cvdist.data.manifest``) has images per split and class, and its ``dense``
 section the annotated instances per category and split (the long-tail view of detection data).
@@ -55,6 +56,20 @@ def dense_members(*, boxes: list, categories: list[int], iscrowd: list[int], ins
                INSTANCE_MEMBER: encode_image(instances, image_format="png"),
                SEMANTIC_MEMBER: encode_image(semantic, image_format="png")}
     return categories[int(np.argmax(areas))], members
+
+
+def semantic_members(semantic: np.ndarray, *, num_categories: int, ignore_value: int) -> tuple[int, dict[str, bytes]]:
+    """``(image label, members)`` of a sample annotated by its semantic map only (``cvdist shards
+    segfolder``): no boxes, an empty instance map, the map itself (0 background, category + 1,
+    ``ignore_value`` ignored); the label is the category with the most pixels (0 when none)."""
+    counts = np.bincount(semantic.reshape(-1), minlength=256)[1:num_categories + 1]
+    height, width = semantic.shape
+    annotations = {"width": int(width), "height": int(height), "boxes": [], "category_ids": [], "iscrowd": [],
+                   "instance_ids": []}
+    members = {ANNOTATION_MEMBER: json.dumps(annotations, sort_keys=True, separators=(",", ":")).encode(),
+               INSTANCE_MEMBER: encode_image(np.zeros_like(semantic), image_format="png"),
+               SEMANTIC_MEMBER: encode_image(semantic, image_format="png")}
+    return int(np.argmax(counts)) if counts.any() else 0, members
 
 
 def scene_sample(scene: Scene, *, key: str) -> Sample:

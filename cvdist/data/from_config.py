@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 from cvdist.config import ConfigError, DataConfig
 from cvdist.data.builtin_shards import BuiltinSpec, builtin_shard_dir
 from cvdist.data.fast_decode import build_decoder
+from cvdist.data.remote_cache import RemoteCache, default_remote_cache
 from cvdist.data.shard_sources import build_train_stream, iterate_eval_shards, limit_samples, resolve_source
 from cvdist.data.stream import ShardSet
 from cvdist.data.transforms import MultiScaleBatch, preset_options
@@ -73,6 +75,14 @@ def build_labelled_data(data: DataConfig, *, in_channels: int, num_classes: int,
                         extra_labels=dict(extra_labels or {}))
 
 
+def build_remote_cache(data: DataConfig) -> RemoteCache:
+    """The remote-shard cache ``data`` configures: ``cache_dir/remote-shards`` (the default cache
+    directory when ``data.cache_dir`` is empty), ``cache_limit_gb``, ``remote_retries``, ``remote_timeout_s``."""
+    directory = str(Path(data.cache_dir) / "remote-shards") if data.cache_dir else default_remote_cache().directory
+    return RemoteCache(directory=directory, limit_bytes=int(data.cache_limit_gb * (1 << 30)),
+                       retries=data.remote_retries, timeout_s=data.remote_timeout_s)
+
+
 def resolve_config_source(data: DataConfig, spec: str, *, split: str, num_classes: int):
     """:func:`resolve_source` with ``data``'s limits: ``(ShardSet, Manifest or None)``; a manifest
     must list ``num_classes`` classes (one check for every recipe)."""
@@ -93,7 +103,8 @@ def _from_shards(data: DataConfig, *, in_channels: int, num_classes: int, rank: 
         world_size=world_size, num_workers=data.num_workers, batch_size=micro_batch_size, seed=seed,
         decoder=train_decoder, shuffle_buffer=data.shuffle_buffer, num_samples=data.num_samples,
         sampling=data.sampling, num_epochs=num_epochs, max_corrupt=data.max_corrupt, num_classes=num_classes,
-        max_member_bytes=data.max_member_bytes, multi_scale=multi_scale, allow_pipe=data.allow_pipe)
+        max_member_bytes=data.max_member_bytes, multi_scale=multi_scale, allow_pipe=data.allow_pipe,
+        remote=build_remote_cache(data))
     first_manifest = manifests[0]
     if data.eval_shards:
         eval_source, _ = resolve_config_source(data, data.eval_shards, split=data.eval_split, num_classes=num_classes)
@@ -138,4 +149,4 @@ def plain_batches(source: ShardSet, data: DataConfig, *, in_channels: int, num_c
                             max_image_pixels=data.max_image_pixels)
     return lambda: iterate_eval_shards(source, rank=rank, world_size=world_size, batch_size=data.eval_batch_size,
                                        decoder=decoder, max_corrupt=data.max_corrupt,
-                                       max_member_bytes=data.max_member_bytes)
+                                       max_member_bytes=data.max_member_bytes, remote=build_remote_cache(data))

@@ -22,6 +22,7 @@ import torch
 
 from cvdist.data.decode import Decoder
 from cvdist.data.manifest import MANIFEST_NAME, Manifest, load_manifest
+from cvdist.data.remote_cache import RemoteCache
 from cvdist.data.sharding import expand_shard_pattern, is_remote
 from cvdist.data.stream import (DataError, SampleRepeat, ShardSet, ShardStream, collate_samples,
                                 describe_sample_error, read_shard_samples)
@@ -116,9 +117,11 @@ def build_train_stream(*, shards: Sequence[str], weights: Sequence[float], split
                        num_samples: int, sampling: str, num_epochs: int, max_corrupt: int, num_classes: int,
                        max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES, multi_scale: Any = None,
                        allow_pipe: bool = False,
+                       remote: Optional[RemoteCache] = None,
                        sample_repeat: Optional[SampleRepeat] = None) -> tuple[ShardStream, list[Optional[Manifest]]]:
     """The training stream over one or several (weighted) sources of ``num_classes`` classes,
-    and their manifests; ``sample_repeat``: see :class:`ShardStream`."""
+    and their manifests; ``http(s)://`` and ``pipe:`` shards are read through ``remote``'s cache;
+    ``sample_repeat``: see :class:`ShardStream`."""
     if weights and len(weights) != len(shards):
         raise ValueError(f"data.train_weights has {len(weights)} values for {len(shards)} data.train_shards sources")
     resolved = [resolve_source(spec, split=split, weight=float(weights[i]) if weights else 1.0, num_classes=num_classes,
@@ -128,7 +131,7 @@ def build_train_stream(*, shards: Sequence[str], weights: Sequence[float], split
                          num_workers=num_workers, batch_size=batch_size, seed=seed, decoder=decoder,
                          shuffle_buffer=shuffle_buffer, num_samples=num_samples or None, sampling=sampling,
                          num_epochs=num_epochs, max_corrupt=max_corrupt, multi_scale=multi_scale,
-                         pin_memory=torch.cuda.is_available(), max_member_bytes=max_member_bytes,
+                         pin_memory=torch.cuda.is_available(), max_member_bytes=max_member_bytes, remote=remote,
                          sample_repeat=sample_repeat)
     return stream, [manifest for _, manifest in resolved]
 
@@ -151,7 +154,8 @@ def limit_samples(source: ShardSet, max_samples: int) -> ShardSet:
 
 def iterate_eval_shards(source: ShardSet, *, rank: int, world_size: int, batch_size: int, decoder: Decoder,
                         max_corrupt: int = 100,
-                        max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[dict[str, Any]]:
+                        max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+                        remote: Optional[RemoteCache] = None) -> Iterator[dict[str, Any]]:
     """Every sample of ``source`` exactly once over all ranks, as batches with a ``valid`` mask.
 
     Shard ``i`` goes to rank ``i mod world_size``; with fewer shards than ranks, every rank reads
@@ -159,6 +163,7 @@ def iterate_eval_shards(source: ShardSet, *, rank: int, world_size: int, batch_s
     batches (padded with masked copies of a real sample): under ZeRO-3 each forward pass
     gathers parameters collectively, so a rank with fewer batches would leave the others waiting.
     Corrupt samples and shards are skipped and counted; more than ``max_corrupt`` stop with DataError.
+    ``http(s)://`` and ``pipe:`` shards are read through ``remote``'s cache.
     """
     if source.shard_sizes is None:
         raise ValueError("evaluation shards need sample counts: give a directory with a manifest or local shards")
@@ -177,7 +182,7 @@ def iterate_eval_shards(source: ShardSet, *, rank: int, world_size: int, batch_s
     collate = getattr(decoder, "collate", collate_samples)  # dense decoders batch lists of targets
     items, template, yielded, position = [], None, 0, 0
     for url, size in shards:
-        samples = read_shard_samples(url, errors, max_member_bytes=max_member_bytes)
+        samples = read_shard_samples(url, errors, max_member_bytes=max_member_bytes, remote=remote)
         for sample in itertools.islice(samples, size):  # size: a limit_samples cut
             position += 1
             if (position - 1) % stride != offset:

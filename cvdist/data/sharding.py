@@ -62,8 +62,9 @@ def expand_shard_pattern(pattern: str, *, allow_pipe: bool = False) -> list[str]
     """Brace patterns (``train-{000000..000099}.tar``), globs and ``::``-joined lists into URLs.
 
     Local names that match nothing are an error naming the pattern; remote URLs (``pipe:``,
-    ``http(s)://``) are passed through for webdataset's opener, ``pipe:`` only with
-    ``allow_pipe`` (:func:`check_pipe_command`).
+    ``http(s)://``, read through :mod:`cvdist.data.remote_cache`; other schemes through
+    webdataset's opener) are passed through, ``pipe:`` only with ``allow_pipe``
+    (:func:`check_pipe_command`).
     """
     urls: list[str] = []
     for part in pattern.split("::"):

@@ -24,6 +24,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cvdist.data.decode import Decoder
+from cvdist.data.remote_cache import (RemoteCache, RemoteShardError, default_remote_cache, is_cached_source,
+                                      open_remote)
 from cvdist.data.resampling import repeat_factors
 from cvdist.data.sharding import EpochPlan, SlotPlan, consumed_per_worker, plan_epoch
 from cvdist.data.tar_samples import DEFAULT_MAX_MEMBER_BYTES, iter_samples
@@ -58,26 +60,33 @@ class SlotProgress:
     """Corrupt samples and shard errors met so far this epoch."""
     new_errors: list[str]
     """Descriptions of the errors since the previous batch (for the log)."""
+    new_retries: int = 0
+    """Remote shard fetches retried since the previous batch (:mod:`cvdist.data.remote_cache`)."""
 
 
-def _open_shard(url: str):
-    from webdataset.gopen import gopen  # webdataset's own opener: files, pipe:, http(s), ...
+def _open_shard(url: str, remote: Optional[RemoteCache]):
+    if is_cached_source(url):
+        return open_remote(url, remote)  # http(s) and pipe: through the local shard cache
+    from webdataset.gopen import gopen  # webdataset's own opener: files, other remote schemes
 
     return gopen(url, "rb")
 
 
-def read_shard_samples(url: str, errors: list[str], *,
-                       max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[dict]:
+def read_shard_samples(url: str, errors: list[str], *, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+                       remote: Optional[RemoteCache] = None) -> Iterator[dict]:
     """Raw samples of one shard, each with its ``__url__``; any error while opening or reading it
-    (a damaged tar, an I/O error, a failing ``pipe:`` command, ...) ends the shard and is appended
-    to ``errors`` with the shard named: a damaged file is counted, never a crash."""
+    (a damaged tar, an I/O error, a failing ``pipe:`` command, a remote shard that could not be
+    fetched through ``remote``, ...) ends the shard and is appended to ``errors`` with the shard
+    named: a damaged file is counted, never a crash."""
     try:
-        with _open_shard(url) as stream:
+        with _open_shard(url, remote) as stream:
             for sample in iter_samples(stream, max_member_bytes=max_member_bytes):
                 sample["__url__"] = url
                 yield sample
     except Exception as error:  # noqa: BLE001 - whatever the damage, this shard ends here, counted
         errors.append(_one_line(f"{url}: {type(error).__name__}: {error}"))
+        if remote is not None and is_cached_source(url) and not isinstance(error, RemoteShardError):
+            remote.discard(url)  # a damaged cached copy is fetched again next time, not trusted
 
 
 _MAX_LINE = 2000
@@ -104,7 +113,8 @@ def describe_sample_error(sample: dict, error: BaseException) -> str:
 PASS_END: dict = {"__key__": "__pass_end__"}
 
 
-def _slot_samples(shard_set: ShardSet, slot: SlotPlan, errors: list[str], max_member_bytes: int) -> Iterator[dict]:
+def _slot_samples(shard_set: ShardSet, slot: SlotPlan, errors: list[str], max_member_bytes: int,
+                  remote: Optional[RemoteCache]) -> Iterator[dict]:
     """Raw samples of one source for one slot, in plan order, cycling through the shards until
     the consumer stops. A planned slot only reaches a second pass when samples were lost to
     corrupt data; then a few samples repeat rather than the epoch coming up short, which
@@ -112,11 +122,13 @@ def _slot_samples(shard_set: ShardSet, slot: SlotPlan, errors: list[str], max_me
     while True:
         yielded, position = 0, 0
         for shard in slot.shard_indices:
-            for sample in read_shard_samples(shard_set.urls[shard], errors, max_member_bytes=max_member_bytes):
+            for sample in read_shard_samples(shard_set.urls[shard], errors, max_member_bytes=max_member_bytes,
+                                             remote=remote):
                 yielded += 1
                 yield sample
         for shard in slot.shared_indices:
-            for sample in read_shard_samples(shard_set.urls[shard], errors, max_member_bytes=max_member_bytes):
+            for sample in read_shard_samples(shard_set.urls[shard], errors, max_member_bytes=max_member_bytes,
+                                             remote=remote):
                 if position % slot.sample_stride == slot.sample_offset:
                     yielded += 1
                     yield sample
@@ -229,8 +241,9 @@ class ShardDataset(IterableDataset):
 
     def __init__(self, *, sources: list[ShardSet], rank: int, num_workers: int, batch_size: int, seed: int,
                  shuffle_buffer: int, decoder: Decoder, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
-                 max_corrupt: int = 100):
+                 max_corrupt: int = 100, remote: Optional[RemoteCache] = None):
         self.sources, self.rank, self.num_workers = sources, rank, max(num_workers, 1)
+        self.remote = remote
         self.max_member_bytes, self.max_corrupt = max_member_bytes, max_corrupt
         self.batch_size, self.seed, self.shuffle_buffer, self.decoder = batch_size, seed, shuffle_buffer, decoder
         self.setup: Optional[_EpochSetup] = None
@@ -243,7 +256,7 @@ class ShardDataset(IterableDataset):
         tag = f"{self.seed}:{setup.epoch}:{slot}"
         errors: list[str] = []
         streams = [
-            _resampled(_slot_samples(source, plan.slots[slot], errors, self.max_member_bytes), factors,
+            _resampled(_slot_samples(source, plan.slots[slot], errors, self.max_member_bytes, self.remote), factors,
                        random.Random(f"resample:{tag}:{i}"), errors)
             for i, (source, plan, factors) in enumerate(zip(self.sources, setup.plans, setup.factors))
         ]
@@ -253,6 +266,7 @@ class ShardDataset(IterableDataset):
         decode = self.decoder.decode_pixels if getattr(self.decoder, "normaliser", None) else self.decoder
         collate = getattr(self.decoder, "collate", collate_samples)  # dense decoders batch lists of targets
         consumed, reported, items = 0, 0, []
+        retries_reported = self.remote.num_retries if self.remote else 0  # (a worker's copy starts at the parent's)
         remaining = setup.batches_per_slot - setup.already_yielded[worker]
         for sample in stream:
             if remaining <= 0:
@@ -273,8 +287,10 @@ class ShardDataset(IterableDataset):
                                     f"data.max_corrupt={self.max_corrupt} (last: {errors[-1]})")
             if len(items) == self.batch_size:
                 remaining -= 1
-                yield collate(items), SlotProgress(worker, consumed, len(errors), errors[reported:])
-                reported, items = len(errors), []
+                retries = self.remote.num_retries if self.remote else 0
+                yield collate(items), SlotProgress(worker, consumed, len(errors), errors[reported:],
+                                                   new_retries=retries - retries_reported)
+                reported, items, retries_reported = len(errors), [], retries
         if remaining > 0:
             detail = "; ".join(errors[-3:])
             raise DataError(f"reader slot {slot} ran out of samples {remaining} batches before the epoch end "
@@ -301,7 +317,8 @@ class ShardStream:
                  seed: int, decoder: Decoder, shuffle: bool = True, shuffle_buffer: int = 1000,
                  num_samples: Optional[int] = None, sampling: str = "instance", num_epochs: int = 1,
                  max_corrupt: int = 100, multi_scale: Any = None, pin_memory: bool = False,
-                 max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES, sample_repeat: Optional[SampleRepeat] = None):
+                 max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES, remote: Optional[RemoteCache] = None,
+                 sample_repeat: Optional[SampleRepeat] = None):
         if not sources:
             raise ValueError("no data sources given")
         if sample_repeat is not None and sampling != "instance":
@@ -318,11 +335,13 @@ class ShardStream:
         self.sample_repeat = sample_repeat
         self.dataset = ShardDataset(sources=sources, rank=rank, num_workers=num_workers, batch_size=batch_size,
                                     seed=seed, shuffle_buffer=shuffle_buffer if shuffle else 0, decoder=decoder,
-                                    max_member_bytes=max_member_bytes, max_corrupt=max_corrupt)
+                                    max_member_bytes=max_member_bytes, max_corrupt=max_corrupt,
+                                    remote=remote or default_remote_cache())  # (one object: it counts retries)
         self._logical_workers = max(num_workers, 1)
         self._position = {"epoch": 0, "batch": 0, "consumed": [0] * self._logical_workers, "corrupt": 0}
         self._resume: Optional[dict] = None
         self.total_corrupt = 0
+        self.total_retries = 0
         self.batches_in_epoch(0)  # fail now, not at the first batch, if the data is too small
 
     def _plans(self, epoch: int) -> tuple[list[EpochPlan], int]:
@@ -382,6 +401,7 @@ class ShardStream:
             self._position["consumed"][progress.worker] = progress.consumed
             corrupt_by_worker[progress.worker] = progress.corrupt
             self._note_corrupt(progress.new_errors, corrupt_before + sum(corrupt_by_worker))
+            self.total_retries += progress.new_retries
             if normaliser is not None:
                 batch["image"] = normaliser(batch["image"])
             if self.multi_scale is not None and torch.is_tensor(batch["image"]):
@@ -407,4 +427,4 @@ class ShardStream:
 
     def metrics(self) -> dict[str, float]:
         """Counters for the training log (summed over ranks by the engine)."""
-        return {"data/corrupt_skipped": float(self.total_corrupt)}
+        return {"data/corrupt_skipped": float(self.total_corrupt), "data/remote_retries": float(self.total_retries)}

@@ -17,18 +17,50 @@ from cvdist.io import atomic_write_bytes
 GROUND_TRUTH_COLOUR, PREDICTION_COLOUR = (0, 220, 0), (255, 40, 40)
 
 
-def _panel(image: torch.Tensor, target: dict, prediction: dict, *, names: Sequence[str], scale: int,
-           min_score: float) -> Image.Image:
+def image_panel(image: torch.Tensor, *, scale: int) -> Image.Image:
+    """A ``[C, H, W]`` image in [0, 1] (grey or RGB) as an RGB picture ``scale`` times larger."""
     pixels = (image.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     if pixels.shape[2] == 1:
         pixels = np.repeat(pixels, 3, axis=2)
-    if "masks" in prediction:  # half-way towards red where a drawn prediction's mask is on
-        shown = prediction["scores"] >= min_score
-        covered = (prediction["masks"][shown, 0] > 0.5).any(dim=0).numpy() if shown.any() else None
-        if covered is not None:
-            pixels = pixels.copy()
-            pixels[covered] = (pixels[covered] // 2 + np.array(PREDICTION_COLOUR) // 2).astype(np.uint8)
-    panel = Image.fromarray(pixels).resize((pixels.shape[1] * scale, pixels.shape[0] * scale), Image.NEAREST)
+    return Image.fromarray(pixels).resize((pixels.shape[1] * scale, pixels.shape[0] * scale), Image.NEAREST)
+
+
+def save_panel_grid(rows: Sequence[Sequence[Image.Image]], *, path: str | Path, gap: int = 4) -> Path:
+    """Pictures in rows (``gap`` px apart) as one PNG, written atomically; returns ``path``."""
+    if not rows or not all(rows):
+        raise ValueError("no image to draw")
+    widths = [sum(p.width for p in row) + gap * (len(row) - 1) for row in rows]
+    heights = [max(p.height for p in row) for row in rows]
+    grid = Image.new("RGB", (max(widths), sum(heights) + gap * (len(rows) - 1)))
+    y = 0
+    for row, height in zip(rows, heights):
+        x = 0
+        for panel in row:
+            grid.paste(panel, (x, y))
+            x += panel.width + gap
+        y += height + gap
+    buffer = io.BytesIO()
+    grid.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
+def _tinted(panel: Image.Image, prediction: dict, *, scale: int, min_score: float) -> Image.Image:
+    """``panel`` half-way towards red where a drawn (score >= ``min_score``) predicted mask is on."""
+    shown = prediction["scores"] >= min_score
+    if not shown.any():
+        return panel
+    covered = (prediction["masks"][shown, 0] > 0.5).any(dim=0).numpy().repeat(scale, 0).repeat(scale, 1)
+    pixels = np.array(panel)
+    pixels[covered] = (pixels[covered] // 2 + np.array(PREDICTION_COLOUR) // 2).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def _panel(image: torch.Tensor, target: dict, prediction: dict, *, names: Sequence[str], scale: int,
+           min_score: float) -> Image.Image:
+    panel = image_panel(image, scale=scale)
+    if "masks" in prediction:
+        panel = _tinted(panel, prediction, scale=scale, min_score=min_score)
     draw = ImageDraw.Draw(panel)
     for box in target["boxes"].tolist():
         draw.rectangle([v * scale for v in box], outline=GROUND_TRUTH_COLOUR)
@@ -47,14 +79,4 @@ def save_detection_grid(images: Sequence[torch.Tensor], targets: Sequence[dict],
     ``min_score`` are not drawn. Written atomically; returns ``path``."""
     panels = [_panel(i, t, p, names=category_names, scale=scale, min_score=min_score)
               for i, t, p in zip(images, targets, predictions, strict=True)]
-    if not panels:
-        raise ValueError("no image to draw")
-    grid = Image.new("RGB", (sum(p.width for p in panels) + 4 * (len(panels) - 1), max(p.height for p in panels)))
-    x = 0
-    for panel in panels:
-        grid.paste(panel, (x, 0))
-        x += panel.width + 4
-    buffer = io.BytesIO()
-    grid.save(buffer, format="PNG")
-    atomic_write_bytes(path, buffer.getvalue())
-    return Path(path)
+    return save_panel_grid([panels], path=path)

@@ -1,6 +1,7 @@
 """Glue that several tasks share (and nothing task-specific): the long-tail loss section used by
 the long-tail and distillation tasks, the label-loss builder they share, a run's labelled data,
-and a helper to take a few images out of a batch stream. A task imports this module, never
+a helper to take a few images out of a batch stream, and the built-in scenes' section of the
+dense tasks (detection, segmentation). A task imports this module, never
 another task; what grows beyond glue moves down into a building block.
 """
 
@@ -14,6 +15,7 @@ import torch
 
 from cvdist.config import ConfigError
 from cvdist.data.from_config import LabelledData, build_labelled_data
+from cvdist.data.scenes import SceneOptions
 from cvdist.losses.longtail import LOSS_NAMES, build_longtail_loss, loss_options
 
 
@@ -96,3 +98,46 @@ def build_run_data(config: Any, session: Any) -> LabelledData:
     return build_labelled_data(config.data, in_channels=config.model.in_channels, num_classes=config.model.num_classes,
                                rank=env.rank, world_size=env.world_size, micro_batch_size=session.micro_batch_size,
                                seed=config.train.seed, num_epochs=config.train.epochs)
+
+
+@dataclass
+class ScenesConfig:
+    """The built-in scenes (when ``data.train_shards`` is empty), see ``cvdist.data.scenes``."""
+
+    max_items: int = 4
+    """Items per scene: 1 to this many."""
+    min_item_size: int = 20
+    """Smallest pasted item side in pixels."""
+    max_item_size: int = 44
+    """Largest pasted item side in pixels."""
+    occlusion: bool = False
+    """Let items overlap (boxes then cover the visible pixels)."""
+    tint: bool = False
+    """RGB scenes with a random tint per item (needs ``model.in_channels=3``)."""
+
+    def options(self) -> SceneOptions:
+        """The scene options (canvas and long-tail profile come from ``data``)."""
+        return SceneOptions(max_items=self.max_items, min_item_size=self.min_item_size,
+                            max_item_size=self.max_item_size, occlusion=self.occlusion, tint=self.tint)
+
+
+_NOT_DENSE = ("vflip", "rotation_degrees", "color_jitter")
+
+
+def check_dense_sections(config: Any, *, task: str, jitter_key: str, follows: str) -> None:
+    """The shared ``data`` / ``model`` / ``scenes`` checks of a dense task (``task``: its name in
+    messages; ``jitter_key``: its scale-jitter key; ``follows``: what moves with the image)."""
+    data = config.data
+    for key in _NOT_DENSE:
+        if getattr(data, key) is not None:
+            raise ConfigError(f"data.{key} does not apply to {task} ({follows} follow flips and scale jitter only); "
+                              "remove it")
+    if data.crop_scale or data.multi_scale:
+        raise ConfigError(f"data.crop_scale / data.multi_scale do not apply to {task}; use {jitter_key}")
+    if data.hflip is not None and not 0 <= data.hflip <= 1:
+        raise ConfigError(f"data.hflip={data.hflip} must lie in [0, 1]")
+    if not data.train_shards and config.scenes.tint != (config.model.in_channels == 3):
+        raise ConfigError(f"scenes.tint={config.scenes.tint} makes {'RGB' if config.scenes.tint else 'grey'} scenes; "
+                          f"set model.in_channels={3 if config.scenes.tint else 1}")
+    if len(data.mean) != config.model.in_channels or len(data.std) != config.model.in_channels:
+        raise ConfigError(f"data.mean / data.std need {config.model.in_channels} values (model.in_channels)")

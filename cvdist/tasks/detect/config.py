@@ -16,7 +16,7 @@ from typing import Literal
 
 from cvdist.config import (CheckpointConfig, ConfigError, DataConfig, ModelConfig, OptimConfig, RunConfig,
                            ScheduleConfig, TrainConfig, section)
-from cvdist.data.scenes import SceneOptions
+from cvdist.tasks.common import ScenesConfig, check_dense_sections
 
 
 @dataclass
@@ -58,27 +58,6 @@ class DetectConfig:
 
 
 @dataclass
-class ScenesConfig:
-    """The built-in scenes (when ``data.train_shards`` is empty), see ``cvdist.data.scenes``."""
-
-    max_items: int = 4
-    """Items per scene: 1 to this many."""
-    min_item_size: int = 20
-    """Smallest pasted item side in pixels."""
-    max_item_size: int = 44
-    """Largest pasted item side in pixels."""
-    occlusion: bool = False
-    """Let items overlap (boxes then cover the visible pixels)."""
-    tint: bool = False
-    """RGB scenes with a random tint per item (needs ``model.in_channels=3``)."""
-
-    def options(self) -> SceneOptions:
-        """The scene options (canvas and long-tail profile come from ``data``)."""
-        return SceneOptions(max_items=self.max_items, min_item_size=self.min_item_size,
-                            max_item_size=self.max_item_size, occlusion=self.occlusion, tint=self.tint)
-
-
-@dataclass
 class DetectRunConfig(RunConfig):
     """RunConfig plus the ``detect`` and ``scenes`` sections."""
 
@@ -95,20 +74,10 @@ class DetectRunConfig(RunConfig):
     scenes: ScenesConfig = field(default_factory=ScenesConfig)
 
 
-_NOT_DENSE = ("vflip", "rotation_degrees", "color_jitter")
-
-
 def validate_detect(config: DetectRunConfig) -> None:
     """Check the detection recipe's own keys; raise ConfigError naming the key and the fix."""
-    det, data = config.detect, config.data
-    for key in _NOT_DENSE:
-        if getattr(data, key) is not None:
-            raise ConfigError(f"data.{key} does not apply to detection (boxes follow flips and scale jitter only); "
-                              "remove it")
-    if data.crop_scale or data.multi_scale:
-        raise ConfigError("data.crop_scale / data.multi_scale do not apply to detection; use detect.scale_jitter")
-    if data.hflip is not None and not 0 <= data.hflip <= 1:
-        raise ConfigError(f"data.hflip={data.hflip} must lie in [0, 1]")
+    det = config.detect
+    check_dense_sections(config, task="detection", jitter_key="detect.scale_jitter", follows="boxes")
     if len(det.scale_jitter) != 2 or not 0 < det.scale_jitter[0] <= det.scale_jitter[1]:
         raise ConfigError(f"detect.scale_jitter={det.scale_jitter} must be [low, high] with 0 < low <= high")
     if not 0 <= det.repeat_factor_threshold <= 1:
@@ -128,8 +97,3 @@ def validate_detect(config: DetectRunConfig) -> None:
     if det.backbone_from and not Path(det.backbone_from).exists():
         raise ConfigError(f"detect.backbone_from={det.backbone_from!r} does not exist; give a cvdist run or "
                           "checkpoint directory or a weights file, or leave it empty for random init")
-    if not data.train_shards and config.scenes.tint != (config.model.in_channels == 3):
-        raise ConfigError(f"scenes.tint={config.scenes.tint} makes {'RGB' if config.scenes.tint else 'grey'} scenes; "
-                          f"set model.in_channels={3 if config.scenes.tint else 1}")
-    if len(data.mean) != config.model.in_channels or len(data.std) != config.model.in_channels:
-        raise ConfigError(f"data.mean / data.std need {config.model.in_channels} values (model.in_channels)")

@@ -1,0 +1,5 @@
+"""The semantic segmentation task: config, training step, evaluation glue and ``main``."""
+
+from cvdist.tasks.segment.main import main
+
+__all__ = ["main"]
