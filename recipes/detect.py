@@ -1,8 +1,10 @@
-"""Object detection (Faster R-CNN / RetinaNet / FCOS on a cvdist backbone), on dense shards or
-the built-in scenes, with any strategy and launcher; COCO box AP at each evaluation.
+"""Object detection (Faster R-CNN / Mask R-CNN / RetinaNet / FCOS on a cvdist backbone), on dense
+shards or the built-in scenes, with any strategy and launcher; COCO box AP (and mask AP for Mask
+R-CNN) at each evaluation.
 
     python recipes/detect.py train.max_steps=50
     python recipes/detect.py detect.architecture=faster_rcnn detect.backbone_from=runs/supervised
+    python recipes/detect.py detect.architecture=mask_rcnn detect.frozen_stages=1 detect.frozen_bn=true
     torchrun --nproc_per_node 2 recipes/detect.py data.train_shards=[data/scenes]
 """
 

@@ -39,6 +39,11 @@ def test_each_architecture_trains_and_predicts_category_ids(architecture):
     targets = [{"boxes": torch.tensor([[8.0, 8.0, 30.0, 40.0]]), "labels": torch.tensor([0])},
                {"boxes": torch.tensor([[30.0, 20.0, 60.0, 44.0], [2.0, 2.0, 12.0, 12.0]]),
                 "labels": torch.tensor([2, 1])}]
+    if architecture == "mask_rcnn":  # box-filling masks
+        for target in targets:
+            target["masks"] = torch.zeros(len(target["boxes"]), 64, 64, dtype=torch.uint8)
+            for mask, (x0, y0, x1, y1) in zip(target["masks"], target["boxes"].int().tolist()):
+                mask[y0:y1, x0:x1] = 1
     model.train()
     losses = model(images, targets)
     total = sum(losses.values())
@@ -48,7 +53,10 @@ def test_each_architecture_trains_and_predicts_category_ids(architecture):
     model.eval()
     with torch.no_grad():
         out = model(images)
-    assert len(out) == 2 and all(set(o) == {"boxes", "scores", "labels"} for o in out)
+    expected = {"boxes", "scores", "labels"} | ({"masks"} if architecture == "mask_rcnn" else set())
+    assert len(out) == 2 and all(set(o) == expected for o in out)
+    if architecture == "mask_rcnn":  # one probability map per detection, at the image size
+        assert all(o["masks"].shape == (len(o["boxes"]), 1, 64, 64) for o in out)
     labels = torch.cat([o["labels"] for o in out])
     assert ((labels >= 0) & (labels < 3)).all()
 

@@ -36,6 +36,9 @@ def _config(*overrides: str) -> DetectRunConfig:
     (["scenes.tint=true"], "set model.in_channels=3"),
     (["detect.backbone_from=/nonexistent/run"], "detect.backbone_from='/nonexistent/run' does not exist"),
     (["detect.num_box_images=-1"], "detect.num_box_images=-1 must be >= 0"),
+    (["detect.repeat_factor_threshold=2"], "detect.repeat_factor_threshold=2.0 must lie in [0, 1]"),
+    (["detect.frozen_stages=-1"], "detect.frozen_stages=-1 must be >= 0"),
+    (["detect.layer_decay=0"], "detect.layer_decay=0.0 must lie in .0, 1. .1 = off"),
 ])
 def test_bad_detection_settings_are_one_clear_error(overrides, words):
     with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("]", r"\]")):

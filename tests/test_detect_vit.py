@@ -58,8 +58,14 @@ def test_each_architecture_trains_and_predicts_on_a_vit(architecture):
     images = [torch.rand(1, 64, 64) for _ in range(2)]
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    targets = TARGETS
+    if architecture == "mask_rcnn":  # box-filling instance masks
+        targets = [{**t, "masks": torch.zeros(len(t["boxes"]), 64, 64, dtype=torch.uint8)} for t in TARGETS]
+        for target in targets:
+            for mask, (x0, y0, x1, y1) in zip(target["masks"], target["boxes"].int().tolist()):
+                mask[y0:y1, x0:x1] = 1
     for _ in range(2):
-        losses = model(images, TARGETS)
+        losses = model(images, targets)
         total = sum(losses.values())
         assert torch.isfinite(total)
         optimizer.zero_grad()
@@ -68,12 +74,13 @@ def test_each_architecture_trains_and_predicts_on_a_vit(architecture):
         assert [n for n, p in model.named_parameters() if p.grad is None] == []
         optimizer.step()
     detector = model.model
-    sizes = (detector.rpn if architecture == "faster_rcnn" else detector).anchor_generator.sizes
+    sizes = (detector.rpn if architecture.endswith("_rcnn") else detector).anchor_generator.sizes
     assert [s[0] for s in sizes][:3] == [8, 16, 32]  # detect.anchor_base on the stride-2 level, doubling
     model.eval()
     with torch.no_grad():
         out = model(images)
-    assert len(out) == 2 and all(set(o) == {"boxes", "scores", "labels"} for o in out)
+    expected = {"boxes", "scores", "labels"} | ({"masks"} if architecture == "mask_rcnn" else set())
+    assert len(out) == 2 and all(set(o) == expected for o in out)
     labels = torch.cat([o["labels"] for o in out])
     assert ((labels >= 0) & (labels < 3)).all()
 

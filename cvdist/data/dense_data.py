@@ -12,16 +12,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional
 
 from cvdist.config import ConfigError, DataConfig
 from cvdist.data.builtin_shards import cached_shard_dir, source_fingerprint
 from cvdist.data.dense_decode import build_dense_decoder
-from cvdist.data.dense_shards import write_scene_shards
+from cvdist.data.dense_shards import INSTANCE_MEMBER, write_scene_shards
 from cvdist.data.from_config import build_remote_cache
+from cvdist.data.repeat_factor import RepeatFactor, build_repeat_factor
 from cvdist.data.scenes import SceneOptions
-from cvdist.data.shard_sources import build_train_stream, iterate_eval_shards, resolve_source
+from cvdist.data.shard_sources import build_train_stream, iterate_eval_shards, read_intact_shard, resolve_source
 
 SCENES_FORMAT = 1
 """Bump when the scenes written for the same settings change, so old caches are not reused."""
@@ -38,6 +39,8 @@ class DenseData:
     """A fresh pass over this rank's share of the evaluation images (with a ``valid`` mask)."""
     category_names: list[str]
     train_instance_counts: list[int]
+    category_repeat_factors: list[float] = field(default_factory=list)
+    """``r_c`` of repeat-factor sampling (empty when it is off)."""
 
 
 def scenes_options(data: DataConfig, scenes: SceneOptions) -> SceneOptions:
@@ -67,40 +70,64 @@ def with_builtin_scenes(data: DataConfig, *, scenes: SceneOptions, seed: int) ->
                                train_split="train", eval_split="test")
 
 
+def check_instance_masks(url: str, *, max_member_bytes: int) -> None:
+    """ConfigError unless the first sample of the shard ``url`` has an instance map (``<key>.inst.png``):
+    found now rather than as every training sample counted corrupt."""
+    first = next(iter(read_intact_shard(url, max_member_bytes=max_member_bytes)), None)
+    if first is not None and INSTANCE_MEMBER not in first:
+        raise ConfigError(f"detect.architecture=mask_rcnn needs instance masks, but the shards have none (sample "
+                          f"{first.get('__key__')} of {url} has no .{INSTANCE_MEMBER}); write them with "
+                          "`cvdist shards scenes` or use a box-only architecture (faster_rcnn, retinanet, fcos)")
+
+
 def build_dense_data(data: DataConfig, *, scenes: SceneOptions, num_categories: int, rank: int, world_size: int,
                      micro_batch_size: int, seed: int, num_epochs: int, hflip: float,
-                     scale_range: tuple[float, float], with_semantic: bool = False,
-                     mask_fill: int = 0) -> DenseData:
+                     scale_range: tuple[float, float], with_semantic: bool = False, mask_fill: int = 0,
+                     with_masks: bool = False, repeat_factor_threshold: float = 0.0) -> DenseData:
     """The dense training stream and evaluation batches ``data`` describes, for this rank;
-    ``with_semantic`` adds ``target["semantic"]``, whose crop padding is ``mask_fill``."""
+    ``with_semantic`` adds ``target["semantic"]``, whose crop padding is ``mask_fill``;
+    ``with_masks``: targets carry per-instance ``masks`` (refused for shards without them);
+    ``repeat_factor_threshold`` > 0: LVIS repeat-factor sampling (:mod:`cvdist.data.repeat_factor`)."""
     if len(data.train_shards) > 1:
         raise ConfigError("a dense task reads one data.train_shards source (a directory of dense shards)")
     if data.sampling != "instance":
         raise ConfigError(f"data.sampling={data.sampling!r} re-samples by image class; dense tasks use "
                           "data.sampling=instance")
     data = with_builtin_scenes(data, scenes=scenes, seed=seed)
+    repeat: Optional[RepeatFactor] = None
+    if repeat_factor_threshold > 0:  # f_c needs a first pass over the training annotations
+        source, _ = resolve_source(data.train_shards[0], split=data.train_split, num_classes=num_categories,
+                                   max_corrupt=data.max_corrupt, max_member_bytes=data.max_member_bytes,
+                                   allow_pipe=data.allow_pipe)
+        repeat = build_repeat_factor(source.urls, threshold=repeat_factor_threshold, num_categories=num_categories,
+                                     max_member_bytes=data.max_member_bytes)
     decoder = build_dense_decoder(num_categories=num_categories, train=True, size=data.image_size, hflip=hflip,
                                   scale_range=scale_range, max_image_pixels=data.max_image_pixels,
-                                  with_semantic=with_semantic, mask_fill=mask_fill)
+                                  with_semantic=with_semantic, mask_fill=mask_fill, with_masks=with_masks)
     stream, manifests = build_train_stream(
         shards=data.train_shards, weights=[], split=data.train_split, rank=rank, world_size=world_size,
         num_workers=data.num_workers, batch_size=micro_batch_size, seed=seed, decoder=decoder,
         shuffle_buffer=data.shuffle_buffer, num_samples=data.num_samples, sampling="instance",
         num_epochs=num_epochs, max_corrupt=data.max_corrupt, num_classes=num_categories,
-        max_member_bytes=data.max_member_bytes, allow_pipe=data.allow_pipe, remote=build_remote_cache(data))
+        max_member_bytes=data.max_member_bytes, allow_pipe=data.allow_pipe, remote=build_remote_cache(data),
+        sample_repeat=repeat)
     manifest = manifests[0]
     if manifest is None or manifest.dense is None:
         raise ConfigError(f"data.train_shards={data.train_shards} are not dense shards (their manifest.json has no "
                           "'dense' section); write them with `cvdist shards scenes`")
     # (model.num_classes against the manifest's categories: checked by resolve_source, as for every recipe)
+    if with_masks:
+        check_instance_masks(stream.sources[0].urls[0], max_member_bytes=data.max_member_bytes)
     eval_source, _ = resolve_source(data.eval_shards or data.train_shards[0], split=data.eval_split,
                                     num_classes=num_categories, max_corrupt=data.max_corrupt,
                                     max_member_bytes=data.max_member_bytes, allow_pipe=data.allow_pipe)
     eval_decoder = build_dense_decoder(num_categories=num_categories, train=False, size=data.image_size,
-                                       max_image_pixels=data.max_image_pixels, with_semantic=with_semantic)
+                                       max_image_pixels=data.max_image_pixels, with_semantic=with_semantic,
+                                       with_masks=with_masks)
     eval_batches = lambda: iterate_eval_shards(eval_source, rank=rank, world_size=world_size,  # noqa: E731
                                                batch_size=data.eval_batch_size, decoder=eval_decoder,
                                                max_corrupt=data.max_corrupt, max_member_bytes=data.max_member_bytes,
                                                remote=build_remote_cache(data))
     return DenseData(train=stream, eval_batches=eval_batches, category_names=list(manifest.class_names),
-                     train_instance_counts=list(manifest.dense.instance_counts[data.train_split]))
+                     train_instance_counts=list(manifest.dense.instance_counts[data.train_split]),
+                     category_repeat_factors=list(repeat.category_factors) if repeat else [])

@@ -24,8 +24,8 @@ from cvdist.data.decode import Decoder
 from cvdist.data.manifest import MANIFEST_NAME, Manifest, load_manifest
 from cvdist.data.remote_cache import RemoteCache
 from cvdist.data.sharding import expand_shard_pattern, is_remote
-from cvdist.data.stream import (DataError, ShardSet, ShardStream, collate_samples, describe_sample_error,
-                                read_shard_samples)
+from cvdist.data.stream import (DataError, SampleRepeat, ShardSet, ShardStream, collate_samples,
+                                describe_sample_error, read_shard_samples)
 from cvdist.data.tar_samples import DEFAULT_MAX_MEMBER_BYTES
 
 
@@ -117,9 +117,11 @@ def build_train_stream(*, shards: Sequence[str], weights: Sequence[float], split
                        num_samples: int, sampling: str, num_epochs: int, max_corrupt: int, num_classes: int,
                        max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES, multi_scale: Any = None,
                        allow_pipe: bool = False,
-                       remote: Optional[RemoteCache] = None) -> tuple[ShardStream, list[Optional[Manifest]]]:
+                       remote: Optional[RemoteCache] = None,
+                       sample_repeat: Optional[SampleRepeat] = None) -> tuple[ShardStream, list[Optional[Manifest]]]:
     """The training stream over one or several (weighted) sources of ``num_classes`` classes,
-    and their manifests; ``http(s)://`` and ``pipe:`` shards are read through ``remote``'s cache."""
+    and their manifests; ``http(s)://`` and ``pipe:`` shards are read through ``remote``'s cache;
+    ``sample_repeat``: see :class:`ShardStream`."""
     if weights and len(weights) != len(shards):
         raise ValueError(f"data.train_weights has {len(weights)} values for {len(shards)} data.train_shards sources")
     resolved = [resolve_source(spec, split=split, weight=float(weights[i]) if weights else 1.0, num_classes=num_classes,
@@ -129,7 +131,8 @@ def build_train_stream(*, shards: Sequence[str], weights: Sequence[float], split
                          num_workers=num_workers, batch_size=batch_size, seed=seed, decoder=decoder,
                          shuffle_buffer=shuffle_buffer, num_samples=num_samples or None, sampling=sampling,
                          num_epochs=num_epochs, max_corrupt=max_corrupt, multi_scale=multi_scale,
-                         pin_memory=torch.cuda.is_available(), max_member_bytes=max_member_bytes, remote=remote)
+                         pin_memory=torch.cuda.is_available(), max_member_bytes=max_member_bytes, remote=remote,
+                         sample_repeat=sample_repeat)
     return stream, [manifest for _, manifest in resolved]
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -138,23 +138,32 @@ def _slot_samples(shard_set: ShardSet, slot: SlotPlan, errors: list[str], max_me
         yield PASS_END
 
 
-def _resampled(samples: Iterator[dict], factors: Optional[list[float]], rng: random.Random,
+SampleRepeat = Callable[[dict], Optional[float]]
+"""A raw sample -> its repeat factor (image-level re-sampling, :mod:`cvdist.data.repeat_factor`);
+None for a sample it cannot read (passed on once for the decoder to count)."""
+
+
+def _resampled(samples: Iterator[dict], factors: Union[None, list[float], SampleRepeat], rng: random.Random,
                errors: list[str]) -> Iterator[dict]:
     if factors is None:
         return samples  # plain instance sampling: no generator layer per sample
     return _repeated(samples, factors, rng)
 
 
-def _repeated(samples: Iterator[dict], factors: list[float], rng: random.Random) -> Iterator[dict]:
+def _class_factor(sample: dict, factors: list[float]) -> Optional[float]:
+    try:
+        label = int(sample["cls"])
+        return factors[label] if label >= 0 else None  # (a negative index would pick another class)
+    except (KeyError, ValueError, IndexError, TypeError):
+        return None
+
+
+def _repeated(samples: Iterator[dict], factors: Union[list[float], SampleRepeat], rng: random.Random) -> Iterator[dict]:
     for sample in samples:
         if sample is PASS_END:
             yield sample
             continue
-        try:
-            label = int(sample["cls"])
-            factor = factors[label] if label >= 0 else None  # (a negative index would pick another class)
-        except (KeyError, ValueError, IndexError, TypeError):
-            factor = None
+        factor = factors(sample) if callable(factors) else _class_factor(sample, factors)
         if factor is None:
             yield sample  # the decoder counts it as corrupt
             continue
@@ -224,7 +233,7 @@ class _EpochSetup:
     skip: list[int]
     already_yielded: list[int]
     rotation: int
-    factors: list[Optional[list[float]]] = field(default_factory=list)
+    factors: list[Union[None, list[float], SampleRepeat]] = field(default_factory=list)
 
 
 class ShardDataset(IterableDataset):
@@ -300,15 +309,20 @@ class ShardStream:
     Every rank yields exactly :meth:`batches_in_epoch` batches per epoch (see
     :mod:`cvdist.data.sharding`). :meth:`state` / :meth:`load_state` carry the exact position
     through a checkpoint; it is per rank, so a resume needs the same processes and workers.
+    ``sample_repeat`` (instead of a class ``sampling`` scheme) repeats each sample by its own
+    factor, e.g. LVIS repeat factors (:mod:`cvdist.data.repeat_factor`).
     """
 
     def __init__(self, *, sources: list[ShardSet], rank: int, world_size: int, num_workers: int, batch_size: int,
                  seed: int, decoder: Decoder, shuffle: bool = True, shuffle_buffer: int = 1000,
                  num_samples: Optional[int] = None, sampling: str = "instance", num_epochs: int = 1,
                  max_corrupt: int = 100, multi_scale: Any = None, pin_memory: bool = False,
-                 max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES, remote: Optional[RemoteCache] = None):
+                 max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES, remote: Optional[RemoteCache] = None,
+                 sample_repeat: Optional[SampleRepeat] = None):
         if not sources:
             raise ValueError("no data sources given")
+        if sample_repeat is not None and sampling != "instance":
+            raise ValueError(f"data.sampling={sampling!r} and a per-sample repeat factor both re-sample; use one")
         if sampling != "instance" and any(s.class_counts is None for s in sources):
             raise ValueError(f"data.sampling={sampling!r} needs class counts from a manifest; "
                              "write the shards with `cvdist shards` or use data.sampling=instance")
@@ -318,6 +332,7 @@ class ShardStream:
         self.num_workers, self.batch_size, self.seed = num_workers, batch_size, seed
         self.shuffle, self.num_samples, self.sampling, self.num_epochs = shuffle, num_samples, sampling, num_epochs
         self.max_corrupt, self.multi_scale, self.pin_memory = max_corrupt, multi_scale, pin_memory
+        self.sample_repeat = sample_repeat
         self.dataset = ShardDataset(sources=sources, rank=rank, num_workers=num_workers, batch_size=batch_size,
                                     seed=seed, shuffle_buffer=shuffle_buffer if shuffle else 0, decoder=decoder,
                                     max_member_bytes=max_member_bytes, max_corrupt=max_corrupt,
@@ -370,8 +385,9 @@ class ShardStream:
         """This rank's batches of ``epoch`` from ``start_batch`` on."""
         plans, batches_per_slot = self._plans(epoch)
         skip, corrupt_before = self._skip_for(epoch, start_batch)
-        factors = [repeat_factors(s.class_counts, scheme=self.sampling, epoch=epoch, num_epochs=self.num_epochs)
-                   if self.sampling != "instance" else None for s in self.sources]
+        factors = [self.sample_repeat or (
+            repeat_factors(s.class_counts, scheme=self.sampling, epoch=epoch, num_epochs=self.num_epochs)
+            if self.sampling != "instance" else None) for s in self.sources]
         workers = self._logical_workers
         self.dataset.setup = _EpochSetup(epoch=epoch, plans=plans, batches_per_slot=batches_per_slot, skip=skip,
                                          already_yielded=consumed_per_worker(start_batch, workers),

@@ -1,5 +1,6 @@
 """A PNG of evaluation images with their ground-truth boxes (green) and predicted boxes (red,
-with category name and score), written at each evaluation of the detection task."""
+with category name and score; Mask R-CNN's predicted masks tinted red under them), written at
+each evaluation of the detection task."""
 
 from __future__ import annotations
 
@@ -44,9 +45,22 @@ def save_panel_grid(rows: Sequence[Sequence[Image.Image]], *, path: str | Path, 
     return Path(path)
 
 
+def _tinted(panel: Image.Image, prediction: dict, *, scale: int, min_score: float) -> Image.Image:
+    """``panel`` half-way towards red where a drawn (score >= ``min_score``) predicted mask is on."""
+    shown = prediction["scores"] >= min_score
+    if not shown.any():
+        return panel
+    covered = (prediction["masks"][shown, 0] > 0.5).any(dim=0).numpy().repeat(scale, 0).repeat(scale, 1)
+    pixels = np.array(panel)
+    pixels[covered] = (pixels[covered] // 2 + np.array(PREDICTION_COLOUR) // 2).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
 def _panel(image: torch.Tensor, target: dict, prediction: dict, *, names: Sequence[str], scale: int,
            min_score: float) -> Image.Image:
     panel = image_panel(image, scale=scale)
+    if "masks" in prediction:
+        panel = _tinted(panel, prediction, scale=scale, min_score=min_score)
     draw = ImageDraw.Draw(panel)
     for box in target["boxes"].tolist():
         draw.rectangle([v * scale for v in box], outline=GROUND_TRUTH_COLOUR)

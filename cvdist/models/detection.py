@@ -1,4 +1,4 @@
-"""torchvision detection models (Faster R-CNN with FPN, RetinaNet, FCOS) on any cvdist backbone.
+"""torchvision detection models (Faster R-CNN and Mask R-CNN with FPN, RetinaNet, FCOS) on any cvdist backbone.
 
 The backbone is a cvdist classifier (``build_model``: ``small_cnn``, ``small_resnet``, the
 ResNets, ``timm:<name>``), so a trunk trained by any cvdist recipe loads into it with the same
@@ -8,14 +8,18 @@ take is found, not hand-wired: the classifier runs once on a dummy image and, fo
 size its feature maps go through, the *last* node at that size is a pyramid level (a stage's
 output), up to the classifier's adaptive / global pool where its head begins. The deepest
 ``num_levels`` levels feed torchvision's ``FeaturePyramidNetwork`` (plus a max-pooled level for
-Faster R-CNN, P6/P7 for RetinaNet and FCOS, as in torchvision's own builders). cvdist's ViTs
-(``vit_*``) have no stages: their pyramid is ViTDet's, built from the last block's patch tokens
-(:mod:`cvdist.models.vit_pyramid`, which also explains its strides).
+Faster R-CNN and Mask R-CNN, P6/P7 for RetinaNet and FCOS, as in torchvision's own builders).
+cvdist's ViTs (``vit_*``) have no stages: their pyramid is ViTDet's, built from the last block's
+patch tokens (:mod:`cvdist.models.vit_pyramid`, which also explains its strides).
+Mask R-CNN is Faster R-CNN (same backbone, anchors and box head) plus torchvision's mask branch
+(``MaskRCNNHeads`` + ``MaskRCNNPredictor``, 14x14 RoIs, 28x28 mask logits), narrowed to
+``_MASK_HEAD_WIDTH`` channels; its targets carry ``masks`` ``[N, H, W]`` (uint8) and its
+predictions ``masks`` ``[N, 1, H, W]`` (probabilities at image size).
 
 Anchor sizes start at ``anchor_base`` pixels on the finest level and double per level, suited
 to 96-128 px canvases with 10-50 px objects; the models' own resize is pinned to
 ``image_size`` so images of that size are not rescaled. Labels outside the models are category
-ids ``0..C-1``; Faster R-CNN's class 0 is background, so :class:`Detector` shifts by one there.
+ids ``0..C-1``; the R-CNNs' class 0 is background, so :class:`Detector` shifts by one there.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from collections import OrderedDict
 
 import torch
 from torch import nn
-from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
+from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
@@ -34,13 +39,16 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP
 from cvdist.models.vit import VisionTransformer
 from cvdist.models.vit_pyramid import SimpleFeaturePyramid
 
-ARCHITECTURES = ("faster_rcnn", "retinanet", "fcos")
+ARCHITECTURES = ("faster_rcnn", "mask_rcnn", "retinanet", "fcos")
 _POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _CNN_ONLY = ("detection and segmentation need a CNN backbone (small_cnn, small_resnet, resnet18/34/50, "
              "timm:<cnn>); of the ViTs, detection takes cvdist's vit_* (a simple feature pyramid), "
              "not timm's")
 _BOX_HEAD_WIDTH = 256
 """Faster R-CNN's box head width (torchvision's default 1024 makes the head 4 M parameters)."""
+_MASK_HEAD_WIDTH = 64
+"""Mask R-CNN's mask head width (torchvision's default 256 x 4 convolutions is 2.4 M parameters,
+far more than the 96 px images' small masks need)."""
 
 
 def pyramid_nodes(classifier: nn.Module, *, in_channels: int, image_size: int) -> list[tuple[str, int]]:
@@ -101,9 +109,11 @@ class Detector(nn.Module):
         self.model, self.label_offset = model, label_offset
 
     def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None):
-        """Training: the loss dict; evaluation: per image ``{"boxes", "scores", "labels"}``."""
-        if targets is not None:
-            targets = [{"boxes": t["boxes"], "labels": t["labels"] + self.label_offset} for t in targets]
+        """Training: the loss dict; evaluation: per image ``{"boxes", "scores", "labels"}`` (and
+        ``masks`` for Mask R-CNN)."""
+        if targets is not None:  # masks (Mask R-CNN) pass through; other keys (iscrowd) are not the model's
+            targets = [{"boxes": t["boxes"], "labels": t["labels"] + self.label_offset,
+                        **({"masks": t["masks"]} if "masks" in t else {})} for t in targets]
         out = self.model(images, targets)
         if self.training or not self.label_offset:
             return out
@@ -118,7 +128,7 @@ def build_detector(*, architecture: str, classifier: nn.Module, num_categories: 
         raise ValueError(f"detection architecture {architecture!r} unknown; use one of {', '.join(ARCHITECTURES)}")
     if architecture == "fcos" and fpn_channels % 32:
         raise ValueError(f"FCOS's head normalises in 32 groups: fpn_channels={fpn_channels} must be a multiple of 32")
-    rcnn = architecture == "faster_rcnn"
+    rcnn = architecture in ("faster_rcnn", "mask_rcnn")
     extra = LastLevelMaxPool() if rcnn else LastLevelP6P7(fpn_channels, fpn_channels)
     if isinstance(classifier, VisionTransformer):  # one token map, no stages: ViTDet's simple pyramid
         backbone = SimpleFeaturePyramid(classifier, num_levels=num_levels, out_channels=fpn_channels,
@@ -132,12 +142,17 @@ def build_detector(*, architecture: str, classifier: nn.Module, num_categories: 
     if rcnn:
         anchors = AnchorGenerator(tuple((s,) for s in sizes), ((0.5, 1.0, 2.0),) * num_maps)
         box_head = TwoMLPHead(fpn_channels * 7 * 7, _BOX_HEAD_WIDTH)  # 7x7: FasterRCNN's default RoI pool size
-        model = FasterRCNN(backbone, rpn_anchor_generator=anchors, box_head=box_head,
-                           box_predictor=FastRCNNPredictor(_BOX_HEAD_WIDTH, num_categories + 1),
-                           rpn_batch_size_per_image=128, box_batch_size_per_image=128, rpn_pre_nms_top_n_train=600,
-                           rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=150,
-                           **common)  # proposal counts scaled down from torchvision's 800 px defaults
-        return Detector(model, label_offset=1)
+        rcnn_options = dict(rpn_anchor_generator=anchors, box_head=box_head,
+                            box_predictor=FastRCNNPredictor(_BOX_HEAD_WIDTH, num_categories + 1),
+                            rpn_batch_size_per_image=128, box_batch_size_per_image=128, rpn_pre_nms_top_n_train=600,
+                            rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=150,
+                            **common)  # proposal counts scaled down from torchvision's 800 px defaults
+        if architecture == "faster_rcnn":
+            return Detector(FasterRCNN(backbone, **rcnn_options), label_offset=1)
+        mask_head = MaskRCNNHeads(fpn_channels, [_MASK_HEAD_WIDTH] * 4, 1)
+        mask_predictor = MaskRCNNPredictor(_MASK_HEAD_WIDTH, _MASK_HEAD_WIDTH, num_categories + 1)
+        return Detector(MaskRCNN(backbone, mask_head=mask_head, mask_predictor=mask_predictor, **rcnn_options),
+                        label_offset=1)
     if architecture == "retinanet":
         anchors = AnchorGenerator(tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in sizes),
                                   ((0.5, 1.0, 2.0),) * num_maps)

@@ -23,8 +23,9 @@ from cvdist.tasks.common import ScenesConfig, check_dense_sections
 class DetectConfig:
     """The detector and its training options (``cvdist.models.detection``)."""
 
-    architecture: Literal["faster_rcnn", "retinanet", "fcos"] = "fcos"
-    """torchvision detector on the ``model.name`` backbone: ``faster_rcnn`` (with FPN), ``retinanet``, ``fcos``."""
+    architecture: Literal["faster_rcnn", "mask_rcnn", "retinanet", "fcos"] = "fcos"
+    """torchvision detector on the ``model.name`` backbone: ``faster_rcnn`` (with FPN), ``mask_rcnn``
+    (Faster R-CNN + mask head; needs shards with instance masks; adds mask AP), ``retinanet``, ``fcos``."""
     fpn_channels: int = 32
     """Channels of every feature-pyramid level (FCOS: a multiple of 32)."""
     num_levels: int = 3
@@ -36,10 +37,21 @@ class DetectConfig:
     backbone_from: str = ""
     """Empty = random init; else a cvdist run or checkpoint directory or a weights file whose
     classifier trunk (same ``model.name``) initialises the backbone; keys must match."""
+    frozen_stages: int = 0
+    """Freeze the backbone's stem and its first N stages (``cvdist.models.finetune``); 0 = train all."""
+    frozen_bn: bool = False
+    """Replace the backbone's BatchNorm by FrozenBatchNorm2d, keeping the loaded (pretrained) statistics."""
+    layer_decay: float = 1.0
+    """Layer-wise LR decay in (0, 1]: the backbone's last stage trains at ``optim.lr * decay``, each
+    unit towards the input one more factor ``decay``; pyramid and heads at ``optim.lr``. 1 = off."""
     rare_max: int = 10
     """APr: categories with at most this many training instances."""
     common_max: int = 100
     """APc: more than ``rare_max`` and at most this many; APf: more."""
+    repeat_factor_threshold: float = 0.0
+    """LVIS repeat-factor sampling threshold t (``cvdist.data.repeat_factor``): an image whose rarest
+    category is in a fraction f < t of the training images is drawn sqrt(t / f) times per epoch on
+    average; 0 = off, LVIS uses 0.001. Costs one pass over the training annotations at start-up."""
     num_box_images: int = 4
     """Evaluation images drawn with their true (green) and predicted (red) boxes at each evaluation
     (``boxes_step<N>.png`` in the run directory and W&B ``eval/boxes``); 0 = none."""
@@ -68,6 +80,13 @@ def validate_detect(config: DetectRunConfig) -> None:
     check_dense_sections(config, task="detection", jitter_key="detect.scale_jitter", follows="boxes")
     if len(det.scale_jitter) != 2 or not 0 < det.scale_jitter[0] <= det.scale_jitter[1]:
         raise ConfigError(f"detect.scale_jitter={det.scale_jitter} must be [low, high] with 0 < low <= high")
+    if not 0 <= det.repeat_factor_threshold <= 1:
+        raise ConfigError(f"detect.repeat_factor_threshold={det.repeat_factor_threshold} must lie in [0, 1] "
+                          "(0 = off, LVIS uses 0.001)")
+    if det.frozen_stages < 0:
+        raise ConfigError(f"detect.frozen_stages={det.frozen_stages} must be >= 0 (0 = train every stage)")
+    if not 0 < det.layer_decay <= 1:
+        raise ConfigError(f"detect.layer_decay={det.layer_decay} must lie in (0, 1] (1 = off)")
     if det.num_box_images < 0:
         raise ConfigError(f"detect.num_box_images={det.num_box_images} must be >= 0 (0 = no picture)")
     for key in ("fpn_channels", "num_levels", "anchor_base"):
