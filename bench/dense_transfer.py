@@ -15,7 +15,7 @@ with ``OMP_NUM_THREADS=1`` per process, or plain ``python`` for ``--nproc 1``):
    on ``small_resnet``, and MAE (``recipes/pretrain_autoencoder.py --config recipes/pretrain_mae.yaml``)
    on its ViT;
 3. fine-tuning, the same ``--finetune-steps`` for every row, each dense recipe at its YAML defaults
-   otherwise (the built-in 96 px Fashion-MNIST scenes, written once into ``<out>/cache``), from
+   otherwise (the built-in Fashion-MNIST scenes: 96 px for detection, 64 px for segmentation), from
    each pretrained run (``detect.backbone_from`` / ``segment.backbone_from``) and from random
    initialisation of the same backbone; the final ``eval/AP`` / ``eval/AP50`` and ``eval/mIoU``
    come from each run's ``summary.json``.
@@ -104,7 +104,7 @@ def finetune(task: str, *, init: str, backbone: str, source: str, args: argparse
 def rows_for(args: argparse.Namespace, *, runs: Path, data: Path) -> list[dict]:
     """Every (initialisation, backbone) row with both tasks' results."""
     rows = []
-    for backbone in ("small_resnet", "vit_tiny"):
+    for backbone in args.backbones.split(","):
         inits = [("random init", "")] + [(label, None) for label, spec in PRETRAINING.items() if spec[2] == backbone]
         for label, source in inits:
             print(f"[bench] {backbone}: {label} ...", flush=True)
@@ -145,6 +145,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--finetune-steps", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None, help="global batch of the pretraining runs")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backbones", default="small_resnet,vit_tiny", help="comma-separated rows to run")
     parser.add_argument("--nproc", type=int, default=2, help="processes per run (torchrun when > 1)")
     parser.add_argument("--threads", type=int, default=2, help="threads of single-process steps")
     parser.add_argument("--out", default="", help="directory for runs (default: a temporary one)")
@@ -166,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     write_shards(data, limit=args.limit, log=root / "shards.log")
     rows = rows_for(args, runs=runs, data=data)
-    caption = (f"Built-in scenes (96 px, 1-4 Fashion-MNIST items; each dense recipe's YAML defaults), "
+    caption = (f"Built-in scenes (1-4 Fashion-MNIST items on 96 px canvases for detection, 64 px for "
+               f"segmentation: each dense recipe's YAML defaults), "
                f"{'quick' if args.quick else 'full'} budget: pretraining {args.pretrain_steps} steps x batch "
                f"{args.batch_size} on the first {args.limit:,} Fashion-MNIST training images, fine-tuning "
                f"{args.finetune_steps} steps for every row, {args.nproc} process(es), seed {args.seed}; final "
