@@ -165,15 +165,17 @@ def main(argv: list[str] | None = None) -> int:
     runs.mkdir(parents=True, exist_ok=True)
     data = root / f"fashion-mnist-{args.limit}"
     start = time.perf_counter()
+    preset = QUICK if args.quick else FULL
+    budget = ("quick" if args.quick else "full") if all(getattr(args, k) == v for k, v in preset.items()) else "custom"
     write_shards(data, limit=args.limit, log=root / "shards.log")
     rows = rows_for(args, runs=runs, data=data)
     caption = (f"Built-in scenes (1-4 Fashion-MNIST items on 96 px canvases for detection, 64 px for "
                f"segmentation: each dense recipe's YAML defaults), "
-               f"{'quick' if args.quick else 'full'} budget: pretraining {args.pretrain_steps} steps x batch "
+               f"{budget} budget: pretraining {args.pretrain_steps} steps x batch "
                f"{args.batch_size} on the first {args.limit:,} Fashion-MNIST training images, fine-tuning "
                f"{args.finetune_steps} steps for every row, {args.nproc} process(es), seed {args.seed}; final "
                f"evaluation on the recipe's test scenes. Total bench time {time.perf_counter() - start:.0f} s.")
-    section = f"## {'Quick' if args.quick else 'Full'} budget\n\n" + table(rows, caption=caption)
+    section = f"## {budget.capitalize()} budget\n\n" + table(rows, caption=caption)
     print(section)
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -161,8 +161,9 @@ class ScheduleConfig:
 
 @dataclass
 class DistConfig:
-    strategy: Literal["auto", "none", "ddp", "zero1", "zero2", "zero3"] = "auto"
-    """``auto`` (ddp with several processes, else none), ``none``, ``ddp``, ``zero1``, ``zero2``, ``zero3``."""
+    strategy: Literal["auto", "none", "ddp", "zero1", "zero2", "zero3", "fsdp"] = "auto"
+    """``auto`` (ddp with several processes, else none), ``none``, ``ddp``, ``zero1``, ``zero2``, ``zero3``,
+    ``fsdp`` (PyTorch's FSDP2, ``fully_shard`` per block: cvdist/engine/fsdp.py)."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """``auto`` (bf16 on GPUs that support it, else fp32), ``fp32``, ``bf16`` (GPU, or CPU autocast),
     ``fp16`` (GPU only)."""
@@ -183,6 +184,15 @@ class DistConfig:
     (logged); off by default because a small CNN on 2 CPU cores ran slower compiled (bench/cpu_steps.py)."""
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
     """``torch.compile``'s mode when ``dist.compile`` is on."""
+    fsdp_reshard_after_forward: bool = True
+    """fsdp: free each block's gathered parameters after its forward and gather them again for the
+    backward (least memory, like ZeRO-3); ``false`` keeps them until the backward (like ZeRO-2)."""
+    fsdp_cpu_offload: bool = False
+    """fsdp: keep the parameter shards, gradients and optimiser state in host memory (FSDP2's
+    ``CPUOffloadPolicy``) and step the optimiser there; on GPUs, for models whose state does not fit."""
+    fsdp_checkpoint: Literal["sharded", "full"] = "sharded"
+    """fsdp: ``sharded`` (every rank writes its shards with torch.distributed.checkpoint; loads
+    with any number of processes) or ``full`` (gathered; rank 0 writes a plain ``model.pt``)."""
     timeout_s: int = 600
     """Seconds a rank waits in one collective (gradient all-reduce, barrier, ...) before it gives
     up: a dead or hung rank ends the job within about this time, with an error naming it (DDP and
@@ -367,8 +377,20 @@ def _check_launch(config: RunConfig, *, world_size: int) -> None:
     if config.dist.strategy == "none" and world_size > 1:
         raise ConfigError(
             f"dist.strategy='none' runs one process but {world_size} were started; "
-            "use dist.strategy=ddp (or auto, zero1, zero2, zero3)"
+            "use dist.strategy=ddp (or auto, zero1, zero2, zero3, fsdp)"
         )
+    _check_fsdp_options(config.dist)
+
+
+def _check_fsdp_options(dist: DistConfig) -> None:
+    """The ``dist.fsdp_*`` options mean something only under ``dist.strategy=fsdp``."""
+    if dist.strategy == "fsdp":
+        return
+    defaults = DistConfig()
+    for name in ("fsdp_reshard_after_forward", "fsdp_cpu_offload", "fsdp_checkpoint"):
+        if getattr(dist, name) != getattr(defaults, name):
+            raise ConfigError(f"dist.{name} is an FSDP option but dist.strategy={dist.strategy!r}; "
+                              f"set dist.strategy=fsdp or remove dist.{name}")
 
 
 def _check_data_and_schedule(config: RunConfig) -> None:

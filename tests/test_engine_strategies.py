@@ -35,7 +35,7 @@ def runs(tmp_path_factory):
     run_recipe([*TINY, *common, "name=single"], nproc=1)
     run_recipe([*TINY, *common, "name=single-accum", "optim.accum_steps=2"], nproc=1)
     run_recipe([*TINY, *common, "name=single-nchw", "dist.channels_last=false"], nproc=1)
-    for strategy in ("ddp", "zero1", "zero2", "zero3"):
+    for strategy in ("ddp", "zero1", "zero2", "zero3", "fsdp"):
         run_recipe([*TINY, *common, f"name={strategy}", f"dist.strategy={strategy}"], nproc=2)
     return out, [*TINY, *common]
 
@@ -80,7 +80,8 @@ def test_zero_trains_and_agrees_with_ddp(runs, strategy):
     assert_same(weights(out / strategy), weights(out / "ddp"), atol=1e-5)
 
 
-@pytest.mark.parametrize("strategy,nproc", [("none", 1), ("ddp", 2), ("zero1", 2), ("zero2", 2), ("zero3", 2)])
+@pytest.mark.parametrize("strategy,nproc", [("none", 1), ("ddp", 2), ("zero1", 2), ("zero2", 2), ("zero3", 2),
+                                            ("fsdp", 2)])
 def test_exact_resume_after_sigkill(runs, tmp_path, strategy, nproc):
     out, args = runs
     straight = out / ("single" if strategy == "none" else strategy)
@@ -95,6 +96,18 @@ def test_exact_resume_after_sigkill(runs, tmp_path, strategy, nproc):
     assert_same(weights(run_dir), weights(straight), atol=0)
     steps = [r["step"] for r in read_metrics(run_dir) if "train/loss" in r]
     assert steps == list(range(1, STEPS + 1)), "metrics must have each step exactly once"
+
+
+def test_fsdp_trains_like_ddp_and_writes_sharded_checkpoints(runs):
+    out, _ = runs
+    rows = [r for r in read_metrics(out / "fsdp") if "train/loss" in r]
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    assert max(r["grad_norm"] for r in rows) > 0.1, "clipping at 0.1 must have been active"
+    checkpoint = out / "fsdp" / "checkpoints" / "step-00000006"
+    assert (checkpoint / "fsdp" / ".metadata").is_file() and not (checkpoint / "model.pt").exists()
+    assert sorted(p.name for p in (checkpoint / "fsdp").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert json.loads((out / "fsdp" / "summary.json").read_text())["strategy"] == "fsdp"
+    assert_same(weights(out / "fsdp"), weights(out / "ddp"), atol=1e-5)
 
 
 def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(runs, tmp_path):

@@ -280,12 +280,17 @@ def _free_port() -> int:
 
 
 def build_backend(*, strategy: str, precision: str, deepspeed_config: str = "",
-                  channels_last: bool = True, timeout_s: float = 600) -> Backend:
+                  channels_last: bool = True, timeout_s: float = 600, fsdp_options: Optional[dict] = None) -> Backend:
     """The backend for ``dist.strategy`` (``auto`` already resolved or not); ``deepspeed_config``
     is a user's DeepSpeed JSON merged into cvdist's (ZeRO strategies only); ``channels_last``
     puts conv weights and 4-d image batches in channels-last layout (none / DDP only);
-    ``timeout_s`` bounds every collective of the process group (``dist.timeout_s``)."""
+    ``timeout_s`` bounds every collective of the process group (``dist.timeout_s``);
+    ``fsdp_options``: :class:`~cvdist.engine.fsdp.FsdpBackend`'s keyword arguments (``fsdp`` only)."""
     resolved = resolve_strategy(strategy, launched_world_size())
+    if resolved == "fsdp":
+        from cvdist.engine.fsdp import FsdpBackend
+
+        return FsdpBackend(precision=precision, timeout_s=timeout_s, **(fsdp_options or {}))
     if resolved in ZERO_STAGES:
         # DeepSpeed needs contiguous (NCHW) parameters: it views them as bytes to broadcast them
         # and packs them into flat buffers, so ZeRO runs keep the default layout.

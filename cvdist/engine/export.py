@@ -1,4 +1,4 @@
-"""Consolidated fp32 weights from any cvdist checkpoint (DDP or ZeRO-1/2/3).
+"""Consolidated fp32 weights from any cvdist checkpoint (DDP, ZeRO-1/2/3 or FSDP).
 
 The result is a plain ``state_dict`` that loads with ``strict=True`` into the model the recipe
 built (e.g. the torchvision ResNet), written as safetensors or ``.pt``.
@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from cvdist.engine.checkpoint import latest_checkpoint
+from cvdist.engine.fsdp_checkpoint import is_sharded_checkpoint, sharded_model_state
 from cvdist.engine.safe_load import load_weights_only, weights_only_torch_load
 
 
@@ -29,9 +30,11 @@ def resolve_checkpoint_dir(path: str | Path) -> Path:
 
 
 def consolidated_state_dict(checkpoint_dir: str | Path) -> dict[str, torch.Tensor]:
-    """Full fp32 weights of the model in ``checkpoint_dir`` (all ZeRO shards merged)."""
+    """Full fp32 weights of the model in ``checkpoint_dir`` (all ZeRO / FSDP shards merged)."""
     checkpoint_dir = resolve_checkpoint_dir(checkpoint_dir)
-    if (checkpoint_dir / "model.pt").is_file():
+    if is_sharded_checkpoint(checkpoint_dir):
+        state = sharded_model_state(checkpoint_dir)
+    elif (checkpoint_dir / "model.pt").is_file():
         state = load_weights_only(checkpoint_dir / "model.pt")
     elif (checkpoint_dir / "latest").is_file():
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
@@ -39,7 +42,8 @@ def consolidated_state_dict(checkpoint_dir: str | Path) -> dict[str, torch.Tenso
         with weights_only_torch_load():
             state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag="zero")
     else:
-        raise FileNotFoundError(f"{checkpoint_dir} has neither model.pt nor a DeepSpeed 'latest' file")
+        raise FileNotFoundError(f"{checkpoint_dir} has neither model.pt, an FSDP fsdp/ folder nor a DeepSpeed "
+                                "'latest' file")
     return {name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in state.items()}
 
 

@@ -73,7 +73,15 @@ def load_error(error: Exception, *, path: Path) -> ConfigError:
 def check_strategy_matches(*, strategy: str, world_size: int, saved_strategy: str, saved_world_size: int,
                            path: Path) -> None:
     """ZeRO shards its state by rank: such a checkpoint resumes only with the same strategy and
-    process count (none / DDP checkpoints hold full state and resume under any)."""
+    process count (none / DDP checkpoints hold full state and resume under any). FSDP checkpoints
+    (sharded or full) resume under FSDP with any process count (torch.distributed.checkpoint
+    re-shards on load), and under nothing else (their optimiser state is keyed by names)."""
+    fsdp = strategy == "fsdp" or saved_strategy == "fsdp"
+    if fsdp and saved_strategy != strategy:
+        raise ConfigError(
+            f"cannot resume from {path}: it was written by {saved_strategy} and this run uses {strategy}; FSDP "
+            "checkpoints resume only under dist.strategy=fsdp and FSDP runs only from FSDP checkpoints. Export it "
+            "with `cvdist export` and start a new run from the weights instead.")
     zero = strategy.startswith("zero") or saved_strategy.startswith("zero")
     if zero and (saved_strategy != strategy or saved_world_size != world_size):
         raise ConfigError(

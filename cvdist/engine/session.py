@@ -186,7 +186,10 @@ def start_session(config: RunConfig) -> Session:
     strategy = resolve_strategy(config.dist.strategy, world_size)
     backend = build_backend(strategy=strategy, precision=config.dist.precision,
                             deepspeed_config=config.dist.deepspeed_config, channels_last=config.dist.channels_last,
-                            timeout_s=config.dist.timeout_s)
+                            timeout_s=config.dist.timeout_s,
+                            fsdp_options={"reshard_after_forward": config.dist.fsdp_reshard_after_forward,
+                                          "cpu_offload": config.dist.fsdp_cpu_offload,
+                                          "checkpoint_format": config.dist.fsdp_checkpoint})
     env = backend.env
     lock, resume_from = _lock_and_find_resume_point(config, env)
     resume_meta = read_meta(resume_from) if resume_from is not None else None
