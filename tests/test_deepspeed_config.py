@@ -87,3 +87,21 @@ def test_accelerate_environment_sets_strategy_json_and_precision():
     apply_accelerate_launch_settings(same, env)  # agreeing with the launcher is fine
     with pytest.raises(LaunchError, match="accelerate config says strategy 'zero3' but dist.strategy='ddp'"):
         apply_accelerate_launch_settings(DistConfig(strategy="ddp"), env)
+
+
+def test_accelerate_fsdp_environment_sets_fsdp2_options():
+    env = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_RESHARD_AFTER_FORWARD": "false",
+           "FSDP_OFFLOAD_PARAMS": "true", "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT"}
+    assert accelerate_launch_settings(env) == {"strategy": "fsdp", "fsdp_reshard_after_forward": False,
+                                               "fsdp_cpu_offload": True, "fsdp_checkpoint": "full"}
+    with pytest.raises(LaunchError, match="FSDP version 1; cvdist runs FSDP2"):
+        accelerate_launch_settings({"ACCELERATE_USE_FSDP": "true"})
+    with pytest.raises(LaunchError, match="LOCAL_STATE_DICT is not one cvdist writes"):
+        accelerate_launch_settings({**env, "FSDP_STATE_DICT_TYPE": "LOCAL_STATE_DICT"})
+    dist = DistConfig()
+    apply_accelerate_launch_settings(dist, env)
+    assert (dist.strategy, dist.fsdp_reshard_after_forward, dist.fsdp_cpu_offload, dist.fsdp_checkpoint) == (
+        "fsdp", False, True, "full")
+    with pytest.raises(LaunchError, match="accelerate config says fsdp_reshard_after_forward True"):
+        apply_accelerate_launch_settings(DistConfig(fsdp_reshard_after_forward=False),
+                                         {**env, "FSDP_RESHARD_AFTER_FORWARD": "true"})

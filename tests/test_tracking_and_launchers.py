@@ -59,6 +59,7 @@ def _assert_two_process_run(run_dir: Path, output: str) -> None:
     ("ddp.yaml", "supervised", ["dist.strategy=zero2"], "zero2"),
     ("zero3.yaml", "supervised", [], "zero3"),  # the strategy and DeepSpeed JSON come from the accelerate config
     ("zero2.yaml", "pretrain_contrastive", ["ssl.projection_hidden_dim=32", "ssl.projection_dim=16"], "zero2"),
+    ("fsdp.yaml", "supervised", [], "fsdp"),  # FSDP2 settings from the accelerate config
 ])
 def test_accelerate_launch_configs_run_two_cpu_processes(tiny_args, config_file, recipe, overrides, strategy):
     # The supported CPU form (see README): accelerate's --multi_gpu / DeepSpeed launchers, which
@@ -72,6 +73,8 @@ def test_accelerate_launch_configs_run_two_cpu_processes(tiny_args, config_file,
     assert f"strategy {strategy} | 2 process(es)" in output
     run_dir = Path(tiny_args[-1].split("=", 1)[1]) / "acc"
     _assert_two_process_run(run_dir, output)
+    if config_file == "fsdp.yaml":
+        assert (run_dir / "checkpoints" / "step-00000003" / "fsdp" / ".metadata").is_file()
     if config_file.startswith("zero"):
         assert f"deepspeed_config: launch/deepspeed/{config_file[:-5]}.json" in (run_dir / "config.yaml").read_text()
 

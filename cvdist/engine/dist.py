@@ -141,17 +141,42 @@ def launched_world_size() -> int:
     return int(resolve_launch_env(os.environ).get("WORLD_SIZE", "1"))
 
 
-def accelerate_launch_settings(environ: Mapping[str, str]) -> dict[str, str]:
+_FSDP_STATE_DICT_TYPES = {"SHARDED_STATE_DICT": "sharded", "FULL_STATE_DICT": "full"}
+
+
+def _fsdp_launch_settings(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``dist.*`` values of an accelerate config with ``distributed_type: FSDP`` (FSDP2 only)."""
+    if environ.get("FSDP_VERSION", "1") != "2":
+        raise LaunchError(f"the accelerate config asks for FSDP version {environ.get('FSDP_VERSION', '1')}; cvdist "
+                          "runs FSDP2 (fully_shard): set fsdp_config.fsdp_version: 2 (see launch/accelerate/fsdp.yaml)")
+    settings: dict[str, Any] = {"strategy": "fsdp"}
+    if "FSDP_RESHARD_AFTER_FORWARD" in environ:
+        settings["fsdp_reshard_after_forward"] = environ["FSDP_RESHARD_AFTER_FORWARD"].lower() == "true"
+    if "FSDP_OFFLOAD_PARAMS" in environ:
+        settings["fsdp_cpu_offload"] = environ["FSDP_OFFLOAD_PARAMS"].lower() == "true"
+    state_dict_type = environ.get("FSDP_STATE_DICT_TYPE", "SHARDED_STATE_DICT")
+    if state_dict_type not in _FSDP_STATE_DICT_TYPES:
+        raise LaunchError(f"fsdp_state_dict_type {state_dict_type} is not one cvdist writes; use SHARDED_STATE_DICT "
+                          "or FULL_STATE_DICT")
+    settings["fsdp_checkpoint"] = _FSDP_STATE_DICT_TYPES[state_dict_type]
+    return settings
+
+
+def accelerate_launch_settings(environ: Mapping[str, str]) -> dict[str, Any]:
     """``dist.*`` values an ``accelerate launch --config_file F`` asked for, from the variables it
     sets: a DeepSpeed config file gives ``strategy`` zeroN (and ``deepspeed_config`` when it
-    names a JSON file), ``mixed_precision: bf16/fp16`` gives ``precision``. Empty without accelerate.
+    names a JSON file), an FSDP config (version 2) gives ``strategy`` fsdp and the ``fsdp_*``
+    options, ``mixed_precision: bf16/fp16`` gives ``precision``. Empty without accelerate.
 
-    cvdist runs ZeRO through ``deepspeed.initialize`` itself (see engine/backends.py), so these
-    variables are read here instead of by Accelerate's DeepSpeed plugin.
+    cvdist runs ZeRO through ``deepspeed.initialize`` and FSDP2 through ``fully_shard`` itself
+    (see engine/backends.py, engine/fsdp.py), so these variables are read here instead of by
+    Accelerate's plugins.
     """
     from cvdist.engine.deepspeed_config import zero_stage_of
 
-    settings: dict[str, str] = {}
+    settings: dict[str, Any] = {}
+    if environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        settings.update(_fsdp_launch_settings(environ))
     if environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
         json_file = environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "")
         stage = environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") or (str(zero_stage_of(json_file) or "") if json_file else "")
@@ -170,7 +195,8 @@ def accelerate_launch_settings(environ: Mapping[str, str]) -> dict[str, str]:
 def apply_accelerate_launch_settings(dist_config: Any, environ: Mapping[str, str]) -> None:
     """Set ``dist_config`` fields left at their defaults from :func:`accelerate_launch_settings`;
     a field the user set to something else is a conflict, reported rather than guessed."""
-    defaults = {"strategy": "auto", "precision": "auto", "deepspeed_config": ""}
+    defaults = {"strategy": "auto", "precision": "auto", "deepspeed_config": "", "fsdp_reshard_after_forward": True,
+                "fsdp_cpu_offload": False, "fsdp_checkpoint": "sharded"}
     for field, wanted in accelerate_launch_settings(environ).items():
         current = getattr(dist_config, field)
         if current == defaults[field]:
