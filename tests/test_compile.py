@@ -12,9 +12,10 @@ from tests.helpers.recipes import TINY, run_recipe
 from tests.helpers.runs import weights
 
 
-def test_compile_under_zero_is_refused_with_the_fix():
+@pytest.mark.parametrize("strategy", ["zero2", "fsdp"])
+def test_compile_under_zero_or_fsdp_is_refused_with_the_fix(strategy):
     config = RunConfig()
-    config.dist.compile, config.dist.strategy = True, "zero2"
+    config.dist.compile, config.dist.strategy = True, strategy
     with pytest.raises(ConfigError, match="dist.compile=true works with dist.strategy none / ddp.*dist.compile=false"):
         validate(config, world_size=1)
 
