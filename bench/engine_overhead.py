@@ -31,7 +31,7 @@ import torch
 import torch.distributed as torch_dist
 from torch.nn import functional as F
 
-STRATEGIES = ("ddp", "zero1", "zero2", "zero3")
+STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "fsdp")
 PER_RANK_BATCH = 64
 
 
@@ -224,6 +224,8 @@ class Ledger:
         self.sources: dict[str, dict[str, int]] = {}
 
     def add(self, category: str, tensor: torch.Tensor, source: str) -> None:
+        if hasattr(tensor, "to_local"):  # FSDP's DTensor: what this rank holds is its local shard
+            tensor = tensor.to_local()
         storage = tensor.untyped_storage()
         if storage.nbytes() > 0 and storage.data_ptr() not in self.seen:
             self.seen.add(storage.data_ptr())
@@ -275,7 +277,7 @@ class MemoryProbe:
             # DeepSpeedBackend.backward runs engine.backward then engine.step: sample in between.
             original_step = self.engine.step
             self.engine.step = lambda *a, **k: (self.sample("after backward"), original_step(*a, **k))[1]
-        else:
+        elif hasattr(wrapped, "register_comm_hook"):  # DDP (FSDP reduce-scatters into its own buffers)
             from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
             def record_bucket(state, bucket):  # DDP keeps these flat buffers beside param.grad
@@ -336,8 +338,8 @@ MODEL_STATES = ("params", "grads", "fp32 master", "optimizer state")
 
 def formulas(strategy: str, n: int) -> tuple[float, float]:
     """ZeRO paper bytes/param: (fp32 Adam without a master copy, mixed-precision Adam)."""
-    fp32 = {"ddp": 16, "zero1": 8 + 8 / n, "zero2": 4 + 12 / n, "zero3": 16 / n}[strategy]
-    mixed = {"ddp": 16, "zero1": 4 + 12 / n, "zero2": 2 + 14 / n, "zero3": 16 / n}[strategy]
+    fp32 = {"ddp": 16, "zero1": 8 + 8 / n, "zero2": 4 + 12 / n, "zero3": 16 / n, "fsdp": 16 / n}[strategy]
+    mixed = {"ddp": 16, "zero1": 4 + 12 / n, "zero2": 2 + 14 / n, "zero3": 16 / n, "fsdp": 16 / n}[strategy]
     return fp32, mixed
 
 
@@ -428,7 +430,8 @@ def drive(args: argparse.Namespace) -> None:
     if args.part in ("all", "memory"):
         # One launch per strategy so that each starts from a fresh process (the peak RSS column);
         # --quick measures all in one launch, as a smoke test of the code, to save start-up time.
-        groups = [",".join(STRATEGIES)] if args.quick else list(STRATEGIES)
+        chosen = args.strategies.split(",")
+        groups = [",".join(chosen)] if args.quick else chosen
         results = []
         with tempfile.TemporaryDirectory() as tmp:
             for index, strategies in enumerate(groups):
@@ -446,7 +449,7 @@ def main() -> None:
     parser.add_argument("--part", choices=("all", "overhead", "memory"), default="all")
     parser.add_argument("--nproc", type=int, default=2, help="processes per torchrun launch (driver only)")
     parser.add_argument("--strategies", default=",".join(STRATEGIES),
-                        help="memory part under torchrun: comma-separated strategies to measure in this launch")
+                        help="memory part: comma-separated strategies to measure (all by default)")
     parser.add_argument("--json-out", help="memory part under torchrun: where rank 0 writes its result")
     args = parser.parse_args()
     if "LOCAL_RANK" not in os.environ:

@@ -97,6 +97,15 @@ def test_dcp_index_with_foreign_objects_is_refused(tmp_path):
         SafeMetadataReader(str(tmp_path)).read_metadata()
 
 
+def test_attention_and_torchvision_vit_layers_stay_whole_units():
+    vit = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=2, num_heads=2, hidden_dim=16,
+                                               mlp_dim=32, num_classes=3)
+    units = shard_units(vit)
+    layers = list(vit.encoder.layers)
+    assert units[:2] == layers and units[-1] is vit
+    assert not any(unit is layer.self_attention.out_proj for layer in layers for unit in units)
+
+
 def test_shard_units_are_blocks_then_children_then_the_model():
     from cvdist.models import build_model
 

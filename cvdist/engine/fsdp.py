@@ -38,6 +38,17 @@ _NOT_UNITS = (nn.ModuleList, nn.ModuleDict, torch.fx.GraphModule)
 ``GraphModule.__call__``): never FSDP units themselves; their parameter-holding layers are."""
 
 
+def _whole_modules() -> tuple[type[nn.Module], ...]:
+    from torchvision.models.vision_transformer import EncoderBlock
+
+    return (nn.MultiheadAttention, EncoderBlock)
+
+
+_WHOLE = _whole_modules()
+"""Units kept whole: attention reads its ``out_proj`` weights without calling ``out_proj``, and
+torchvision's ViT layers are the blocks of that model."""
+
+
 def _holds_parameters(module: nn.Module) -> bool:
     return any(param is not None for param in module._parameters.values())
 
@@ -55,7 +66,9 @@ def shard_units(model: nn.Module) -> list[nn.Module]:
     traced = {id(sub) for module in model.modules() if isinstance(module, torch.fx.GraphModule)
               for sub in module.modules()}
     blocks = list(getattr(model, "blocks", [])) if hasattr(model, "set_grad_checkpointing") else []
-    blocks = [block for block in blocks or checkpointable_blocks(model) if id(block) not in traced]
+    blocks = [*(blocks or checkpointable_blocks(model)), *(m for m in model.modules() if isinstance(m, _WHOLE))]
+    inner = {id(sub) for block in blocks for sub in block.modules() if sub is not block}
+    blocks = [block for block in blocks if id(block) not in traced and id(block) not in inner]  # outermost
     in_blocks = {id(sub) for block in blocks for sub in block.modules()}
     # reversed pre-order: every module comes after the modules inside it
     layers = [module for module in reversed(list(model.modules())) if module is not model
