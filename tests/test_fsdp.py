@@ -91,6 +91,13 @@ def test_fsdp_bf16_and_kept_parameters_train_with_finite_losses(tmp_path):
     assert all(t.dtype == torch.float32 for t in weights(tmp_path / "bf16").values() if t.is_floating_point())
 
 
+def test_fsdp_refuses_fp16_with_the_fix():
+    from cvdist.engine.fsdp import FsdpBackend
+
+    with pytest.raises(ConfigError, match="fp16 is not supported under dist.strategy=fsdp.*use dist.precision=bf16"):
+        FsdpBackend(precision="fp16")
+
+
 def test_dcp_index_with_foreign_objects_is_refused(tmp_path):
     (tmp_path / ".metadata").write_bytes(pickle.dumps(print))  # a function, as a tampered index would carry
     with pytest.raises(UnsafeCheckpointError, match="builtins.print is not allowed"):

@@ -29,6 +29,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
+from cvdist.config import ConfigError
 from cvdist.engine.dist import DistEnv, collective_backend, current_env, launched_world_size, select_device
 from cvdist.engine.fsdp_checkpoint import load_fsdp_state, save_fsdp_state
 
@@ -112,6 +113,9 @@ class FsdpBackend:
                  checkpoint_format: str = "sharded", timeout_s: float = 600):
         from cvdist.engine.backends import resolve_precision
 
+        if precision == "fp16":  # FSDP2 has no loss scaler cvdist drives; bf16 needs none
+            raise ConfigError("dist.precision=fp16 is not supported under dist.strategy=fsdp (cvdist runs FSDP without "
+                              "loss scaling); use dist.precision=bf16, or fp16 with dist.strategy=ddp / zero1-3")
         expected = launched_world_size()
         device = select_device(int(os.environ.get("LOCAL_RANK", "0")))
         self.precision = resolve_precision(precision, device)

@@ -30,6 +30,7 @@ from cvdist.engine.resume_check import check_same_training, load_error, training
 from cvdist.engine.safe_load import UnsafeCheckpointError
 from cvdist.engine.session import Session
 from cvdist.engine.signals import StopSignal
+from cvdist.tracking.system_facts import peak_memory
 from cvdist.models.checkpointing import checkpoint_blocks
 from cvdist.optim import build_optimizer, lr_multiplier, set_learning_rate
 
@@ -365,7 +366,7 @@ class _Trainer:
             **extra, "step": self.step, "total_steps": self.total_steps, "stopped_early": stopped_early,
             "world_size": self.env.world_size, "strategy": session.strategy, "precision": self.backend.precision,
             "wall_time_s": time.perf_counter() - session.started_at, "wandb_run_id": session.wandb.run_id,
-            "system": session.system,
+            "system": session.system, **peak_memory(self.env.device),
         })
         if not stopped_early:
             session.wandb.log_checkpoint(session.checkpoint_root / checkpoint_name(self.step), step=self.step)

@@ -39,3 +39,17 @@ def system_facts(*, world_size: int, strategy: str, precision: str, device_type:
         facts["gpus_per_node"] = torch.cuda.device_count()
         facts["cuda"] = torch.version.cuda
     return facts
+
+
+def peak_memory(device: torch.device) -> dict[str, Any]:
+    """This process's peak memory so far: on a GPU what torch allocated on it, on the CPU the
+    resident high-water mark (Linux ``VmHWM``; absent elsewhere). For the run summary."""
+    if device.type == "cuda":
+        return {"peak_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1),
+                "peak_memory_kind": "cuda max_memory_allocated"}
+    try:
+        status = open("/proc/self/status").read().splitlines()
+    except OSError:
+        return {}
+    kib = next((int(line.split()[1]) for line in status if line.startswith("VmHWM:")), None)
+    return {} if kib is None else {"peak_memory_mb": round(kib / 1024, 1), "peak_memory_kind": "process VmHWM"}
