@@ -39,7 +39,7 @@ demo: venv data
 # start a real two-node SLURM cluster (tests/helpers/slurm_cluster.py; Debian's slurm-wlm and munge).
 test: venv data
 	bash .ci/install-slurm.sh
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=30
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -110,6 +110,21 @@ def test_a_short_two_process_zero2_run_reaches_an_ap_an_untrained_detector_canno
 FLOOR_AP50 = 0.08
 
 
+@pytest.mark.slow
+def test_two_process_mask_rcnn_under_zero2_with_layer_decay_trains_and_reports_mask_ap(tmp_path):
+    env = clean_env(CVDIST_CACHE_DIR=str(tmp_path / "cache"))
+    args = [*TINY_DETECT, f"output_dir={tmp_path}", "name=masks", "train.max_steps=4", "detect.architecture=mask_rcnn",
+            "dist.strategy=zero2", "detect.layer_decay=0.8", "model.name=small_resnet"]
+    output = run_recipe(args, nproc=2, env=env, script=DETECT, timeout=600).stdout
+    assert "strategy zero2 | 2 process(es)" in output
+    rows = read_metrics(tmp_path / "masks")
+    losses = [r["train/loss"] for r in rows if "train/loss" in r]
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+    final = rows[-1]
+    assert {"eval/AP", "eval/mask_AP", "eval/mask_AP50"} <= set(final)
+    assert 0 <= final["eval/mask_AP"] <= 1 and 0 <= final["eval/mask_AP50"] <= 1
+
+
 def _untrained_metrics(shards: Path, *, size: int) -> dict[str, float]:
     from cvdist.data.dense_decode import build_dense_decoder
     from cvdist.data.shard_sources import iterate_eval_shards, resolve_source

@@ -1,5 +1,5 @@
-"""recipes/segment.py: config checks, and 2-process runs on tiny built-in scenes (DDP killed after a
-checkpoint and resumed bit-exactly; a short ZeRO-2 run's mIoU above what an untrained model
+"""recipes/segment.py: config checks, and 2-process runs on tiny built-in scenes (DDP and ZeRO-2 killed
+after a checkpoint and resumed bit-exactly; a short ZeRO-2 run's mIoU above what an untrained model
 reaches; the linear head on a contrastive run's frozen trunk)."""
 
 from __future__ import annotations
@@ -47,12 +47,13 @@ def test_bad_segmentation_settings_are_one_clear_error(overrides, words):
 
 
 @pytest.mark.slow
-def test_two_process_ddp_run_resumes_bit_exactly_from_a_backbone_file(tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "zero2"])
+def test_two_process_run_resumes_bit_exactly_from_a_backbone_file(tmp_path, strategy):
     trunk = build_model(name="small_cnn", num_classes=10, in_channels=1)
     torch.save(trunk.state_dict(), tmp_path / "trunk.pth")
     env = clean_env(CVDIST_CACHE_DIR=str(tmp_path / "cache"))
     args = [*TINY_SEGMENT, f"output_dir={tmp_path}", "train.max_steps=6", "checkpoint.every_steps=3",
-            f"segment.backbone_from={tmp_path / 'trunk.pth'}"]
+            f"segment.backbone_from={tmp_path / 'trunk.pth'}", f"dist.strategy={strategy}"]
     straight = run_recipe([*args, "name=straight"], nproc=2, env=env, script=SEGMENT, timeout=600)
     assert "2 process(es)" in straight.stdout and "backbone weights from" in straight.stdout
     final = read_metrics(tmp_path / "straight")[-1]
