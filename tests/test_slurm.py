@@ -51,10 +51,12 @@ def job_env(out: Path, name: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def submit(cluster: SlurmCluster, out: Path, name: str, args: list[str], **extra_env: str) -> tuple[int, Path, Path]:
-    """sbatch the recipe script from the repository root; returns (job id, run dir, output file)."""
+def submit(cluster: SlurmCluster, out: Path, name: str, args: list[str], *, nodes: int = 0,
+           **extra_env: str) -> tuple[int, Path, Path]:
+    """sbatch the recipe script from the repository root (``nodes``: instead of the script's 2);
+    returns (job id, run dir, output file)."""
     # The test nodes have 2 CPUs each; the script's header asks for 8 per task (real nodes).
-    options = ["--cpus-per-task=1", f"--output={out}/slurm-%j.out"]
+    options = ["--cpus-per-task=1", f"--output={out}/slurm-%j.out", *([f"--nodes={nodes}"] if nodes else [])]
     job_id = cluster.sbatch(SBATCH_SCRIPT, args, env=job_env(out, name, **extra_env), options=options, cwd=REPO)
     return job_id, out / "runs" / name, out / f"slurm-{job_id}.out"
 
@@ -133,7 +135,7 @@ def test_preempted_job_saves_requeues_and_resumes_exactly(slurm_cluster, straigh
     assert summary["wandb_run_id"] and all(r.name.endswith("-" + summary["wandb_run_id"]) for r in wandb_runs)
 
 
-def test_preempted_job_at_the_requeue_cap_stops_without_requeue(slurm_cluster, tmp_path):
+def test_preempted_job_at_the_requeue_cap_stops_then_resumes_on_one_node(slurm_cluster, tmp_path):
     job_id, run_dir, output_file = submit(slurm_cluster, tmp_path, "capped", LONG, CVDIST_MAX_REQUEUES="0")
     preempt_after_first_checkpoint(slurm_cluster, job_id, run_dir, output_file)
     fields = slurm_cluster.wait(job_id, timeout=240)
@@ -146,6 +148,16 @@ def test_preempted_job_at_the_requeue_cap_stops_without_requeue(slurm_cluster, t
             f"(or raise CVDIST_MAX_REQUEUES) to continue from step {stopped.group(1)}") in output, output[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["stopped_early"] is True and summary["step"] == int(stopped.group(1))
+
+    # resubmitted onto one node (the cluster had fewer free): the 2-process checkpoint continues on
+    # one process, its epoch's remaining samples re-planned (cvdist/data/elastic.py)
+    job_id, run_dir, output_file = submit(slurm_cluster, tmp_path, "capped", LONG, nodes=1)
+    fields = slurm_cluster.wait(job_id, timeout=240)
+    output = read(output_file)
+    assert fields["JobState"] == "COMPLETED" and fields["ExitCode"] == "0:0", f"{fields}\n{output[-5000:]}"
+    assert "1 node(s) x 1 process(es)" in output and "data layout changed (2 process(es) -> 1" in output, output[-3000:]
+    assert metric_steps(run_dir) == list(range(1, STEPS + 1))
+    assert json.loads((run_dir / "summary.json").read_text())["world_size"] == 1
 
 
 def test_compress_script_runs_one_process_on_one_node(slurm_cluster, tmp_path):

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cvdist.data.decode import Decoder
+from cvdist.data.stream_order import PASS_END, SampleRepeat, mixed, resampled, shuffled
+from cvdist.data.elastic import ElasticEpoch, check_states, elastic_slot_stream, plan_elastic_epoch, worker_shares
 from cvdist.data.remote_cache import (RemoteCache, RemoteShardError, default_remote_cache, is_cached_source,
                                       open_remote)
 from cvdist.data.resampling import repeat_factors
@@ -108,11 +110,6 @@ def describe_sample_error(sample: dict, error: BaseException) -> str:
     return _one_line(f"{sample.get('__url__', '?')}: sample {sample.get('__key__')}: {type(error).__name__}: {error}")
 
 
-# Marks the end of one pass over a slot's shards: the shuffle buffer empties itself before the
-# next pass starts, so a pass's samples are all delivered before any of them is read again.
-PASS_END: dict = {"__key__": "__pass_end__"}
-
-
 def _slot_samples(shard_set: ShardSet, slot: SlotPlan, errors: list[str], max_member_bytes: int,
                   remote: Optional[RemoteCache]) -> Iterator[dict]:
     """Raw samples of one source for one slot, in plan order, cycling through the shards until
@@ -138,80 +135,6 @@ def _slot_samples(shard_set: ShardSet, slot: SlotPlan, errors: list[str], max_me
         yield PASS_END
 
 
-SampleRepeat = Callable[[dict], Optional[float]]
-"""A raw sample -> its repeat factor (image-level re-sampling, :mod:`cvdist.data.repeat_factor`);
-None for a sample it cannot read (passed on once for the decoder to count)."""
-
-
-def _resampled(samples: Iterator[dict], factors: Union[None, list[float], SampleRepeat], rng: random.Random,
-               errors: list[str]) -> Iterator[dict]:
-    if factors is None:
-        return samples  # plain instance sampling: no generator layer per sample
-    return _repeated(samples, factors, rng)
-
-
-def _class_factor(sample: dict, factors: list[float]) -> Optional[float]:
-    try:
-        label = int(sample["cls"])
-        return factors[label] if label >= 0 else None  # (a negative index would pick another class)
-    except (KeyError, ValueError, IndexError, TypeError):
-        return None
-
-
-def _repeated(samples: Iterator[dict], factors: Union[list[float], SampleRepeat], rng: random.Random) -> Iterator[dict]:
-    for sample in samples:
-        if sample is PASS_END:
-            yield sample
-            continue
-        factor = factors(sample) if callable(factors) else _class_factor(sample, factors)
-        if factor is None:
-            yield sample  # the decoder counts it as corrupt
-            continue
-        repeats = int(factor) + (1 if rng.random() < factor - int(factor) else 0)
-        for _ in range(repeats):
-            yield sample
-
-
-def _shuffled(samples: Iterator[dict], buffer_size: int, rng: random.Random) -> Iterator[dict]:
-    if buffer_size <= 1:
-        yield from (sample for sample in samples if sample is not PASS_END)
-        return
-    buffer: list[dict] = []
-    for sample in samples:
-        if sample is PASS_END:
-            rng.shuffle(buffer)
-            yield from buffer
-            buffer = []
-            continue
-        if len(buffer) < buffer_size:
-            buffer.append(sample)
-            continue
-        index = rng.randrange(buffer_size)
-        buffer[index], sample = sample, buffer[index]
-        yield sample
-    rng.shuffle(buffer)
-    yield from buffer
-
-
-def _mixed(streams: list[Iterator[dict]], weights: list[float], rng: random.Random) -> Iterator[dict]:
-    if len(streams) == 1:
-        return streams[0]
-    return _interleaved(streams, weights, rng)
-
-
-def _interleaved(streams: list[Iterator[dict]], weights: list[float], rng: random.Random) -> Iterator[dict]:
-    live = list(range(len(streams)))
-    while live:
-        choice = rng.choices(live, weights=[weights[i] for i in live])[0]
-        try:
-            sample = next(streams[choice])
-        except StopIteration:
-            live.remove(choice)
-            continue
-        if sample is not PASS_END:  # mixed sources cycle independently; passes do not align
-            yield sample
-
-
 def collate_samples(items: list[tuple[Any, int, dict, str]]) -> dict[str, Any]:
     """Decoded samples -> ``{"image", "label", "key", <extra labels>}``."""
     images = [item[0] for item in items]
@@ -234,6 +157,10 @@ class _EpochSetup:
     already_yielded: list[int]
     rotation: int
     factors: list[Union[None, list[float], SampleRepeat]] = field(default_factory=list)
+    elastic: Optional[ElasticEpoch] = None
+    """Set for an epoch resumed on another slot layout (:mod:`cvdist.data.elastic`)."""
+    old_plans: list[EpochPlan] = field(default_factory=list)
+    """The old layout's plans of that epoch (its slots' streams are what the new slots read)."""
 
 
 class ShardDataset(IterableDataset):
@@ -253,15 +180,13 @@ class ShardDataset(IterableDataset):
         info = get_worker_info()
         worker = ((info.id if info else 0) + setup.rotation) % self.num_workers
         slot = self.rank * self.num_workers + worker
-        tag = f"{self.seed}:{setup.epoch}:{slot}"
         errors: list[str] = []
-        streams = [
-            _resampled(_slot_samples(source, plan.slots[slot], errors, self.max_member_bytes, self.remote), factors,
-                       random.Random(f"resample:{tag}:{i}"), errors)
-            for i, (source, plan, factors) in enumerate(zip(self.sources, setup.plans, setup.factors))
-        ]
-        mixed = _mixed(streams, [s.weight for s in self.sources], random.Random(f"mix:{tag}"))
-        stream = _shuffled(mixed, self.shuffle_buffer, random.Random(f"shuffle:{tag}"))
+        if setup.elastic is None:
+            stream = self._slot_stream(setup.plans, setup, slot, errors)
+        else:
+            stream = elastic_slot_stream(setup.elastic, slot=slot, num_workers=self.num_workers,
+                                         batch_size=self.batch_size, num_slots=len(setup.plans[0].slots),
+                                         open_old_slot=lambda old: self._slot_stream(setup.old_plans, setup, old, errors))
         # uint8 samples where the decoder can normalise per batch (ShardStream.iterate does it)
         decode = self.decoder.decode_pixels if getattr(self.decoder, "normaliser", None) else self.decoder
         collate = getattr(self.decoder, "collate", collate_samples)  # dense decoders batch lists of targets
@@ -295,6 +220,19 @@ class ShardDataset(IterableDataset):
             detail = "; ".join(errors[-3:])
             raise DataError(f"reader slot {slot} ran out of samples {remaining} batches before the epoch end "
                             f"(shards shorter than the manifest says, or unreadable){': ' + detail if detail else ''}")
+
+
+    def _slot_stream(self, plans: list[EpochPlan], setup: _EpochSetup, slot: int, errors: list[str]) -> Iterator[dict]:
+        """Raw samples of reader ``slot`` under ``plans``: read, re-sampled, mixed, shuffled (all seeded
+        from ``(seed, epoch, slot)``)."""
+        tag = f"{self.seed}:{setup.epoch}:{slot}"
+        streams = [
+            resampled(_slot_samples(source, plan.slots[slot], errors, self.max_member_bytes, self.remote), factors,
+                      random.Random(f"resample:{tag}:{i}"), errors)
+            for i, (source, plan, factors) in enumerate(zip(self.sources, plans, setup.factors))
+        ]
+        merged = mixed(streams, [s.weight for s in self.sources], random.Random(f"mix:{tag}"))
+        return shuffled(merged, self.shuffle_buffer, random.Random(f"shuffle:{tag}"))
 
 
 def _as_is(item: Any) -> Any:
@@ -340,31 +278,67 @@ class ShardStream:
         self._logical_workers = max(num_workers, 1)
         self._position = {"epoch": 0, "batch": 0, "consumed": [0] * self._logical_workers, "corrupt": 0}
         self._resume: Optional[dict] = None
+        self._elastic: Optional[ElasticEpoch] = None
         self.total_corrupt = 0
         self.total_retries = 0
         self.batches_in_epoch(0)  # fail now, not at the first batch, if the data is too small
 
-    def _plans(self, epoch: int) -> tuple[list[EpochPlan], int]:
-        plans = [plan_epoch(shard_sizes=s.shard_sizes, num_shards=len(s.urls), world_size=self.world_size,
-                            num_workers=self.num_workers, batch_size=self.batch_size, seed=self.seed, epoch=epoch,
+    def _plans(self, epoch: int, layout: Optional[tuple[int, int, int]] = None) -> tuple[list[EpochPlan], int]:
+        """The epoch's plans and batches per slot, for this stream's layout or ``(processes, workers,
+        batch size)``."""
+        world_size, num_workers, batch_size = layout or (self.world_size, self.num_workers, self.batch_size)
+        plans = [plan_epoch(shard_sizes=s.shard_sizes, num_shards=len(s.urls), world_size=world_size,
+                            num_workers=num_workers, batch_size=batch_size, seed=self.seed, epoch=epoch,
                             shuffle=self.shuffle, num_samples=None if len(self.sources) > 1 else self.num_samples)
                  for s in self.sources]
         if len(plans) == 1:
             return plans, plans[0].batches_per_slot
-        num_slots = self.world_size * self._logical_workers
+        num_slots = world_size * max(num_workers, 1)
         total = self.num_samples or sum(sum(s.shard_sizes) for s in self.sources)
-        return plans, total // (num_slots * self.batch_size)
+        return plans, total // (num_slots * batch_size)
 
     def batches_in_epoch(self, epoch: int) -> int:
         """Batches this rank (and every rank) yields in ``epoch``."""
+        if self._elastic is not None and self._elastic.epoch == epoch:
+            return self._elastic.start_batch + self._elastic.batches
         return self._logical_workers * self._plans(epoch)[1]
 
     def state(self) -> dict:
-        """The exact position after the last batch handed out (stored per rank in checkpoints)."""
-        return {**self._position, "consumed": list(self._position["consumed"])}
+        """The exact position after the last batch handed out (stored per rank in checkpoints), with
+        this stream's slot layout (an elastic resume needs it) and, inside an elastically resumed
+        epoch, that epoch's plan."""
+        state = {**self._position, "consumed": list(self._position["consumed"]), "world_size": self.world_size,
+                 "num_workers": self._logical_workers, "batch_size": self.batch_size}
+        if self._elastic is not None and self._elastic.epoch == self._position["epoch"]:
+            state["elastic"] = self._elastic.to_state()
+        return state
+
+    def layout_changed(self, state: dict) -> bool:
+        """Whether ``state`` was written with another slot layout (processes, workers, batch size)."""
+        return any(key in state and state[key] != value for key, value in
+                   (("world_size", self.world_size), ("num_workers", self._logical_workers),
+                    ("batch_size", self.batch_size)))
+
+    def load_elastic_state(self, states: list[dict]) -> int:
+        """Continue the epoch of every old rank's ``states`` on this layout (:mod:`cvdist.data.elastic`);
+        returns the batch index at which this rank continues."""
+        try:
+            check_states(states)
+        except ValueError as error:
+            raise DataError(str(error)) from None
+        first = states[0]
+        old_layout = (first["world_size"], first["num_workers"], first["batch_size"])
+        self._elastic = plan_elastic_epoch(states, old_batches_per_slot=self._plans(first["epoch"], old_layout)[1],
+                                           world_size=self.world_size, num_workers=self._logical_workers,
+                                           batch_size=self.batch_size)
+        self._resume = {"epoch": first["epoch"], "batch": self._elastic.start_batch,
+                        "consumed": [0] * self._logical_workers, "corrupt": 0}
+        return self._elastic.start_batch
 
     def load_state(self, state: dict) -> None:
         """Continue from ``state`` at the next :meth:`iterate` of that epoch and batch."""
+        if "elastic" in state:
+            self._elastic = ElasticEpoch.from_state(state["elastic"])
         if len(state.get("consumed", [])) != self._logical_workers:
             raise DataError(f"the checkpoint's data position was written with {len(state.get('consumed', []))} "
                             f"DataLoader workers per process, now {self._logical_workers}: set data.num_workers "
@@ -392,6 +366,8 @@ class ShardStream:
         self.dataset.setup = _EpochSetup(epoch=epoch, plans=plans, batches_per_slot=batches_per_slot, skip=skip,
                                          already_yielded=consumed_per_worker(start_batch, workers),
                                          rotation=start_batch % workers, factors=factors)
+        if self._elastic is not None and self._elastic.epoch == epoch:
+            self._set_up_elastic(self.dataset.setup, start_batch)
         loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is,
                             pin_memory=self.pin_memory, prefetch_factor=4 if self.num_workers else None)
         self._position = {"epoch": epoch, "batch": start_batch, "consumed": skip, "corrupt": corrupt_before}
@@ -410,10 +386,18 @@ class ShardStream:
                 batch["image"] = resize_batch(batch["image"], self.multi_scale.size_for(epoch, self._position["batch"]))
             self._position["batch"] += 1
             yield batch
-        expected = workers * batches_per_slot
+        expected = self.batches_in_epoch(epoch)
         if self._position["batch"] != expected:
             raise DataError(f"rank {self.rank} got {self._position['batch']} batches in epoch {epoch}, "
                             f"expected {expected}")
+
+    def _set_up_elastic(self, setup: _EpochSetup, start_batch: int) -> None:
+        """``setup`` for the elastically resumed epoch (see :func:`cvdist.data.elastic.worker_shares`)."""
+        elastic = self._elastic
+        setup.batches_per_slot, setup.already_yielded, setup.rotation = worker_shares(
+            elastic, start_batch=start_batch, num_workers=self._logical_workers)
+        old_layout = (elastic.old_world_size, elastic.old_num_workers, elastic.old_batch_size)
+        setup.old_plans, setup.elastic = self._plans(elastic.epoch, old_layout)[0], elastic
 
     def _note_corrupt(self, messages: list[str], epoch_total: int) -> None:
         for message in messages:

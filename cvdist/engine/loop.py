@@ -207,20 +207,40 @@ class _Trainer:
         except (RuntimeError, KeyError, IndexError, ValueError) as error:  # old checkpoints: no facts to compare
             raise load_error(error, path=session.resume_from) from None
         self.step = meta.step
-        if meta.world_size == env.world_size:
-            rank_state = load_rank_state(session.resume_from, env.rank)
-            restore_rng_state(rank_state["rng"])
-            self.task.train_batches.load_state(rank_state["data"])
-        else:
-            session.print(f"[cvdist] world size changed ({meta.world_size} -> {env.world_size}): "
-                          "RNG streams restart, so the continuation is not bit-exact")
-            rank_state = load_rank_state(session.resume_from, 0)  # for the extra state, the same on every rank
+        rank_state, batch = self._restore_data(meta)
         if self.task.extra_state is not None:
             if "extra" not in rank_state:
                 raise ConfigError(f"checkpoint {session.resume_from} has no recipe state (extra_state) but this run "
                                   "needs it; resume with the settings the run was started with")
             self.task.extra_state.load_state_dict(rank_state["extra"])
-        return meta.epoch, meta.batch_in_epoch
+        return meta.epoch, batch
+
+    def _restore_data(self, meta: CheckpointMeta) -> tuple[dict, int]:
+        """This rank's checkpoint state and the batch at which its data continues: the exact
+        position with the same slot layout; otherwise (another process count, ``data.num_workers``
+        or micro-batch) the epoch's remaining samples re-planned over the new layout, when the data
+        source can (cvdist's shard stream: :mod:`cvdist.data.elastic`)."""
+        session, env, source = self.session, self.env, self.task.train_batches
+        if meta.world_size == env.world_size:
+            rank_state = load_rank_state(session.resume_from, env.rank)
+            restore_rng_state(rank_state["rng"])
+            if not getattr(source, "layout_changed", lambda _: False)(rank_state["data"]):
+                source.load_state(rank_state["data"])
+                return rank_state, meta.batch_in_epoch
+        else:
+            rank_state = load_rank_state(session.resume_from, 0)  # for the extra state, the same on every rank
+        if not hasattr(source, "load_elastic_state"):
+            if meta.batch_in_epoch:
+                raise ConfigError(f"cannot resume {session.resume_from} mid-epoch on another number of processes: "
+                                  "this data source keeps no re-plannable position; resume with "
+                                  f"{meta.world_size} processes")
+            return rank_state, 0
+        states = [load_rank_state(session.resume_from, rank)["data"] for rank in range(meta.world_size)]
+        batch = source.load_elastic_state(states)
+        session.print(f"[cvdist] data layout changed ({meta.world_size} process(es) -> {env.world_size}, see the "
+                      f"checkpoint's data position): epoch {meta.epoch}'s remaining samples re-planned over the new "
+                      "reader slots (each at most once); RNG streams restart, so the continuation is not bit-exact")
+        return rank_state, batch
 
     def _set_learning_rate(self) -> None:
         sched = self.config.schedule
