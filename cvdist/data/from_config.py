@@ -96,7 +96,7 @@ def _from_shards(data: DataConfig, *, in_channels: int, num_classes: int, rank: 
     train_decoder = build_decoder(preset=data.augment, train=True, extra_labels=extra_labels,
                                   image_size=data.image_size, mean=data.mean, std=data.std, grey=in_channels == 1,
                                   num_classes=num_classes, max_image_pixels=data.max_image_pixels,
-                                  **augmentation_options(data))
+                                  jpeg_draft=data.jpeg_draft, **augmentation_options(data))
     multi_scale = _multi_scale(data, seed)
     stream, manifests = build_train_stream(
         shards=data.train_shards, weights=data.train_weights, split=data.train_split, rank=rank,
