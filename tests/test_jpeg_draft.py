@@ -29,7 +29,9 @@ from cvdist.data.transforms import build_transform
 # decoding by a mean of at most 0.7 / 255 and a max of 7; seeded uniform noise, the worst case
 # (all its energy at the finest scale, where averaging pixel blocks before the bilinear filter
 # differs most from filtering the full image), by a mean of at most 8 / 255 and a max of 39.
-# The tolerances below leave about 2x margin over those.
+# The tolerances below leave about 2x margin over those. (A real photograph, matplotlib's
+# grace_hopper.jpg cut to 400x500 and scaled to 1000x1250, measured a mean of at most 0.83 / 255 and
+# a max of 43 at a few edge pixels, 99.9 % of pixels within 18; it is not shipped with cvdist.)
 TOLERANCE = {"photo": (2.0, 16), "noise": (16.0, 80)}  # content -> (mean |diff|, max |diff|) in uint8 levels
 
 
