@@ -77,6 +77,12 @@ class DataConfig:
     """Colour jitter strength (preset strong; default 0.4)."""
     crop_scale: list[float] = field(default_factory=list)
     """RandomResizedCrop's area range [low, high] (presets standard, strong; default [0.35, 1])."""
+    jpeg_draft: bool = True
+    """Presets standard, strong: decode a JPEG at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) when
+    its random crop is still at least ``image_size`` there; the crop is drawn from the full-size
+    image as before (same seeds, same crops) and the pixels differ from full decoding by a small
+    tolerance (see cvdist/data/jpeg_draft.py). False = decode every image in full, bit-identical
+    to earlier versions. PNG / WebP images and the other presets are unaffected."""
     image_size: int = 28
     """Side of the (square) training and evaluation images."""
     mean: list[float] = field(default_factory=lambda: [0.5])

@@ -154,5 +154,10 @@ class Decoder:
         key = str(sample["__key__"])
         raw = unpack_sample(sample, extra_labels=self.extra_labels, num_classes=self.num_classes)
         with open_image(raw, max_pixels=self.max_image_pixels, key=key) as image:
-            image.load()
-            return transform(image), raw.label, raw.extras, key
+            return self._transform_image(image, transform), raw.label, raw.extras, key
+
+    def _transform_image(self, image: Image.Image, transform: Callable) -> Any:
+        """``transform`` of the opened, not yet decoded ``image`` (decoded here in full); the hook
+        where :class:`~cvdist.data.jpeg_draft.JpegDraftDecoder` decodes at reduced scale instead."""
+        image.load()
+        return transform(image)

@@ -35,6 +35,7 @@ from torchvision.transforms import v2
 
 from cvdist.data.decode import (DEFAULT_MAX_IMAGE_PIXELS, BatchNormalise, Decoder, open_image, split_normalisation,
                                 unpack_sample)
+from cvdist.data.jpeg_draft import JpegDraftDecoder, leading_crop
 from cvdist.data.transforms import PRESET_DEFAULTS, build_transform
 
 FAST_PRESETS = ("none", "flip")
@@ -122,16 +123,21 @@ class FastDecoder:
 
 def build_decoder(*, preset: str, image_size: int, mean: Sequence[float], std: Sequence[float], grey: bool,
                   train: bool, num_classes: int, extra_labels: Optional[Mapping[str, int]] = None,
-                  max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, **options) -> Union[FastDecoder, Decoder]:
+                  max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, jpeg_draft: bool = False,
+                  **options) -> Union[FastDecoder, Decoder]:
     """The fastest decoder for these ``build_transform`` options (``hflip``, ``vflip``, ...):
     :class:`FastDecoder` for the ``none`` / ``flip`` presets, else ``Decoder(build_transform(...))``.
     Both give the same tensors under the same torch seed, and refuse the same samples (labels
-    outside ``[0, num_classes)``, images above ``max_image_pixels``)."""
+    outside ``[0, num_classes)``, images above ``max_image_pixels``). ``jpeg_draft=True`` returns a
+    :class:`~cvdist.data.jpeg_draft.JpegDraftDecoder` where the transform starts with a
+    random-resized crop (the ``standard`` / ``strong`` training presets): the same crops, JPEGs
+    decoded at reduced scale where the crop allows, so pixels within a small tolerance instead."""
     transform = build_transform(preset=preset, image_size=image_size, mean=mean, std=std, grey=grey, train=train,
                                 **options)  # validates every option, whichever decoder is returned
     if preset in FAST_PRESETS:
         return FastDecoder(preset=preset, image_size=image_size, mean=mean, std=std, grey=grey, train=train,
                            hflip=options.get("hflip"), vflip=options.get("vflip"), num_classes=num_classes,
                            extra_labels=extra_labels, max_image_pixels=max_image_pixels)
-    return Decoder(transform, num_classes=num_classes, extra_labels=dict(extra_labels or {}),
-                   max_image_pixels=max_image_pixels)
+    decoder_class = JpegDraftDecoder if jpeg_draft and leading_crop(transform) else Decoder
+    return decoder_class(transform, num_classes=num_classes, extra_labels=dict(extra_labels or {}),
+                         max_image_pixels=max_image_pixels)
