@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -279,6 +279,7 @@ class ShardStream:
         self._position = {"epoch": 0, "batch": 0, "consumed": [0] * self._logical_workers, "corrupt": 0}
         self._resume: Optional[dict] = None
         self._elastic: Optional[ElasticEpoch] = None
+        self._normalise_here = True  # False once the engine normalises on the device (take_normaliser)
         self.total_corrupt = 0
         self.total_retries = 0
         self.batches_in_epoch(0)  # fail now, not at the first batch, if the data is too small
@@ -378,7 +379,7 @@ class ShardStream:
             corrupt_by_worker[progress.worker] = progress.corrupt
             self._note_corrupt(progress.new_errors, corrupt_before + sum(corrupt_by_worker))
             self.total_retries += progress.new_retries
-            if normaliser is not None:
+            if normaliser is not None and self._normalise_here:
                 batch["image"] = normaliser(batch["image"])
             if self.multi_scale is not None and torch.is_tensor(batch["image"]):
                 from cvdist.data.transforms import resize_batch
@@ -398,6 +399,16 @@ class ShardStream:
             elastic, start_batch=start_batch, num_workers=self._logical_workers)
         old_layout = (elastic.old_world_size, elastic.old_num_workers, elastic.old_batch_size)
         setup.old_plans, setup.elastic = self._plans(elastic.epoch, old_layout)[0], elastic
+
+    def take_normaliser(self) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+        """Hand the per-batch normalisation to the caller (the engine runs it on the device after the
+        copy): from now on batches keep uint8 images. None (and nothing changes) when the decoder has
+        no separate normalisation or batches are resized per batch (``multi_scale`` works on floats)."""
+        normaliser = getattr(self.dataset.decoder, "normaliser", None)
+        if normaliser is None or self.multi_scale is not None:
+            return None
+        self._normalise_here = False
+        return normaliser
 
     def _note_corrupt(self, messages: list[str], epoch_total: int) -> None:
         for message in messages:

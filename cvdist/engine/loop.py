@@ -187,9 +187,23 @@ class _Trainer:
         self.guard = NonFiniteGuard(max_skips=self.config.train.max_nonfinite_steps, device=self.env.device,
                                     skipped=session.resume_meta.nonfinite_skipped if session.resume_meta else 0)
         self.newest_checkpoint = session.resume_from.name if session.resume_from else "none"
+        self.device_normaliser = self._take_normaliser()
         self.position = _Position(task.train_batches, *self._restore())
         self.micro_batches = self.step * optim_cfg.accum_steps  # checkpoints sit at step boundaries
         self.window = _MetricsWindow()
+
+    def _take_normaliser(self) -> Optional[Callable]:
+        """The batch normalisation moved from the data pipeline to the device, when
+        ``data.device_normalise`` asks for it (default: on GPUs) and the source can hand it over."""
+        wanted = self.config.data.device_normalise
+        if wanted is None:
+            wanted = self.env.device.type == "cuda"
+        take = getattr(self.task.train_batches, "take_normaliser", None)
+        normaliser = take() if wanted and take is not None else None
+        if normaliser is not None:
+            self.session.print(f"[cvdist] training batches cross as uint8 and are normalised on {self.env.device.type} "
+                               "after the copy (data.device_normalise)")
+        return normaliser
 
     def _restore(self) -> tuple[int, int]:
         """Load the checkpoint being resumed (if any); return the data position (epoch, batch)."""
@@ -264,6 +278,8 @@ class _Trainer:
         for micro in range(accum_steps):
             wait_start = time.perf_counter()
             batch = self.backend.to_device(self.position.next_batch())
+            if self.device_normaliser is not None:  # uint8 images copied, normalised here (data.device_normalise)
+                batch["image"] = self.backend.to_device(self.device_normaliser(batch["image"]))  # + layout, dtype
             self.window.data_wait += time.perf_counter() - wait_start
             if skipped:  # the rest of a skipped step's data is consumed, not trained on
                 self.micro_batches += 1
