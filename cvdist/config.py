@@ -129,6 +129,9 @@ class DataConfig:
     """Evaluation batch per process."""
     num_workers: int = 0
     """DataLoader worker processes per training process."""
+    persistent_workers: bool = True
+    """Keep the DataLoader workers alive across epochs (each epoch's plan reaches them through shared
+    memory) instead of starting them again every epoch; the batches are the same either way."""
     allow_pipe: bool = False
     """Allow ``pipe:`` sources, which run a shell command from the config (each command is
     logged once); off by default so a config from elsewhere cannot run code."""

@@ -110,7 +110,7 @@ def build_dense_data(data: DataConfig, *, scenes: SceneOptions, num_categories: 
         shuffle_buffer=data.shuffle_buffer, num_samples=data.num_samples, sampling="instance",
         num_epochs=num_epochs, max_corrupt=data.max_corrupt, num_classes=num_categories,
         max_member_bytes=data.max_member_bytes, allow_pipe=data.allow_pipe, remote=build_remote_cache(data),
-        sample_repeat=repeat)
+        sample_repeat=repeat, persistent_workers=data.persistent_workers)
     manifest = manifests[0]
     if manifest is None or manifest.dense is None:
         raise ConfigError(f"data.train_shards={data.train_shards} are not dense shards (their manifest.json has no "

@@ -111,7 +111,7 @@ def _from_shards(data: DataConfig, *, in_channels: int, num_classes: int, rank: 
         decoder=train_decoder, shuffle_buffer=data.shuffle_buffer, num_samples=data.num_samples,
         sampling=data.sampling, num_epochs=num_epochs, max_corrupt=data.max_corrupt, num_classes=num_classes,
         max_member_bytes=data.max_member_bytes, multi_scale=multi_scale, allow_pipe=data.allow_pipe,
-        remote=build_remote_cache(data))
+        remote=build_remote_cache(data), persistent_workers=data.persistent_workers)
     first_manifest = manifests[0]
     if data.eval_shards:
         eval_source, _ = resolve_config_source(data, data.eval_shards, split=data.eval_split, num_classes=num_classes)

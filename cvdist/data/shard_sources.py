@@ -118,7 +118,8 @@ def build_train_stream(*, shards: Sequence[str], weights: Sequence[float], split
                        max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES, multi_scale: Any = None,
                        allow_pipe: bool = False,
                        remote: Optional[RemoteCache] = None,
-                       sample_repeat: Optional[SampleRepeat] = None) -> tuple[ShardStream, list[Optional[Manifest]]]:
+                       sample_repeat: Optional[SampleRepeat] = None,
+                       persistent_workers: bool = True) -> tuple[ShardStream, list[Optional[Manifest]]]:
     """The training stream over one or several (weighted) sources of ``num_classes`` classes,
     and their manifests; ``http(s)://`` and ``pipe:`` shards are read through ``remote``'s cache;
     ``sample_repeat``: see :class:`ShardStream`."""
@@ -132,7 +133,7 @@ def build_train_stream(*, shards: Sequence[str], weights: Sequence[float], split
                          shuffle_buffer=shuffle_buffer, num_samples=num_samples or None, sampling=sampling,
                          num_epochs=num_epochs, max_corrupt=max_corrupt, multi_scale=multi_scale,
                          pin_memory=torch.cuda.is_available(), max_member_bytes=max_member_bytes, remote=remote,
-                         sample_repeat=sample_repeat)
+                         sample_repeat=sample_repeat, persistent_workers=persistent_workers)
     return stream, [manifest for _, manifest in resolved]
 
 

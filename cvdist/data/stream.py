@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cvdist.data.decode import Decoder
+from cvdist.data.setup_channel import SetupChannel
 from cvdist.data.stream_order import PASS_END, SampleRepeat, mixed, resampled, shuffled
 from cvdist.data.elastic import ElasticEpoch, check_states, elastic_slot_stream, plan_elastic_epoch, worker_shares
 from cvdist.data.remote_cache import (RemoteCache, RemoteShardError, default_remote_cache, is_cached_source,
@@ -174,10 +175,13 @@ class ShardDataset(IterableDataset):
         self.max_member_bytes, self.max_corrupt = max_member_bytes, max_corrupt
         self.batch_size, self.seed, self.shuffle_buffer, self.decoder = batch_size, seed, shuffle_buffer, decoder
         self.setup: Optional[_EpochSetup] = None
+        self.channel: Optional[SetupChannel] = None
+        """Set when workers persist across epochs: each epoch's setup arrives through it."""
 
     def __iter__(self) -> Iterator[tuple[dict, SlotProgress]]:
-        setup = self.setup
         info = get_worker_info()
+        published = self.channel.read() if self.channel is not None and info is not None else None
+        setup = published or self.setup
         worker = ((info.id if info else 0) + setup.rotation) % self.num_workers
         slot = self.rank * self.num_workers + worker
         errors: list[str] = []
@@ -256,7 +260,7 @@ class ShardStream:
                  num_samples: Optional[int] = None, sampling: str = "instance", num_epochs: int = 1,
                  max_corrupt: int = 100, multi_scale: Any = None, pin_memory: bool = False,
                  max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES, remote: Optional[RemoteCache] = None,
-                 sample_repeat: Optional[SampleRepeat] = None):
+                 sample_repeat: Optional[SampleRepeat] = None, persistent_workers: bool = True):
         if not sources:
             raise ValueError("no data sources given")
         if sample_repeat is not None and sampling != "instance":
@@ -279,6 +283,7 @@ class ShardStream:
         self._position = {"epoch": 0, "batch": 0, "consumed": [0] * self._logical_workers, "corrupt": 0}
         self._resume: Optional[dict] = None
         self._elastic: Optional[ElasticEpoch] = None
+        self.persistent_workers, self._loader = persistent_workers, None
         self._normalise_here = True  # False once the engine normalises on the device (take_normaliser)
         self.total_corrupt = 0
         self.total_retries = 0
@@ -369,8 +374,7 @@ class ShardStream:
                                          rotation=start_batch % workers, factors=factors)
         if self._elastic is not None and self._elastic.epoch == epoch:
             self._set_up_elastic(self.dataset.setup, start_batch)
-        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is,
-                            pin_memory=self.pin_memory, prefetch_factor=4 if self.num_workers else None)
+        loader = self._loader_for(self.dataset.setup)
         self._position = {"epoch": epoch, "batch": start_batch, "consumed": skip, "corrupt": corrupt_before}
         corrupt_by_worker = [0] * workers
         normaliser = getattr(self.dataset.decoder, "normaliser", None)
@@ -399,6 +403,23 @@ class ShardStream:
             elastic, start_batch=start_batch, num_workers=self._logical_workers)
         old_layout = (elastic.old_world_size, elastic.old_num_workers, elastic.old_batch_size)
         setup.old_plans, setup.elastic = self._plans(elastic.epoch, old_layout)[0], elastic
+
+    def _loader_for(self, setup: _EpochSetup) -> DataLoader:
+        """The DataLoader of an epoch: with ``persistent_workers``, one whose workers live across epochs
+        and read each epoch's ``setup`` from the shared channel; else a new one per epoch."""
+        persistent = self.persistent_workers and self.num_workers > 0
+        if persistent:
+            if self.dataset.channel is None:
+                self.dataset.channel = SetupChannel()
+            persistent = self.dataset.channel.publish(setup)  # (too large: this epoch gets its own workers)
+        if persistent and self._loader is not None:
+            return self._loader
+        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is,
+                            pin_memory=self.pin_memory, prefetch_factor=4 if self.num_workers else None,
+                            persistent_workers=persistent)
+        if persistent:
+            self._loader = loader
+        return loader
 
     def take_normaliser(self) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
         """Hand the per-batch normalisation to the caller (the engine runs it on the device after the
