@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     first = {p: statistics.median(r[0] for r in rows) for p, rows in results.items()}
     total = {p: statistics.median(r[1] for r in rows) for p, rows in results.items()}
     print(f"{args.limit} images, {args.workers} workers, batch 64, {args.epochs} epochs, median of {args.rounds} rounds")
-    print(f"| workers | first batch of an epoch | whole run |\n| --- | --- | --- |")
+    print("| workers | first batch of an epoch | whole run |\n| --- | --- | --- |")
     print(f"| started every epoch | {1000 * first[False]:.0f} ms | {total[False]:.2f} s |")
     print(f"| persistent | {1000 * first[True]:.0f} ms | {total[True]:.2f} s |")
     print(f"ratio (started / persistent): first batch {first[False] / first[True]:.2f}x, "
