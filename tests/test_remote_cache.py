@@ -240,3 +240,40 @@ def test_the_supervised_recipe_trains_on_http_shards(served, tmp_path):
     assert len(list((cache_dir / "remote-shards").glob("*.tar"))) == 4
     rows = [row for row in read_metrics(tmp_path / "remote") if "data/remote_retries" in row]
     assert rows and rows[-1]["data/remote_retries"] == 1 and rows[-1]["data/corrupt_skipped"] == 0
+
+
+def test_a_remote_manifest_gives_counts_and_a_recipe_trains_without_num_samples(tmp_path):
+    from cvdist.data.builtin_shards import BuiltinSpec, builtin_shard_dir
+    from cvdist.data.manifest import ManifestError
+    from cvdist.data.shard_sources import resolve_source
+
+    spec = BuiltinSpec(dataset="synthetic", root="", num_classes=10, in_channels=1, num_train_samples=256,
+                       num_eval_samples=64, seed=0)
+    shards = builtin_shard_dir(spec, cache_dir=tmp_path / "written", log=lambda *_: None)
+    server = ShardServer(shards)
+    try:
+        url = f"{server.base}/manifest.json"
+        cache = make_cache(tmp_path)
+        source, manifest = resolve_source(url, split="train", num_classes=10, remote=cache)
+        assert sum(source.shard_sizes) == 256 and sum(source.class_counts) == 256 and manifest.num_classes == 10
+        assert all(u.startswith(server.base + "/train-") for u in source.urls)
+        with pytest.raises(ValueError, match="lists 10 classes but model.num_classes=4"):
+            resolve_source(url, split="train", num_classes=4, remote=cache)
+        server.faults["manifest.json"] = ["503"]  # fetched again each time (never cached), retried
+        resolve_source(url, split="train", num_classes=10, remote=cache)
+        assert cache.num_retries == 1
+
+        args = [f"data.train_shards=['{url}']", f"data.cache_dir={tmp_path / 'cache'}", "model.name=tiny_cnn",
+                "data.global_batch_size=32", "tracking.wandb_mode=disabled", "train.max_steps=3",
+                f"output_dir={tmp_path}", "name=remote-manifest"]  # evaluation: the manifest's test split
+        assert "done: step 3" in run_recipe(args, timeout=240).stdout
+    finally:
+        server.close()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "manifest.json").write_text('{"format": "cvdist-shards/1", "splits": "x"')
+    bad = ShardServer(tmp_path / "bad")
+    try:
+        with pytest.raises(ManifestError, match="is not valid JSON"):
+            resolve_source(f"{bad.base}/manifest.json", split="train", num_classes=10, remote=make_cache(tmp_path))
+    finally:
+        bad.close()

@@ -98,7 +98,7 @@ def build_dense_data(data: DataConfig, *, scenes: SceneOptions, num_categories: 
     if repeat_factor_threshold > 0:  # f_c needs a first pass over the training annotations
         source, _ = resolve_source(data.train_shards[0], split=data.train_split, num_classes=num_categories,
                                    max_corrupt=data.max_corrupt, max_member_bytes=data.max_member_bytes,
-                                   allow_pipe=data.allow_pipe)
+                                   allow_pipe=data.allow_pipe, remote=build_remote_cache(data))
         repeat = build_repeat_factor(source.urls, threshold=repeat_factor_threshold, num_categories=num_categories,
                                      max_member_bytes=data.max_member_bytes)
     decoder = build_dense_decoder(num_categories=num_categories, train=True, size=data.image_size, hflip=hflip,
@@ -120,7 +120,8 @@ def build_dense_data(data: DataConfig, *, scenes: SceneOptions, num_categories: 
         check_instance_masks(stream.sources[0].urls[0], max_member_bytes=data.max_member_bytes)
     eval_source, _ = resolve_source(data.eval_shards or data.train_shards[0], split=data.eval_split,
                                     num_classes=num_categories, max_corrupt=data.max_corrupt,
-                                    max_member_bytes=data.max_member_bytes, allow_pipe=data.allow_pipe)
+                                    max_member_bytes=data.max_member_bytes, allow_pipe=data.allow_pipe,
+                                    remote=build_remote_cache(data))
     eval_decoder = build_dense_decoder(num_categories=num_categories, train=False, size=data.image_size,
                                        max_image_pixels=data.max_image_pixels, with_semantic=with_semantic,
                                        with_masks=with_masks)

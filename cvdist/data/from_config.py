@@ -87,7 +87,8 @@ def resolve_config_source(data: DataConfig, spec: str, *, split: str, num_classe
     """:func:`resolve_source` with ``data``'s limits: ``(ShardSet, Manifest or None)``; a manifest
     must list ``num_classes`` classes (one check for every recipe)."""
     return resolve_source(spec, split=split, num_classes=num_classes, max_corrupt=data.max_corrupt,
-                          max_member_bytes=data.max_member_bytes, allow_pipe=data.allow_pipe)
+                          max_member_bytes=data.max_member_bytes, allow_pipe=data.allow_pipe,
+                          remote=build_remote_cache(data))
 
 
 def build_train_decoder(data: DataConfig, *, in_channels: int, num_classes: int,

@@ -190,6 +190,20 @@ def load_manifest(path: str | Path, *, check_files: bool = True) -> Manifest:
     return manifest
 
 
+def parse_remote_manifest(text: bytes, *, url: str) -> Manifest:
+    """A manifest fetched from ``url`` (``http(s)://.../manifest.json``), validated like a local one;
+    its shards are the plain file names beside it (``Manifest.directory`` means nothing here)."""
+    from cvdist.redact import redact_text
+
+    where = Path(redact_text(url))
+    try:
+        data = json.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ManifestError(f"{where} is not valid JSON ({error}); it must be a manifest written by "
+                            "`cvdist shards`") from None
+    return _parse(data, where)
+
+
 class _Checker:
     """Type and key checks that raise ManifestError naming the file and the field."""
 

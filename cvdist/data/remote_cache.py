@@ -38,6 +38,7 @@ import contextlib
 import fcntl
 import hashlib
 import http.client
+import io
 import os
 import select
 import subprocess
@@ -47,7 +48,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, Optional
+from typing import Any, BinaryIO, Callable, Iterator, Optional
 
 from cvdist.redact import redact_text
 
@@ -153,26 +154,46 @@ class RemoteCache:
     def _fetch(self, url: str) -> None:
         """Download ``url`` to its ``.part`` and rename it into place, retrying transient errors."""
         shard, part, _ = self.paths(url)
-        for attempt in range(self.retries + 1):
+
+        def attempt() -> None:
             try:
                 with open(part, "wb") as out:
                     (_fetch_pipe if url.startswith("pipe:") else _fetch_http)(url, out, timeout_s=self.timeout_s)
                     os.fsync(out.fileno())  # the bytes on disk before the name says "complete"
                 os.replace(part, shard)
-                return
-            except _Transient as error:
-                part.unlink(missing_ok=True)
-                if attempt == self.retries:
-                    raise RemoteShardError(f"{error} (after {attempt + 1} attempts, "  # (the reader names the URL)
-                                           f"data.remote_retries={self.retries})") from None
-                self.num_retries += 1
-                wait = min(self.backoff_s * 2 ** attempt, 60.0)
-                print(f"[cvdist] retrying remote shard {redact_text(url)} in {wait:.2g} s "
-                      f"(retry {attempt + 1} of {self.retries}): {redact_text(str(error))}", flush=True)
-                time.sleep(wait)
             except BaseException:
                 part.unlink(missing_ok=True)
                 raise
+
+        self._retrying(url, attempt)
+
+    def fetch_small(self, url: str, *, max_bytes: int = 16 << 20) -> bytes:
+        """The body of ``url`` (e.g. a remote ``manifest.json``), fetched now and never cached (the data
+        set behind it may have changed), with the shards' retries and timeout; RemoteShardError for a
+        body over ``max_bytes``."""
+        body = _CappedBuffer(max_bytes)
+        try:
+            self._retrying(url, lambda: (body.seek(0), body.truncate(),
+                                         _fetch_http(url, body, timeout_s=self.timeout_s)))
+        except _TooLarge as error:
+            raise RemoteShardError(str(error)) from None
+        return body.getvalue()
+
+    def _retrying(self, url: str, attempt: Callable[[], Any]) -> None:
+        """``attempt()`` until it succeeds, retrying what raises _Transient with exponential back-off."""
+        for attempt_index in range(self.retries + 1):
+            try:
+                attempt()
+                return
+            except _Transient as error:
+                if attempt_index == self.retries:
+                    raise RemoteShardError(f"{error} (after {attempt_index + 1} attempts, "  # (the reader names the URL)
+                                           f"data.remote_retries={self.retries})") from None
+                self.num_retries += 1
+                wait = min(self.backoff_s * 2 ** attempt_index, 60.0)
+                print(f"[cvdist] retrying remote shard {redact_text(url)} in {wait:.2g} s "
+                      f"(retry {attempt_index + 1} of {self.retries}): {redact_text(str(error))}", flush=True)
+                time.sleep(wait)
 
     def _evict(self, *, keep: Path) -> None:
         """Delete least-recently-used shards no reader holds until the cache fits its limit."""
@@ -194,6 +215,23 @@ class RemoteCache:
                     continue  # a reader has it open (or it is being fetched): never evicted
                 path.unlink(missing_ok=True)
                 total -= size
+
+
+class _TooLarge(ValueError):
+    """(Not an OSError: the HTTP reader must not take it for a transient network error.)"""
+
+
+class _CappedBuffer(io.BytesIO):
+    """An in-memory body that refuses to grow past ``limit`` bytes."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit = limit
+
+    def write(self, data) -> int:
+        if self.tell() + len(data) > self.limit:
+            raise _TooLarge(f"the body is larger than {self.limit} bytes")
+        return super().write(data)
 
 
 def _open_touched(shard: Path) -> BinaryIO:

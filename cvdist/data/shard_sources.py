@@ -3,7 +3,8 @@
 A source is a directory holding ``manifest.json`` (written by ``cvdist shards``), a path to a
 manifest, or shard URLs: local paths, globs, brace patterns (``train-{000000..000099}.tar``),
 ``pipe:`` commands and ``http(s)://`` URLs, several joined with ``::``. Local shards without a
-manifest are scanned once at start-up (samples per shard and per class); remote ones need
+manifest are scanned once at start-up (samples per shard and per class); remote ones come with a
+remote ``manifest.json`` (``https://host/dir/manifest.json``: the shards beside it) or need
 ``data.num_samples``.
 
 Every reader here goes through :func:`cvdist.data.stream.read_shard_samples`: a damaged shard or
@@ -88,13 +89,16 @@ def _scan_local_shards(urls: list[str], *, num_classes: int, max_corrupt: int,
 
 def resolve_source(spec: str, *, split: str, num_classes: int, weight: float = 1.0, max_corrupt: int = 100,
                    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
-                   allow_pipe: bool = False) -> tuple[ShardSet, Optional[Manifest]]:
+                   allow_pipe: bool = False,
+                   remote: Optional[RemoteCache] = None) -> tuple[ShardSet, Optional[Manifest]]:
     """The shards of ``split`` named by ``spec`` (see module doc), with their counts if known.
     A manifest must list ``num_classes`` classes (``model.num_classes``): a clear error otherwise;
     local shards without one are scanned (labels outside ``[0, num_classes)`` are corrupt samples,
     ``max_corrupt`` and ``max_member_bytes`` apply); ``pipe:`` sources only with ``allow_pipe``
     (``data.allow_pipe``)."""
-    manifest_path = _manifest_path(spec)
+    if is_remote(spec) and not spec.startswith("pipe:") and spec.split("?")[0].endswith("/" + MANIFEST_NAME):
+        return _remote_manifest_source(spec, split=split, num_classes=num_classes, weight=weight, remote=remote)
+    manifest_path = _manifest_path(spec) if not is_remote(spec) else None
     if manifest_path is not None:
         manifest = load_manifest(manifest_path)
         if split not in manifest.splits:
@@ -112,6 +116,28 @@ def resolve_source(spec: str, *, split: str, num_classes: int, weight: float = 1
     return ShardSet(urls=urls, shard_sizes=sizes, class_counts=class_counts, weight=weight), None
 
 
+def _remote_manifest_source(url: str, *, split: str, num_classes: int, weight: float,
+                            remote: Optional[RemoteCache]) -> tuple[ShardSet, Manifest]:
+    """The shards of ``split`` listed by a remote ``manifest.json``, as URLs beside it, with its
+    counts (so a remote source needs no ``data.num_samples``)."""
+    from urllib.parse import urljoin
+
+    from cvdist.data.manifest import parse_remote_manifest
+    from cvdist.data.remote_cache import default_remote_cache
+    from cvdist.redact import redact_text
+
+    manifest = parse_remote_manifest((remote or default_remote_cache()).fetch_small(url), url=url)
+    where = redact_text(url)
+    if split not in manifest.splits:
+        raise ValueError(f"{where} has no split {split!r}; it has {', '.join(manifest.splits)}")
+    if manifest.num_classes != num_classes:
+        raise ValueError(f"{where} lists {manifest.num_classes} classes but model.num_classes={num_classes}; "
+                         f"set model.num_classes={manifest.num_classes} (or give other shards)")
+    urls = [urljoin(url, shard.file) for shard in manifest.split(split).shards]  # plain names (checked)
+    return ShardSet(urls=urls, shard_sizes=manifest.shard_sample_counts(split),
+                    class_counts=manifest.class_counts(split), weight=weight), manifest
+
+
 def build_train_stream(*, shards: Sequence[str], weights: Sequence[float], split: str, rank: int, world_size: int,
                        num_workers: int, batch_size: int, seed: int, decoder: Decoder, shuffle_buffer: int,
                        num_samples: int, sampling: str, num_epochs: int, max_corrupt: int, num_classes: int,
@@ -126,7 +152,8 @@ def build_train_stream(*, shards: Sequence[str], weights: Sequence[float], split
     if weights and len(weights) != len(shards):
         raise ValueError(f"data.train_weights has {len(weights)} values for {len(shards)} data.train_shards sources")
     resolved = [resolve_source(spec, split=split, weight=float(weights[i]) if weights else 1.0, num_classes=num_classes,
-                               max_corrupt=max_corrupt, max_member_bytes=max_member_bytes, allow_pipe=allow_pipe)
+                               max_corrupt=max_corrupt, max_member_bytes=max_member_bytes, allow_pipe=allow_pipe,
+                               remote=remote)
                 for i, spec in enumerate(shards)]
     stream = ShardStream(sources=[source for source, _ in resolved], rank=rank, world_size=world_size,
                          num_workers=num_workers, batch_size=batch_size, seed=seed, decoder=decoder,
