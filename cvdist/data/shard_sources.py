@@ -101,11 +101,7 @@ def resolve_source(spec: str, *, split: str, num_classes: int, weight: float = 1
     manifest_path = _manifest_path(spec) if not is_remote(spec) else None
     if manifest_path is not None:
         manifest = load_manifest(manifest_path)
-        if split not in manifest.splits:
-            raise ValueError(f"{manifest_path} has no split {split!r}; it has {', '.join(manifest.splits)}")
-        if manifest.num_classes != num_classes:
-            raise ValueError(f"{manifest_path} lists {manifest.num_classes} classes but model.num_classes="
-                             f"{num_classes}; set model.num_classes={manifest.num_classes} (or give other shards)")
+        _check_manifest(manifest, where=str(manifest_path), split=split, num_classes=num_classes)
         return ShardSet(urls=manifest.shard_paths(split), shard_sizes=manifest.shard_sample_counts(split),
                         class_counts=manifest.class_counts(split), weight=weight), manifest
     urls = expand_shard_pattern(spec, allow_pipe=allow_pipe)
@@ -114,6 +110,14 @@ def resolve_source(spec: str, *, split: str, num_classes: int, weight: float = 1
     sizes, class_counts = _scan_local_shards(urls, num_classes=num_classes, max_corrupt=max_corrupt,
                                              max_member_bytes=max_member_bytes)
     return ShardSet(urls=urls, shard_sizes=sizes, class_counts=class_counts, weight=weight), None
+
+
+def _check_manifest(manifest: Manifest, *, where: str, split: str, num_classes: int) -> None:
+    if split not in manifest.splits:
+        raise ValueError(f"{where} has no split {split!r}; it has {', '.join(manifest.splits)}")
+    if manifest.num_classes != num_classes:
+        raise ValueError(f"{where} lists {manifest.num_classes} classes but model.num_classes={num_classes}; "
+                         f"set model.num_classes={manifest.num_classes} (or give other shards)")
 
 
 def _remote_manifest_source(url: str, *, split: str, num_classes: int, weight: float,
@@ -127,12 +131,7 @@ def _remote_manifest_source(url: str, *, split: str, num_classes: int, weight: f
     from cvdist.redact import redact_text
 
     manifest = parse_remote_manifest((remote or default_remote_cache()).fetch_small(url), url=url)
-    where = redact_text(url)
-    if split not in manifest.splits:
-        raise ValueError(f"{where} has no split {split!r}; it has {', '.join(manifest.splits)}")
-    if manifest.num_classes != num_classes:
-        raise ValueError(f"{where} lists {manifest.num_classes} classes but model.num_classes={num_classes}; "
-                         f"set model.num_classes={manifest.num_classes} (or give other shards)")
+    _check_manifest(manifest, where=redact_text(url), split=split, num_classes=num_classes)
     urls = [urljoin(url, shard.file) for shard in manifest.split(split).shards]  # plain names (checked)
     return ShardSet(urls=urls, shard_sizes=manifest.shard_sample_counts(split),
                     class_counts=manifest.class_counts(split), weight=weight), manifest
