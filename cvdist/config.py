@@ -194,7 +194,8 @@ class DistConfig:
     on 2 CPU cores, bench/channels_last.py). Only the layout changes, not the values. Strategies
     none and ddp; ZeRO keeps NCHW (DeepSpeed packs parameters into flat buffers)."""
     compile: bool = False
-    """``torch.compile`` the model (strategies none and ddp): the first forward pays the compilation
+    """``torch.compile`` the model (strategies none and ddp; fsdp: each block before it is sharded):
+    the first forward pays the compilation
     (logged); off by default because a small CNN on 2 CPU cores ran slower compiled (bench/cpu_steps.py)."""
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
     """``torch.compile``'s mode when ``dist.compile`` is on."""
@@ -385,12 +386,9 @@ def _check_launch(config: RunConfig, *, world_size: int) -> None:
         raise ConfigError(f"train.max_nonfinite_steps={config.train.max_nonfinite_steps} (skipping steps) is not "
                           f"available under dist.strategy={config.dist.strategy}; set it to 0 (stop at the first "
                           "NaN / inf loss) or use dist.strategy=ddp")
-    if config.dist.compile and (config.dist.strategy.startswith("zero") or config.dist.strategy == "fsdp"):
-        # FSDP: a first probe (torch 2.14, CPU) compiled nothing inside the fully_shard units'
-        # hooks; until compiling FSDP units is measured to work, it is refused rather than a no-op.
-        raise ConfigError(f"dist.compile=true works with dist.strategy none / ddp / auto, not "
-                          f"{config.dist.strategy} (cvdist does not compile DeepSpeed's engine or FSDP units); "
-                          "set dist.compile=false")
+    if config.dist.compile and config.dist.strategy.startswith("zero"):
+        raise ConfigError(f"dist.compile=true works with dist.strategy none / ddp / fsdp / auto, not "
+                          f"{config.dist.strategy} (DeepSpeed's engine is not compiled by cvdist); set dist.compile=false")
     if config.dist.strategy == "none" and world_size > 1:
         raise ConfigError(
             f"dist.strategy='none' runs one process but {world_size} were started; "

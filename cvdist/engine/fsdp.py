@@ -106,11 +106,19 @@ def _replace_optimizer_params(optimizer: torch.optim.Optimizer, model: nn.Module
         group["params"] = [sharded[names[id(param)]] for param in group["params"]]
 
 
+def _compile_blocks(units: list[nn.Module], model: nn.Module, *, mode: str) -> None:
+    """``nn.Module.compile`` (in place: parameter names and checkpoint keys unchanged) of every unit
+    that is a block, i.e. holds other parameter-holding layers (not the model itself)."""
+    for unit in units:
+        if unit is not model and any(sub is not unit and sub._parameters for sub in unit.modules()):
+            unit.compile(mode=None if mode == "default" else mode)
+
+
 class FsdpBackend:
     """FSDP2 over all processes (one 1-d device mesh); the :class:`~cvdist.engine.backends.Backend` interface."""
 
     def __init__(self, *, precision: str, reshard_after_forward: bool = True, cpu_offload: bool = False,
-                 checkpoint_format: str = "sharded", timeout_s: float = 600):
+                 checkpoint_format: str = "sharded", compile_mode: Optional[str] = None, timeout_s: float = 600):
         from cvdist.engine.backends import resolve_precision
 
         if precision == "fp16":  # FSDP2 has no loss scaler cvdist drives; bf16 needs none
@@ -123,6 +131,10 @@ class FsdpBackend:
         self.env: DistEnv = current_env(expected_world_size=expected)
         self.reshard_after_forward, self.cpu_offload = reshard_after_forward, cpu_offload
         self.checkpoint_format = checkpoint_format
+        self.compile_mode = compile_mode
+        self.compiles_blocks = compile_mode is not None
+        """``dist.compile`` under FSDP: each block is compiled before it is sharded (as torchtitan
+        does), instead of the whole model afterwards, which would trace FSDP's hooks."""
         self.model: nn.Module | None = None
         self.client_optimizer: Optional[torch.optim.Optimizer] = None
 
@@ -149,7 +161,10 @@ class FsdpBackend:
         model.to(self.env.device)
         mesh = init_device_mesh(self.env.device.type, (self.env.world_size,))
         policies = self._policies()
-        for unit in shard_units(model):
+        units = shard_units(model)
+        if self.compile_mode is not None:
+            _compile_blocks(units, model, mode=self.compile_mode)
+        for unit in units:
             fully_shard(unit, mesh=mesh, **policies)
         _replace_optimizer_params(optimizer, model, names)
         self.model, self.client_optimizer = model, optimizer

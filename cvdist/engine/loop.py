@@ -23,7 +23,7 @@ from cvdist import comm
 from cvdist.config import ConfigError
 from cvdist.engine.checkpoint import (CheckpointMeta, checkpoint_name, load_rank_state, restore_rng_state,
                                       save_checkpoint)
-from cvdist.engine.compiling import compile_model
+from cvdist.engine.compiling import compile_model, log_first_forward
 from cvdist.engine.lost_ranks import report_lost_ranks
 from cvdist.engine.nonfinite import NonFiniteGuard
 from cvdist.engine.resume_check import check_same_training, load_error, training_facts
@@ -175,7 +175,10 @@ class _Trainer:
                                     param_group_sizes=[len(group["params"]) for group in optimizer.param_groups])
         self.model = self.backend.prepare(task.model, optimizer, grad_clip_norm=optim_cfg.grad_clip_norm,
                                           micro_batch_size=session.micro_batch_size, accum_steps=optim_cfg.accum_steps)
-        if self.config.dist.compile:
+        if self.config.dist.compile and getattr(self.backend, "compiles_blocks", False):
+            log_first_forward(self.model, what=f"torch.compile of each FSDP block (mode {self.config.dist.compile_mode})",
+                              log=session.print)
+        elif self.config.dist.compile:
             self.model = compile_model(self.model, mode=self.config.dist.compile_mode, log=session.print)
         self.total_steps = _total_steps(session, task.train_batches)
         warmup = self.config.schedule.warmup_steps

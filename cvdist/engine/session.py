@@ -189,7 +189,8 @@ def start_session(config: RunConfig) -> Session:
                             timeout_s=config.dist.timeout_s,
                             fsdp_options={"reshard_after_forward": config.dist.fsdp_reshard_after_forward,
                                           "cpu_offload": config.dist.fsdp_cpu_offload,
-                                          "checkpoint_format": config.dist.fsdp_checkpoint})
+                                          "checkpoint_format": config.dist.fsdp_checkpoint,
+                                          "compile_mode": config.dist.compile_mode if config.dist.compile else None})
     env = backend.env
     lock, resume_from = _lock_and_find_resume_point(config, env)
     resume_meta = read_meta(resume_from) if resume_from is not None else None
