@@ -50,7 +50,7 @@ def load_config(
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=0.05)")
     for item in overrides:
         try:
-            layers.append(OmegaConf.from_dotlist([item]))
+            layers.append(_override_layer(item, schema))
         except Exception as error:  # yaml.YAMLError from the value's YAML parse
             raise ConfigError(
                 f"override {item!r}: the value is not valid YAML ({str(error).splitlines()[0]}); quote values "
@@ -113,12 +113,28 @@ def _section_class(schema: type, dotted: str) -> Optional[type]:
     return config_class
 
 
-def _choices_of(schema: type, key: str) -> Optional[tuple]:
-    """The allowed values of the choice field (a ``Literal``) at ``key``, or None."""
+def _field_hint(schema: type, key: str) -> Any:
+    """The type hint of the config field at ``key``, or None."""
     parent, _, name = key.rpartition(".")
     section = _section_class(schema, parent)
-    hint = typing.get_type_hints(section).get(name) if section else None
+    return typing.get_type_hints(section).get(name) if section else None
+
+
+def _choices_of(schema: type, key: str) -> Optional[tuple]:
+    """The allowed values of the choice field (a ``Literal``) at ``key``, or None."""
+    hint = _field_hint(schema, key)
     return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
+
+
+def _override_layer(item: str, schema: type) -> Any:
+    """One ``key=value`` override as a config layer. The value is parsed as YAML, except that a
+    text field keeps the text YAML 1.1 would read as a boolean (``name=off`` is the run "off", not
+    "False")."""
+    layer = OmegaConf.from_dotlist([item])
+    key, _, raw = item.partition("=")
+    if _field_hint(schema, key) is str and isinstance(OmegaConf.select(layer, key), bool):
+        OmegaConf.update(layer, key, raw, merge=False)
+    return layer
 
 
 RECIPE_USAGE = """usage: {prog} [--config FILE.yaml] [--allow-interpolation] [key=value ...]

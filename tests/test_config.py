@@ -230,3 +230,10 @@ def test_numeric_ranges_name_the_key(override, message):
     config = load_config(overrides=[override])
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate(config, world_size=1)
+
+
+@pytest.mark.parametrize("word", ["off", "on", "yes", "no", "true", "False"])
+def test_a_text_field_keeps_words_yaml_reads_as_booleans(word):
+    config = load_config(overrides=[f"name={word}", f"tracking.project={word}"])
+    assert config.name == word and config.tracking.project == word
+    assert load_config(overrides=[f"dist.compile={word}"]).dist.compile is (word.lower() in ("on", "yes", "true"))
