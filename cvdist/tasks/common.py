@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import torch
 
@@ -141,3 +141,21 @@ def check_dense_sections(config: Any, *, task: str, jitter_key: str, follows: st
                           f"set model.in_channels={3 if config.scenes.tint else 1}")
     if len(data.mean) != config.model.in_channels or len(data.std) != config.model.in_channels:
         raise ConfigError(f"data.mean / data.std need {config.model.in_channels} values (model.in_channels)")
+
+
+def backbone_loader(session: Any, source: str) -> Callable[[torch.nn.Module], None]:
+    """The ``load_trunk`` callback of the dense model builders: loads ``source`` (a cvdist run,
+    checkpoint or weights file; ``""`` = random init) into the classifier the backbone comes from,
+    except when the run resumes (it has its own weights then), and records the lineage."""
+    from cvdist.engine.transfer import load_backbone
+
+    if source:
+        session.add_input(source)  # lineage: inputs.json and the W&B input artifact
+    source = source if session.resume_from is None else ""
+
+    def load_trunk(classifier: torch.nn.Module) -> None:
+        if source:
+            load_backbone(classifier, source=source, log=session.print)
+            session.print(f"[cvdist] backbone weights from {source}")
+
+    return load_trunk

@@ -12,8 +12,8 @@ from typing import Sequence
 from cvdist.config_loading import load_recipe_config
 from cvdist.data.dense_data import build_dense_data
 from cvdist.engine import TrainTask, fit, start_session
-from cvdist.engine.transfer import load_backbone
 from cvdist.eval.detection_plot import save_detection_grid
+from cvdist.tasks.common import backbone_loader
 from cvdist.tasks.detect.config import DetectRunConfig, validate_detect
 from cvdist.tasks.detect.step import (build_detection_model, detection_loss, detection_parameter_groups,
                                       evaluate_detector)
@@ -35,20 +35,12 @@ def main(argv: Sequence[str], *, default_yaml: str | Path) -> int:
     if data.category_repeat_factors:
         session.print(f"[cvdist] repeat-factor sampling (t={det.repeat_factor_threshold:g}): category repeat factors "
                       + ", ".join(f"{r:.2f}" for r in data.category_repeat_factors))
-    source = det.backbone_from if session.resume_from is None else ""  # a resumed run has its own weights
-
-    def load_trunk(classifier) -> None:
-        if source:
-            load_backbone(classifier, source=source, log=session.print)
-            session.print(f"[cvdist] backbone weights from {source}")
-
     model = build_detection_model(
         name=config.model.name, architecture=det.architecture, num_categories=config.model.num_classes,
         in_channels=config.model.in_channels, small_stem=config.model.small_stem, image_size=data_config.image_size,
         mean=data_config.mean, std=data_config.std, fpn_channels=det.fpn_channels, num_levels=det.num_levels,
-        anchor_base=det.anchor_base, load_trunk=load_trunk, frozen_stages=det.frozen_stages, frozen_bn=det.frozen_bn)
-    if det.backbone_from:
-        session.add_input(det.backbone_from)  # lineage: inputs.json and the W&B input artifact
+        anchor_base=det.anchor_base, load_trunk=backbone_loader(session, det.backbone_from),
+        frozen_stages=det.frozen_stages, frozen_bn=det.frozen_bn)
 
     def evaluate(model, progress):
         def show(images, targets, predictions):  # rank 0's first images: boxes_step<N>.png, also to W&B

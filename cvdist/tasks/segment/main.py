@@ -12,8 +12,8 @@ from typing import Sequence
 from cvdist.config_loading import load_recipe_config
 from cvdist.data.dense_data import build_dense_data
 from cvdist.engine import TrainTask, fit, start_session
-from cvdist.engine.transfer import load_backbone
 from cvdist.eval.segmentation_plot import save_segmentation_grid
+from cvdist.tasks.common import backbone_loader
 from cvdist.tasks.segment.config import IGNORE_INDEX, SegmentRunConfig, validate_segment
 from cvdist.tasks.segment.step import build_segmentation_model, evaluate_segmenter, segmentation_loss
 
@@ -29,19 +29,11 @@ def main(argv: Sequence[str], *, default_yaml: str | Path) -> int:
                             seed=config.train.seed, num_epochs=config.train.epochs,
                             hflip=0.5 if data_config.hflip is None else data_config.hflip,
                             scale_range=tuple(seg.scale_jitter), with_semantic=True, mask_fill=IGNORE_INDEX)
-    source = seg.backbone_from if session.resume_from is None else ""  # a resumed run has its own weights
-
-    def load_trunk(classifier) -> None:
-        if source:
-            load_backbone(classifier, source=source, log=session.print)
-            session.print(f"[cvdist] backbone weights from {source}")
-
     model = build_segmentation_model(
         name=config.model.name, head=seg.head, num_categories=config.model.num_classes,
         in_channels=config.model.in_channels, small_stem=config.model.small_stem, image_size=data_config.image_size,
-        mean=data_config.mean, std=data_config.std, decoder_channels=seg.decoder_channels, load_trunk=load_trunk)
-    if seg.backbone_from:
-        session.add_input(seg.backbone_from)  # lineage: inputs.json and the W&B input artifact
+        mean=data_config.mean, std=data_config.std, decoder_channels=seg.decoder_channels,
+        load_trunk=backbone_loader(session, seg.backbone_from))
     if seg.head == "linear" and not seg.backbone_from:
         session.print("[cvdist] warning: segment.head=linear on a random, frozen trunk (a baseline); set "
                       "segment.backbone_from to probe trained features")
