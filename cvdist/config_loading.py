@@ -132,7 +132,10 @@ def _override_layer(item: str, schema: type) -> Any:
     "False")."""
     layer = OmegaConf.from_dotlist([item])
     key, _, raw = item.partition("=")
-    if _field_hint(schema, key) is str and isinstance(OmegaConf.select(layer, key), bool):
+    value: Any = OmegaConf.to_container(layer, resolve=False)  # (an interpolation is refused later, unresolved)
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if isinstance(value, bool) and _field_hint(schema, key) is str:
         OmegaConf.update(layer, key, raw, merge=False)
     return layer
 
