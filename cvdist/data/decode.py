@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from cvdist.data.jpeg_decode import decode_jpeg_pixels
 from cvdist.data.tar_samples import IMAGE_EXTENSIONS
 
 DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
@@ -154,10 +155,37 @@ class Decoder:
         key = str(sample["__key__"])
         raw = unpack_sample(sample, extra_labels=self.extra_labels, num_classes=self.num_classes)
         with open_image(raw, max_pixels=self.max_image_pixels, key=key) as image:
-            return self._transform_image(image, transform), raw.label, raw.extras, key
+            return self._transform_image(image, transform, data=raw.image_bytes), raw.label, raw.extras, key
 
-    def _transform_image(self, image: Image.Image, transform: Callable) -> Any:
-        """``transform`` of the opened, not yet decoded ``image`` (decoded here in full); the hook
-        where :class:`~cvdist.data.jpeg_draft.JpegDraftDecoder` decodes at reduced scale instead."""
+    def _transform_image(self, image: Image.Image, transform: Callable, *, data: bytes) -> Any:
+        """``transform`` of the opened, not yet decoded ``image`` (``data``'s bytes), decoded here in
+        full: JPEGs by simplejpeg where it gives PIL's pixels (:mod:`cvdist.data.jpeg_decode`), the
+        rest by PIL; the hook where :class:`~cvdist.data.jpeg_draft.JpegDraftDecoder` decodes at
+        reduced scale instead."""
+        ops = pil_to_image_steps(transform)
+        if ops is not None:
+            pixels = decode_jpeg_pixels(data, image=image, mode=ops[0].mode)
+            if pixels is not None:
+                return apply_steps(ops[1:], pixels)
         image.load()
         return transform(image)
+
+
+def pil_to_image_steps(transform: Any) -> Optional[list[Callable]]:
+    """The steps of a v2 ``Compose`` that starts with :class:`~cvdist.data.transforms.PILToImage`
+    (every ``build_transform`` pipeline), or None for any other transform."""
+    from torchvision.transforms import v2
+
+    from cvdist.data.transforms import PILToImage
+
+    ops = getattr(transform, "transforms", None)
+    if isinstance(transform, v2.Compose) and ops and isinstance(ops[0], PILToImage):
+        return list(ops)
+    return None
+
+
+def apply_steps(steps: Sequence[Callable], pixels: Any) -> Any:
+    """``steps`` applied in order to one input, exactly as v2's ``Compose`` applies them."""
+    for step in steps:
+        pixels = step(pixels)
+    return pixels

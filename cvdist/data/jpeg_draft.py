@@ -31,7 +31,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from cvdist.data.decode import Decoder
+from cvdist.data.decode import Decoder, apply_steps
+from cvdist.data.jpeg_decode import decode_jpeg_pixels
 from cvdist.data.transforms import PILToImage
 
 DRAFT_SCALES = (8, 4, 2)
@@ -91,17 +92,21 @@ def draw_draft_crop(image: Image.Image, *, crop: v2.RandomResizedCrop, channels:
     return DraftCrop(box=box, scale=scale)
 
 
-def draft_resized_crop(image: Image.Image, *, crop: v2.RandomResizedCrop, to_image: PILToImage) -> Any:
-    """``crop(to_image(image))`` for an opened, not yet decoded JPEG ``image``, decoded at the
-    reduction :func:`draw_draft_crop` picks (bit-identical to the full path where it picks 1).
-    ``crop`` must be bilinear and antialiased (what :func:`leading_crop` accepts)."""
+def draft_resized_crop(image: Image.Image, *, data: bytes, crop: v2.RandomResizedCrop, to_image: PILToImage) -> Any:
+    """``crop(to_image(image))`` for an opened, not yet decoded JPEG ``image`` (``data``'s bytes),
+    decoded at the reduction :func:`draw_draft_crop` picks (bit-identical to the full path where it
+    picks 1). ``crop`` must be bilinear and antialiased (what :func:`leading_crop` accepts)."""
     plan = draw_draft_crop(image, crop=crop, channels=1 if to_image.mode == "L" else 3)
-    image.load()
     if plan.scale == 1:
         top, left, height, width = plan.box
+        pixels = decode_jpeg_pixels(data, image=image, mode=to_image.mode)
+        if pixels is None:
+            image.load()
+            pixels = to_image(image)
         # The kernel call RandomResizedCrop.transform makes: the full path's pixels exactly.
-        return v2.functional.resized_crop(to_image(image), top=top, left=left, height=height, width=width,
+        return v2.functional.resized_crop(pixels, top=top, left=left, height=height, width=width,
                                           size=crop.size, interpolation=crop.interpolation, antialias=crop.antialias)
+    image.load()
     # Mode conversion before resampling, as on the full path (PILToImage runs before the crop).
     converted = image if image.mode == to_image.mode else image.convert(to_image.mode)
     target_height, target_width = crop.size
@@ -128,12 +133,9 @@ class JpegDraftDecoder(Decoder):
     transform's leading random-resized crop (see the module docstring); other members, and
     transforms without such a crop, are decoded exactly as ``Decoder`` does. Picklable."""
 
-    def _transform_image(self, image: Image.Image, transform: Callable) -> Any:
+    def _transform_image(self, image: Image.Image, transform: Callable, *, data: bytes) -> Any:
         ops = leading_crop(transform)
         if ops is None or image.format != "JPEG":
-            return super()._transform_image(image, transform)
-        pixels = draft_resized_crop(image, crop=ops[1], to_image=ops[0])
-        # The rest of the Compose, step by step as v2.Compose applies it (one input, no unpacking).
-        for op in ops[2:]:
-            pixels = op(pixels)
-        return pixels
+            return super()._transform_image(image, transform, data=data)
+        pixels = draft_resized_crop(image, data=data, crop=ops[1], to_image=ops[0])
+        return apply_steps(ops[2:], pixels)  # the rest of the Compose
