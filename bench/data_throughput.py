@@ -11,13 +11,15 @@ Two data sets, both real images:
 - ``photo``: ~400x500 RGB JPEGs (quality 90), random crops / scales / flips of the photographs
   scikit-learn ships (``load_sample_images``); transform ``preset="standard"``
   (RandomResizedCrop(224) + flip + normalise).
+- ``large``: 1000x1250 RGB JPEGs (1.25 megapixels, quality 90) made the same way (sklearn's
+  photos scaled 2.4-2.8x, so smoother than a camera's photo of that size); same transform.
 
-Rows, run alternately (a, b, c, d, e, f, a, b, ...) in one process for each worker count; the
+Rows, run alternately (a, b, c, ..., a, b, ...) in one process for each worker count; the
 median over rounds is reported. Every row times DataLoader creation (worker start-up included)
 plus one full pass; every row uses the same transform object and reads the same image bytes.
 
-a. cvdist: ``ShardStream`` + ``Decoder`` (shuffle buffer 1000, per-sample seeding). Its workers
-   send uint8 batches and the main process converts and normalises them (timed here: the row
+a. cvdist: ``ShardStream`` + ``Decoder`` (shuffle buffer 1000, per-sample seeding; JPEGs decoded
+   by simplejpeg into the same pixels as PIL's, cvdist/data/jpeg_decode.py). Its workers send uint8 batches and the main process converts and normalises them (timed here: the row
    delivers the float normalised batches a training step receives).
 b. stock webdataset: ``WebDataset(urls).shuffle(1000).decode("pill"/"pil").to_tuple(...)
    .map_tuple(transform, int).batched(B)`` in a ``DataLoader`` with the same worker count
@@ -32,6 +34,8 @@ d. ceiling: PIL decode + the same transform (to float normalised tensors, per im
 e. cvdist with :class:`cvdist.data.fast_decode.FastDecoder` (small images only: it covers the
    ``none`` / ``flip`` presets); it checks first that its tensors equal Decoder's bit for bit.
 f. the fast ceiling: (d) with FastDecoder's per-image work, the bound for (e).
+g. cvdist draft (photos only): (a) with the decoder recipes use on photos by default
+   (``data.jpeg_draft=true``): JPEGs whose crop is at least twice the target decoded at 1/2-1/8.
 
 Each row prints img/s (wall clock) and img per CPU-second (user + system time of this process and
 its workers): on a shared machine the second is the steadier measure of per-image cost.
@@ -70,7 +74,7 @@ from cvdist.data.transforms import build_transform
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 SHUFFLE_BUFFER = 1000
 NUM_SHARDS = 10
-ROWS = ("cvdist", "webdataset", "ImageFolder", "ceiling", "cvdist fast", "ceiling fast")
+ROWS = ("cvdist", "cvdist draft", "webdataset", "ImageFolder", "ceiling", "cvdist fast", "ceiling fast")
 
 
 @dataclass
@@ -126,20 +130,26 @@ def prepare_small(workdir: Path, num_images: int, root: str) -> BenchData:
                      transform_options=dict(preset="flip", image_size=28))
 
 
-def _photo_jpegs(num_images: int, seed: int = 0) -> list[tuple[bytes, int]]:
-    """Varied 400x500 crops (random scale 1-1.3, offset, flip) of sklearn's photos, JPEG q=90."""
-    from sklearn.datasets import load_sample_images  # `pip install scikit-learn` (bench only)
+PHOTO_SIZES = {"photo": ((400, 500), (1.0, 1.3)), "large": ((1000, 1250), (2.4, 2.8))}
+"""Photo data set -> ((height, width) of its JPEGs, range of the scale applied to sklearn's
+427 x 640 photos before cropping)."""
+
+
+def _photo_jpegs(num_images: int, *, size: str, seed: int = 0) -> list[tuple[bytes, int]]:
+    """Varied crops (random scale, offset, flip) of sklearn's photos at ``PHOTO_SIZES[size]``, JPEG q=90."""
+    from sklearn.datasets import load_sample_images  # `pip install -e '.[bench]'` (bench only)
 
     photos = [Image.fromarray(array) for array in load_sample_images().images]
+    (height, width), (low, high) = PHOTO_SIZES[size]
     rng = np.random.default_rng(seed)
     out = []
     for index in range(num_images):
         label = index % len(photos)
         photo = photos[label]
-        scale = rng.uniform(1.0, 1.3)
+        scale = rng.uniform(low, high)
         scaled = photo.resize((round(photo.width * scale), round(photo.height * scale)), Image.BILINEAR)
-        top, left = rng.integers(0, scaled.height - 400 + 1), rng.integers(0, scaled.width - 500 + 1)
-        crop = scaled.crop((left, top, left + 500, top + 400))
+        top, left = rng.integers(0, scaled.height - height + 1), rng.integers(0, scaled.width - width + 1)
+        crop = scaled.crop((left, top, left + width, top + height))
         if rng.random() < 0.5:
             crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
         buffer = io.BytesIO()
@@ -148,19 +158,20 @@ def _photo_jpegs(num_images: int, seed: int = 0) -> list[tuple[bytes, int]]:
     return out
 
 
-def prepare_photo(workdir: Path, num_images: int) -> BenchData:
-    """Photo-sized JPEGs as 10 shards (cvdist's split writer, bytes copied) + an image folder."""
-    jpegs = _photo_jpegs(num_images)
-    directory = workdir / "photo-shards"
+def prepare_photo(workdir: Path, num_images: int, size: str = "photo") -> BenchData:
+    """Photo-sized JPEGs (``size``: a key of PHOTO_SIZES) as 10 shards (cvdist's split writer,
+    bytes copied) + an image folder."""
+    jpegs = _photo_jpegs(num_images, size=size)
+    directory = workdir / f"{size}-shards"
     directory.mkdir()
     samples = (Sample(label=label, image_bytes=data, key=f"photo-{i:08d}") for i, (data, label) in enumerate(jpegs))
     split = write_split_shards(samples=samples, directory=directory, split="train", num_classes=2,
                                samples_per_shard=-(-num_images // NUM_SHARDS), image_format="jpg")
     urls = [str(directory / shard.file) for shard in split.shards]
     images, labels = _read_back(urls, "jpg")
-    _write_folder(workdir / "photo-folder", images, labels, "jpg")
-    return BenchData(name="photo", urls=urls, shard_sizes=[s.num_samples for s in split.shards],
-                     class_counts=split.class_counts, folder=str(workdir / "photo-folder"), images=images,
+    _write_folder(workdir / f"{size}-folder", images, labels, "jpg")
+    return BenchData(name=size, urls=urls, shard_sizes=[s.num_samples for s in split.shards],
+                     class_counts=split.class_counts, folder=str(workdir / f"{size}-folder"), images=images,
                      grey=False, batch_size=32, fast_ok=False,
                      transform_options=dict(preset="standard", image_size=224))
 
@@ -184,8 +195,10 @@ def run_cvdist(stream: ShardStream, epoch: int) -> int:
 def make_cvdist(data: BenchData, workers: int, decoder) -> ShardStream:
     """cvdist's stream over the shards, one rank, as a recipe builds it (seeded, shuffled)."""
     source = ShardSet(urls=data.urls, shard_sizes=data.shard_sizes, class_counts=data.class_counts)
+    # Workers start for every pass, as every other row's do (their start-up is timed, their CPU time
+    # counted once reaped); keeping them across epochs is measured by bench/persistent_workers.py.
     return ShardStream(sources=[source], rank=0, world_size=1, num_workers=workers, batch_size=data.batch_size,
-                       seed=0, decoder=decoder, shuffle_buffer=SHUFFLE_BUFFER)
+                       seed=0, decoder=decoder, shuffle_buffer=SHUFFLE_BUFFER, persistent_workers=False)
 
 
 def make_webdataset(data: BenchData, transform):
@@ -267,6 +280,17 @@ def fast_decoder(data: BenchData) -> Optional[Callable]:
                        **data.transform_options)
 
 
+def draft_decoder(data: BenchData) -> Optional[Callable]:
+    """The decoder recipes use on photos (``data.jpeg_draft=true``, the default): JPEGs decoded at
+    reduced scale where the crop allows; None for the small images (FastDecoder's domain)."""
+    if data.fast_ok:
+        return None
+    from cvdist.data.fast_decode import build_decoder
+
+    return build_decoder(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], grey=False, train=True,
+                         num_classes=len(data.class_counts), jpeg_draft=True, **data.transform_options)
+
+
 def check_same_output(data: BenchData, fast, reference, num_samples: int = 200) -> None:
     """FastDecoder must give Decoder's exact tensors under the same per-sample torch seed."""
     for index, sample in zip(range(num_samples), read_intact_shard(data.urls[0])):
@@ -306,6 +330,9 @@ def bench_size(data: BenchData, worker_counts: list[int], rounds: int) -> dict:
             "ImageFolder": partial(run_folder, folder, data.batch_size, workers),
             "ceiling": partial(run_ceiling, data, partial(decode_with_transform, transform), workers),
         }
+        draft = draft_decoder(data)
+        if draft is not None:
+            rows["cvdist draft"] = partial(run_cvdist, make_cvdist(data, workers, draft))
         if fast is not None:
             rows["cvdist fast"] = partial(run_cvdist, make_cvdist(data, workers, fast))
             rows["ceiling fast"] = partial(run_ceiling, data, partial(decode_with_fast, fast), workers)
@@ -321,7 +348,8 @@ def bench_size(data: BenchData, worker_counts: list[int], rounds: int) -> dict:
     return results
 
 
-RATIOS = [("cvdist", "ceiling"), ("cvdist", "webdataset"), ("cvdist", "ImageFolder"), ("cvdist fast", "cvdist"),
+RATIOS = [("cvdist", "ceiling"), ("cvdist", "webdataset"), ("cvdist", "ImageFolder"), ("cvdist draft", "ceiling"),
+          ("cvdist draft", "webdataset"), ("cvdist draft", "ImageFolder"), ("cvdist fast", "cvdist"),
           ("cvdist fast", "ceiling fast"), ("cvdist fast", "ceiling"), ("cvdist fast", "webdataset"),
           ("cvdist fast", "ImageFolder")]
 
@@ -353,17 +381,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="few images, one round (< 1 minute)")
     parser.add_argument("--small-images", type=int, default=10_000, help="Fashion-MNIST images (max 60000)")
-    parser.add_argument("--photo-images", type=int, default=1_000, help="photo-sized JPEGs")
+    parser.add_argument("--photo-images", type=int, default=1_000, help="400x500 JPEGs")
+    parser.add_argument("--large-images", type=int, default=300, help="1000x1250 JPEGs (1.25 megapixels)")
     parser.add_argument("--rounds", type=int, default=3, help="alternated rounds; the median is reported")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="DataLoader worker counts")
-    parser.add_argument("--sizes", nargs="+", default=["small", "photo"], choices=["small", "photo"])
+    parser.add_argument("--sizes", nargs="+", default=["small", "photo", "large"],
+                        choices=["small", "photo", "large"])
     parser.add_argument("--fashion-mnist-root", default=FASHION_MNIST_ROOT, help="directory of the IDX files")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads in this process")
     args = parser.parse_args()
     if args.quick:
-        args.small_images, args.photo_images, args.rounds = 1_500, 128, 1
+        args.small_images, args.photo_images, args.large_images, args.rounds = 1_500, 128, 128, 1
     torch.set_num_threads(args.threads)
-    print(f"data throughput benchmark: {args.small_images} small / {args.photo_images} photo images, "
+    print(f"data throughput benchmark: {args.small_images} small / {args.photo_images} photo / "
+          f"{args.large_images} large images, "
           f"workers {args.workers}, {args.rounds} round(s), torch threads {args.threads}, "
           f"{multiprocessing.cpu_count()} CPUs (shared machine, load average {os.getloadavg()[0]:.1f})", flush=True)
     all_results = {}
@@ -373,7 +404,8 @@ def main() -> None:
             if size == "small":
                 data = prepare_small(Path(tmp), args.small_images, args.fashion_mnist_root)
             else:
-                data = prepare_photo(Path(tmp), args.photo_images)
+                count = args.photo_images if size == "photo" else args.large_images
+                data = prepare_photo(Path(tmp), count, size=size)
             print(f"{size}: {len(data.images)} images in {len(data.urls)} shards, batch {data.batch_size}, "
                   f"preset {data.transform_options['preset']} (prepared in {time.perf_counter() - start:.1f} s)",
                   flush=True)
