@@ -5,18 +5,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cvdist.engine.backends import _memory_format, _move
+from cvdist.engine.backends import _memory_format
+from cvdist.engine.dist import move_batch
 
 
 def test_move_puts_only_4d_float_batches_in_channels_last():
     batch = {"image": torch.rand(4, 3, 8, 8), "label": torch.arange(4),
              "mask": torch.ones(4, 2, 2, 2, dtype=torch.bool), "views": [torch.rand(4, 3, 8, 8)], "tokens": torch.rand(4, 5, 6)}
-    moved = _move(batch, torch.device("cpu"), None, True)
+    moved = move_batch(batch, device=torch.device("cpu"), channels_last=True)
     assert moved["image"].is_contiguous(memory_format=torch.channels_last) and not moved["image"].is_contiguous()
     assert moved["views"][0].is_contiguous(memory_format=torch.channels_last)
     assert moved["label"].is_contiguous() and moved["mask"].is_contiguous() and moved["tokens"].is_contiguous()
     assert torch.equal(moved["image"], batch["image"]), "only the layout changes"
-    kept = _move(batch, torch.device("cpu"), None, False)
+    kept = move_batch(batch, device=torch.device("cpu"), channels_last=False)
     assert kept["image"].is_contiguous()
 
 

@@ -25,7 +25,8 @@ from torch import nn
 
 from cvdist.config import ConfigError
 from cvdist.engine.deepspeed_config import build_deepspeed_config
-from cvdist.engine.dist import DistEnv, collective_backend, current_env, launched_world_size
+from cvdist.engine.dist import (DistEnv, collective_backend, current_env, launched_world_size, move_batch,
+                                select_device, set_single_process_rendezvous)
 from cvdist.engine.safe_load import load_weights_only, weights_only_torch_load
 
 ZERO_STAGES = {"zero1": 1, "zero2": 2, "zero3": 3}
@@ -56,21 +57,6 @@ def resolve_strategy(requested: str, world_size: int) -> str:
     if requested == "auto":
         return "ddp" if world_size > 1 else "none"
     return requested
-
-
-def _move(batch: Any, device: torch.device, float_dtype: torch.dtype | None, channels_last: bool) -> Any:
-    if isinstance(batch, torch.Tensor):
-        batch = batch.to(device, non_blocking=True)
-        if float_dtype is not None and batch.is_floating_point():
-            batch = batch.to(float_dtype)
-        if channels_last and batch.dim() == 4 and batch.is_floating_point():
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        return batch
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_move(item, device, float_dtype, channels_last) for item in batch)
-    if isinstance(batch, dict):
-        return {key: _move(value, device, float_dtype, channels_last) for key, value in batch.items()}
-    return batch
 
 
 def _memory_format(model: nn.Module, channels_last: bool) -> nn.Module:
@@ -130,7 +116,7 @@ class AccelerateBackend:
         from accelerate.utils import InitProcessGroupKwargs
 
         expected = launched_world_size()
-        device_hint = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        device_hint = select_device(int(os.environ.get("LOCAL_RANK", "0")))
         self.precision = resolve_precision(precision, device_hint)
         # cpu=True is required on GPU-less machines: without it each torchrun process runs
         # alone (DistributedType.NO) instead of joining a gloo group (platform notes).
@@ -155,7 +141,7 @@ class AccelerateBackend:
         return self.model
 
     def to_device(self, batch: Any) -> Any:
-        return _move(batch, self.env.device, None, self.channels_last)
+        return move_batch(batch, device=self.env.device, channels_last=self.channels_last)
 
     @contextlib.contextmanager
     def accumulation_context(self, *, is_last_micro_batch: bool) -> Iterator[None]:
@@ -207,16 +193,12 @@ class DeepSpeedBackend:
         import deepspeed  # engine-only dependency
 
         expected = launched_world_size()
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        device = select_device(int(os.environ.get("LOCAL_RANK", "0")))
         if device.type == "cuda":
             torch.cuda.set_device(device)
         self.precision = resolve_precision(precision, device)
         self.stage, self.user_config = stage, user_config
-        if expected <= 1 and "RANK" not in os.environ:
-            # DeepSpeed needs a process group even for one process: make a 1-process one.
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        set_single_process_rendezvous()  # DeepSpeed needs a process group even for one process
         deepspeed.init_distributed(dist_backend=collective_backend(device), timeout=timedelta(seconds=timeout_s))
         self.env: DistEnv = current_env(expected_world_size=expected)
         self.engine = None
@@ -235,7 +217,7 @@ class DeepSpeedBackend:
 
     def to_device(self, batch: Any) -> Any:
         half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        return _move(batch, self.env.device, half, False)
+        return move_batch(batch, device=self.env.device, float_dtype=half)
 
     @contextlib.contextmanager
     def accumulation_context(self, *, is_last_micro_batch: bool) -> Iterator[None]:
@@ -269,14 +251,6 @@ class DeepSpeedBackend:
 
     def close(self) -> None:
         pass
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def build_backend(*, strategy: str, precision: str, deepspeed_config: str = "",

@@ -204,3 +204,42 @@ def apply_accelerate_launch_settings(dist_config: Any, environ: Mapping[str, str
         elif current != wanted:
             raise LaunchError(f"the accelerate config says {field} {wanted!r} but dist.{field}={current!r}; "
                               f"remove the dist.{field} override or use another accelerate config")
+
+
+def move_batch(batch: Any, *, device: torch.device, float_dtype: torch.dtype | None = None,
+               channels_last: bool = False) -> Any:
+    """``batch`` (a tensor, or lists / tuples / dicts of them) on ``device``; floating tensors cast
+    to ``float_dtype`` when given (DeepSpeed's half precision) and 4-d floating ones in channels-last
+    layout when asked. Every backend moves its batches through here."""
+    if isinstance(batch, torch.Tensor):
+        batch = batch.to(device, non_blocking=True)
+        if float_dtype is not None and batch.is_floating_point():
+            batch = batch.to(float_dtype)
+        if channels_last and batch.dim() == 4 and batch.is_floating_point():
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_batch(item, device=device, float_dtype=float_dtype, channels_last=channels_last)
+                           for item in batch)
+    if isinstance(batch, dict):
+        return {key: move_batch(value, device=device, float_dtype=float_dtype, channels_last=channels_last)
+                for key, value in batch.items()}
+    return batch
+
+
+def set_single_process_rendezvous() -> None:
+    """For a run started without a launcher (plain ``python``): the environment of a 1-process
+    group on a free local port, which DeepSpeed and FSDP need even for one process. A launched
+    run (its variables already set) is left alone."""
+    if launched_world_size() <= 1 and "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -30,7 +30,8 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from cvdist.config import ConfigError
-from cvdist.engine.dist import DistEnv, collective_backend, current_env, launched_world_size, select_device
+from cvdist.engine.dist import (DistEnv, collective_backend, current_env, launched_world_size, move_batch,
+                                select_device, set_single_process_rendezvous)
 from cvdist.engine.fsdp_checkpoint import load_fsdp_state, save_fsdp_state
 
 
@@ -83,11 +84,7 @@ def _init_process_group(device: torch.device, timeout_s: float) -> None:
     """FSDP needs a process group even for one process: make a 1-process one then."""
     if torch_dist.is_initialized():
         return
-    if launched_world_size() <= 1 and "RANK" not in os.environ:
-        from cvdist.engine.backends import _free_port
-
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    set_single_process_rendezvous()
     if device.type == "cuda":
         torch.cuda.set_device(device)
     torch_dist.init_process_group(backend=collective_backend(device), timeout=timedelta(seconds=timeout_s))
@@ -172,9 +169,7 @@ class FsdpBackend:
         return model
 
     def to_device(self, batch: Any) -> Any:
-        from cvdist.engine.backends import _move
-
-        return _move(batch, self.env.device, None, False)
+        return move_batch(batch, device=self.env.device)
 
     @contextlib.contextmanager
     def accumulation_context(self, *, is_last_micro_batch: bool) -> Iterator[None]:
@@ -190,8 +185,7 @@ class FsdpBackend:
         this each rank's statistics would drift apart on its own batches and a checkpoint would
         hold whichever rank's copy it happened to save."""
         if self.env.world_size > 1:
-            for buffer in self.model.buffers():
-                torch_dist.broadcast(buffer, src=0)
+            broadcast_coalesced(list(self.model.buffers()), src=0)
 
     def backward_and_maybe_step(self, loss: torch.Tensor) -> None:
         (loss / self.accum_steps).backward()
@@ -222,3 +216,20 @@ class FsdpBackend:
         if torch_dist.is_initialized():
             torch_dist.destroy_process_group()
 
+
+
+def broadcast_coalesced(tensors: list[torch.Tensor], *, src: int) -> None:
+    """Broadcast ``tensors`` from rank ``src`` in place with one collective per dtype (a ResNet-50
+    has ~160 BatchNorm buffers: one broadcast each cost more than the data), as DDP coalesces
+    its buffer broadcast."""
+    by_dtype: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+    for tensor in tensors:
+        by_dtype.setdefault((tensor.dtype, tensor.device), []).append(tensor)
+    for group in by_dtype.values():
+        flat = torch.cat([tensor.detach().reshape(-1) for tensor in group])
+        torch_dist.broadcast(flat, src=src)
+        offset = 0
+        with torch.no_grad():
+            for tensor in group:
+                tensor.copy_(flat[offset:offset + tensor.numel()].view_as(tensor))
+                offset += tensor.numel()
