@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -157,7 +157,9 @@ class _EpochSetup:
     skip: list[int]
     already_yielded: list[int]
     rotation: int
-    factors: list[Union[None, list[float], SampleRepeat]] = field(default_factory=list)
+    factors: list[Optional[list[float]]] = field(default_factory=list)
+    """Per source: this epoch's per-class repeat factors, or None (instance sampling, or the
+    dataset's fixed per-sample ``sample_repeat``, which reaches the workers once, with the dataset)."""
     elastic: Optional[ElasticEpoch] = None
     """Set for an epoch resumed on another slot layout (:mod:`cvdist.data.elastic`)."""
     old_plans: list[EpochPlan] = field(default_factory=list)
@@ -169,8 +171,10 @@ class ShardDataset(IterableDataset):
 
     def __init__(self, *, sources: list[ShardSet], rank: int, num_workers: int, batch_size: int, seed: int,
                  shuffle_buffer: int, decoder: Decoder, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
-                 max_corrupt: int = 100, remote: Optional[RemoteCache] = None):
+                 max_corrupt: int = 100, remote: Optional[RemoteCache] = None,
+                 sample_repeat: Optional[SampleRepeat] = None):
         self.sources, self.rank, self.num_workers = sources, rank, max(num_workers, 1)
+        self.sample_repeat = sample_repeat
         self.remote = remote
         self.max_member_bytes, self.max_corrupt = max_member_bytes, max_corrupt
         self.batch_size, self.seed, self.shuffle_buffer, self.decoder = batch_size, seed, shuffle_buffer, decoder
@@ -231,8 +235,8 @@ class ShardDataset(IterableDataset):
         from ``(seed, epoch, slot)``)."""
         tag = f"{self.seed}:{setup.epoch}:{slot}"
         streams = [
-            resampled(_slot_samples(source, plan.slots[slot], errors, self.max_member_bytes, self.remote), factors,
-                      random.Random(f"resample:{tag}:{i}"), errors)
+            resampled(_slot_samples(source, plan.slots[slot], errors, self.max_member_bytes, self.remote),
+                      self.sample_repeat or factors, random.Random(f"resample:{tag}:{i}"), errors)
             for i, (source, plan, factors) in enumerate(zip(self.sources, plans, setup.factors))
         ]
         merged = mixed(streams, [s.weight for s in self.sources], random.Random(f"mix:{tag}"))
@@ -278,7 +282,8 @@ class ShardStream:
         self.dataset = ShardDataset(sources=sources, rank=rank, num_workers=num_workers, batch_size=batch_size,
                                     seed=seed, shuffle_buffer=shuffle_buffer if shuffle else 0, decoder=decoder,
                                     max_member_bytes=max_member_bytes, max_corrupt=max_corrupt,
-                                    remote=remote or default_remote_cache())  # (one object: it counts retries)
+                                    remote=remote or default_remote_cache(),  # (one object: it counts retries)
+                                    sample_repeat=sample_repeat)
         self._logical_workers = max(num_workers, 1)
         self._position = {"epoch": 0, "batch": 0, "consumed": [0] * self._logical_workers, "corrupt": 0}
         self._resume: Optional[dict] = None
@@ -365,9 +370,9 @@ class ShardStream:
         """This rank's batches of ``epoch`` from ``start_batch`` on."""
         plans, batches_per_slot = self._plans(epoch)
         skip, corrupt_before = self._skip_for(epoch, start_batch)
-        factors = [self.sample_repeat or (
-            repeat_factors(s.class_counts, scheme=self.sampling, epoch=epoch, num_epochs=self.num_epochs)
-            if self.sampling != "instance" else None) for s in self.sources]
+        # (a sample_repeat table is the dataset's, sent to the workers once, not republished per epoch)
+        factors = [repeat_factors(s.class_counts, scheme=self.sampling, epoch=epoch, num_epochs=self.num_epochs)
+                   if self.sampling != "instance" else None for s in self.sources]
         workers = self._logical_workers
         self.dataset.setup = _EpochSetup(epoch=epoch, plans=plans, batches_per_slot=batches_per_slot, skip=skip,
                                          already_yielded=consumed_per_worker(start_batch, workers),
