@@ -75,11 +75,12 @@ def test_a_recipe_run_with_checkpointing_ends_with_the_plain_runs_weights(tmp_pa
 
 
 @pytest.mark.slow
-def test_checkpointing_under_ddp_and_zero3_ends_with_the_plain_weights(tmp_path):
+def test_checkpointing_under_zero3_ends_with_the_plain_ddp_weights(tmp_path):
+    """ZeRO-3 (parameters gathered again for each block's recomputation) is the hardest case; a
+    checkpointed DDP run was tested here too until the suite outgrew its time budget (the
+    one-process recipe test above covers the checkpointing itself)."""
     args = [*TINY, "train.max_steps=4", f"output_dir={tmp_path}", "data.augment=none"]
     run_recipe([*args, "name=plain", "dist.strategy=ddp"], nproc=2)
-    for strategy in ("ddp", "zero3"):
-        result = run_recipe([*args, f"name={strategy}", f"dist.strategy={strategy}",
-                             "dist.activation_checkpointing=true"], nproc=2)
-        assert "activation checkpointing: 2 blocks" in result.stdout
-        assert_same(weights(tmp_path / strategy), weights(tmp_path / "plain"), atol=1e-5)
+    result = run_recipe([*args, "name=zero3", "dist.strategy=zero3", "dist.activation_checkpointing=true"], nproc=2)
+    assert "activation checkpointing: 2 blocks" in result.stdout
+    assert_same(weights(tmp_path / "zero3"), weights(tmp_path / "plain"), atol=1e-5)
