@@ -14,7 +14,6 @@ Both backends implement :class:`Backend`, the small interface the training loop 
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 from datetime import timedelta
 from pathlib import Path
@@ -26,7 +25,7 @@ from torch import nn
 from cvdist.config import ConfigError
 from cvdist.engine.deepspeed_config import build_deepspeed_config
 from cvdist.engine.dist import (DistEnv, collective_backend, current_env, launched_world_size, move_batch,
-                                select_device, set_single_process_rendezvous)
+                                local_device, set_single_process_rendezvous)
 from cvdist.engine.safe_load import load_weights_only, weights_only_torch_load
 
 ZERO_STAGES = {"zero1": 1, "zero2": 2, "zero3": 3}
@@ -116,7 +115,7 @@ class AccelerateBackend:
         from accelerate.utils import InitProcessGroupKwargs
 
         expected = launched_world_size()
-        device_hint = select_device(int(os.environ.get("LOCAL_RANK", "0")))
+        device_hint = local_device()
         self.precision = resolve_precision(precision, device_hint)
         # cpu=True is required on GPU-less machines: without it each torchrun process runs
         # alone (DistributedType.NO) instead of joining a gloo group (platform notes).
@@ -193,9 +192,7 @@ class DeepSpeedBackend:
         import deepspeed  # engine-only dependency
 
         expected = launched_world_size()
-        device = select_device(int(os.environ.get("LOCAL_RANK", "0")))
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
+        device = local_device()
         self.precision = resolve_precision(precision, device)
         self.stage, self.user_config = stage, user_config
         set_single_process_rendezvous()  # DeepSpeed needs a process group even for one process

@@ -57,6 +57,15 @@ def select_device(local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def local_device() -> torch.device:
+    """This process's compute device (:func:`select_device` of ``LOCAL_RANK``), made the current
+    CUDA device on GPUs so that collectives and new tensors land on it."""
+    device = select_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
 def collective_backend(device: torch.device) -> str:
     """NCCL for GPUs, gloo for CPUs."""
     return "nccl" if device.type == "cuda" else "gloo"

@@ -20,7 +20,6 @@ optimiser state. Checkpoints: :mod:`cvdist.engine.fsdp_checkpoint`.
 from __future__ import annotations
 
 import contextlib
-import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -31,7 +30,7 @@ from torch import nn
 
 from cvdist.config import ConfigError
 from cvdist.engine.dist import (DistEnv, collective_backend, current_env, launched_world_size, move_batch,
-                                select_device, set_single_process_rendezvous)
+                                local_device, set_single_process_rendezvous)
 from cvdist.engine.fsdp_checkpoint import load_fsdp_state, save_fsdp_state
 
 
@@ -85,8 +84,6 @@ def _init_process_group(device: torch.device, timeout_s: float) -> None:
     if torch_dist.is_initialized():
         return
     set_single_process_rendezvous()
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
     torch_dist.init_process_group(backend=collective_backend(device), timeout=timedelta(seconds=timeout_s))
 
 
@@ -122,7 +119,7 @@ class FsdpBackend:
             raise ConfigError("dist.precision=fp16 is not supported under dist.strategy=fsdp (cvdist runs FSDP without "
                               "loss scaling); use dist.precision=bf16, or fp16 with dist.strategy=ddp / zero1-3")
         expected = launched_world_size()
-        device = select_device(int(os.environ.get("LOCAL_RANK", "0")))
+        device = local_device()
         self.precision = resolve_precision(precision, device)
         _init_process_group(device, timeout_s)
         self.env: DistEnv = current_env(expected_world_size=expected)
