@@ -93,10 +93,15 @@ class BenchData:
     fast_ok: bool
     """Whether FastDecoder covers this data set's transform preset."""
 
+    def normalisation(self) -> dict:
+        """The ``mean`` / ``std`` every row normalises with (grey: 0.5; colour: ImageNet's)."""
+        if self.grey:
+            return {"mean": [0.5], "std": [0.5]}
+        return {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
     def transform(self):
         """A fresh transform of this data set's preset (picklable, used by every row)."""
-        mean, std = ([0.5], [0.5]) if self.grey else ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-        return build_transform(mean=mean, std=std, grey=self.grey, train=True, **self.transform_options)
+        return build_transform(**self.normalisation(), grey=self.grey, train=True, **self.transform_options)
 
 
 def _read_back(urls: list[str], image_ext: str) -> tuple[list[bytes], list[int]]:
@@ -275,8 +280,7 @@ def fast_decoder(data: BenchData) -> Optional[Callable]:
         return None
     from cvdist.data.fast_decode import FastDecoder
 
-    mean, std = ([0.5], [0.5]) if data.grey else ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    return FastDecoder(mean=mean, std=std, grey=data.grey, train=True, num_classes=len(data.class_counts),
+    return FastDecoder(**data.normalisation(), grey=data.grey, train=True, num_classes=len(data.class_counts),
                        **data.transform_options)
 
 
@@ -287,7 +291,7 @@ def draft_decoder(data: BenchData) -> Optional[Callable]:
         return None
     from cvdist.data.fast_decode import build_decoder
 
-    return build_decoder(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], grey=False, train=True,
+    return build_decoder(**data.normalisation(), grey=False, train=True,
                          num_classes=len(data.class_counts), jpeg_draft=True, **data.transform_options)
 
 

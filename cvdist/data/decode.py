@@ -143,30 +143,35 @@ class Decoder:
     def __post_init__(self):
         split = split_normalisation(self.transform)
         self.pixel_transform, self.normaliser = split if split else (None, None)
+        # The transforms are fixed per decoder: take their steps apart once, not per sample.
+        self._steps = pil_to_image_steps(self.transform)
+        self._pixel_steps = pil_to_image_steps(self.pixel_transform)
 
     def __call__(self, sample: dict) -> tuple[Any, int, dict[str, int], str]:
-        return self._decode(sample, self.transform)
+        return self._decode(sample, self.transform, steps=self._steps)
 
     def decode_pixels(self, sample: dict) -> tuple[Any, int, dict[str, int], str]:
         """As ``__call__`` without the final normalisation (uint8); needs :attr:`normaliser`."""
-        return self._decode(sample, self.pixel_transform)
+        return self._decode(sample, self.pixel_transform, steps=self._pixel_steps)
 
-    def _decode(self, sample: dict, transform: Callable) -> tuple[Any, int, dict[str, int], str]:
+    def _decode(self, sample: dict, transform: Callable, *,
+                steps: Optional[list[Callable]]) -> tuple[Any, int, dict[str, int], str]:
         key = str(sample["__key__"])
         raw = unpack_sample(sample, extra_labels=self.extra_labels, num_classes=self.num_classes)
         with open_image(raw, max_pixels=self.max_image_pixels, key=key) as image:
-            return self._transform_image(image, transform, data=raw.image_bytes), raw.label, raw.extras, key
+            pixels = self._transform_image(image, transform, steps=steps, data=raw.image_bytes)
+            return pixels, raw.label, raw.extras, key
 
-    def _transform_image(self, image: Image.Image, transform: Callable, *, data: bytes) -> Any:
-        """``transform`` of the opened, not yet decoded ``image`` (``data``'s bytes), decoded here in
-        full: JPEGs by simplejpeg where it gives PIL's pixels (:mod:`cvdist.data.jpeg_decode`), the
-        rest by PIL; the hook where :class:`~cvdist.data.jpeg_draft.JpegDraftDecoder` decodes at
-        reduced scale instead."""
-        ops = pil_to_image_steps(transform)
-        if ops is not None:
-            pixels = decode_jpeg_pixels(data, image=image, mode=ops[0].mode)
+    def _transform_image(self, image: Image.Image, transform: Callable, *, steps: Optional[list[Callable]],
+                         data: bytes) -> Any:
+        """``transform`` of the opened, not yet decoded ``image`` (``data``'s bytes; ``steps``:
+        :func:`pil_to_image_steps` of ``transform``), decoded here in full: JPEGs by simplejpeg
+        where it gives PIL's pixels (:mod:`cvdist.data.jpeg_decode`), the rest by PIL; the hook
+        where :class:`~cvdist.data.jpeg_draft.JpegDraftDecoder` decodes at reduced scale instead."""
+        if steps is not None:
+            pixels = decode_jpeg_pixels(data, image=image, mode=steps[0].mode)
             if pixels is not None:
-                return apply_steps(ops[1:], pixels)
+                return apply_steps(steps[1:], pixels)
         image.load()
         return transform(image)
 

@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from cvdist.data.decode import Decoder, apply_steps
+from cvdist.data.decode import Decoder, apply_steps, pil_to_image_steps
 from cvdist.data.jpeg_decode import decode_jpeg_pixels
 from cvdist.data.transforms import PILToImage
 
@@ -114,17 +114,21 @@ def draft_resized_crop(image: Image.Image, *, data: bytes, crop: v2.RandomResize
     return to_image(resized)
 
 
-def leading_crop(transform: Any) -> Optional[list[Callable]]:
-    """The steps of a ``build_transform`` Compose that starts with ``PILToImage`` then a bilinear,
-    antialiased ``RandomResizedCrop`` (the ``standard`` / ``strong`` training presets); None for
-    any other (PIL's resize, used on reduced images, is the match for that kernel only)."""
-    ops = getattr(transform, "transforms", None)
-    if not (isinstance(transform, v2.Compose) and ops and len(ops) >= 2 and isinstance(ops[0], PILToImage)):
+def leading_crop(transform: Any) -> Optional[v2.RandomResizedCrop]:
+    """The bilinear, antialiased ``RandomResizedCrop`` that a ``build_transform`` Compose applies
+    right after ``PILToImage`` (the ``standard`` / ``strong`` training presets); None for any
+    other transform (PIL's resize, used on reduced images, is the match for that kernel only)."""
+    return crop_after_pil_to_image(pil_to_image_steps(transform))
+
+
+def crop_after_pil_to_image(steps: Optional[list[Callable]]) -> Optional[v2.RandomResizedCrop]:
+    """:func:`leading_crop` from the transform's :func:`~cvdist.data.decode.pil_to_image_steps`."""
+    if not steps or len(steps) < 2:
         return None
-    crop = ops[1]
+    crop = steps[1]
     if (isinstance(crop, v2.RandomResizedCrop) and crop.antialias
             and crop.interpolation in ("bilinear", v2.InterpolationMode.BILINEAR)):
-        return list(ops)
+        return crop
     return None
 
 
@@ -133,9 +137,10 @@ class JpegDraftDecoder(Decoder):
     transform's leading random-resized crop (see the module docstring); other members, and
     transforms without such a crop, are decoded exactly as ``Decoder`` does. Picklable."""
 
-    def _transform_image(self, image: Image.Image, transform: Callable, *, data: bytes) -> Any:
-        ops = leading_crop(transform)
-        if ops is None or image.format != "JPEG":
-            return super()._transform_image(image, transform, data=data)
-        pixels = draft_resized_crop(image, data=data, crop=ops[1], to_image=ops[0])
-        return apply_steps(ops[2:], pixels)  # the rest of the Compose
+    def _transform_image(self, image: Image.Image, transform: Callable, *, steps: Optional[list[Callable]],
+                         data: bytes) -> Any:
+        crop = crop_after_pil_to_image(steps)
+        if crop is None or image.format != "JPEG":
+            return super()._transform_image(image, transform, steps=steps, data=data)
+        pixels = draft_resized_crop(image, data=data, crop=crop, to_image=steps[0])
+        return apply_steps(steps[2:], pixels)  # the rest of the Compose
