@@ -18,6 +18,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from cvdist.data.jpeg_decode import decode_jpeg_pixels
+from cvdist.data.reused_buffers import ReusedBuffers
 from cvdist.data.tar_samples import IMAGE_EXTENSIONS
 
 DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
@@ -99,11 +100,29 @@ class BatchNormalise:
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
+        if 0.0 in self.std:
+            raise ValueError(f"std {self.std} has a zero: the normalisation would divide by it")
+        # Per-channel float32 columns, as ``normalize`` builds them for every call.
+        self._mean_column = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
+        self._std_column = torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
+        self._outputs = ReusedBuffers()
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         from torchvision.transforms.v2 import functional as F
 
+        if images.device.type == "cpu" and images.dtype == torch.uint8 and images.ndim == 4:
+            return self._normalise_by_image(images)
         return F.normalize(F.to_dtype(images, torch.float32, scale=True), self.mean, self.std, inplace=True)
+
+    def _normalise_by_image(self, images: torch.Tensor) -> torch.Tensor:
+        """The same four element-wise steps as ``to_dtype`` + ``normalize`` (convert, scale by
+        1/255, subtract the mean, divide by the std), one image at a time (~0.6 MB, stays in the
+        cache across the four steps) into an output buffer the previous steps have finished with
+        (:mod:`cvdist.data.reused_buffers`: no page faults for a fresh 19 MB batch)."""
+        normalised = self._outputs.empty_like(images, dtype=torch.float32)
+        for image, out in zip(images, normalised):
+            out.copy_(image).mul_(1.0 / 255).sub_(self._mean_column).div_(self._std_column)
+        return normalised
 
 
 def split_normalisation(transform: Any) -> Optional[tuple[Any, BatchNormalise]]:
