@@ -18,6 +18,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from cvdist.data.jpeg_decode import decode_jpeg_pixels
+from cvdist.data.lean_steps import lean_steps
 from cvdist.data.reused_buffers import ReusedBuffers
 from cvdist.data.tar_samples import IMAGE_EXTENSIONS
 
@@ -163,36 +164,38 @@ class Decoder:
         split = split_normalisation(self.transform)
         self.pixel_transform, self.normaliser = split if split else (None, None)
         # The transforms are fixed per decoder: take their steps apart once, not per sample.
-        self._steps = pil_to_image_steps(self.transform)
-        self._pixel_steps = pil_to_image_steps(self.pixel_transform)
+        self._plan = plan_steps(self.transform)
+        self._pixel_plan = plan_steps(self.pixel_transform)
 
     def __call__(self, sample: dict) -> tuple[Any, int, dict[str, int], str]:
-        return self._decode(sample, self.transform, steps=self._steps)
+        return self._decode(sample, self.transform, plan=self._plan)
 
     def decode_pixels(self, sample: dict) -> tuple[Any, int, dict[str, int], str]:
         """As ``__call__`` without the final normalisation (uint8); needs :attr:`normaliser`."""
-        return self._decode(sample, self.pixel_transform, steps=self._pixel_steps)
+        return self._decode(sample, self.pixel_transform, plan=self._pixel_plan)
 
     def _decode(self, sample: dict, transform: Callable, *,
-                steps: Optional[list[Callable]]) -> tuple[Any, int, dict[str, int], str]:
+                plan: Optional[StepPlan]) -> tuple[Any, int, dict[str, int], str]:
         key = str(sample["__key__"])
         raw = unpack_sample(sample, extra_labels=self.extra_labels, num_classes=self.num_classes)
         with open_image(raw, max_pixels=self.max_image_pixels, key=key) as image:
-            pixels = self._transform_image(image, transform, steps=steps, data=raw.image_bytes)
+            pixels = self._transform_image(image, transform, plan=plan, data=raw.image_bytes)
             return pixels, raw.label, raw.extras, key
 
-    def _transform_image(self, image: Image.Image, transform: Callable, *, steps: Optional[list[Callable]],
+    def _transform_image(self, image: Image.Image, transform: Callable, *, plan: Optional[StepPlan],
                          data: bytes) -> Any:
-        """``transform`` of the opened, not yet decoded ``image`` (``data``'s bytes; ``steps``:
-        :func:`pil_to_image_steps` of ``transform``), decoded here in full: JPEGs by simplejpeg
-        where it gives PIL's pixels (:mod:`cvdist.data.jpeg_decode`), the rest by PIL; the hook
-        where :class:`~cvdist.data.jpeg_draft.JpegDraftDecoder` decodes at reduced scale instead."""
-        if steps is not None:
-            pixels = decode_jpeg_pixels(data, image=image, mode=steps[0].mode)
-            if pixels is not None:
-                return apply_steps(steps[1:], pixels)
-        image.load()
-        return transform(image)
+        """``transform`` of the opened, not yet decoded ``image`` (``data``'s bytes; ``plan``:
+        :func:`plan_steps` of ``transform``), decoded here in full: JPEGs by simplejpeg where it
+        gives PIL's pixels (:mod:`cvdist.data.jpeg_decode`), the rest by PIL; the hook where
+        :class:`~cvdist.data.jpeg_draft.JpegDraftDecoder` decodes at reduced scale instead."""
+        if plan is None:
+            image.load()
+            return transform(image)
+        pixels = decode_jpeg_pixels(data, image=image, mode=plan.steps[0].mode)
+        if pixels is None:
+            image.load()
+            pixels = plan.steps[0](image)
+        return apply_steps(plan.after(0), pixels)
 
 
 def pil_to_image_steps(transform: Any) -> Optional[list[Callable]]:
@@ -206,6 +209,29 @@ def pil_to_image_steps(transform: Any) -> Optional[list[Callable]]:
     if isinstance(transform, v2.Compose) and ops and isinstance(ops[0], PILToImage):
         return list(ops)
     return None
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """A ``PILToImage``-led Compose taken apart once per decoder: its steps, and what follows
+    the first two of them with v2's per-call machinery left out where that gives the same
+    outputs (:mod:`cvdist.data.lean_steps`)."""
+
+    steps: list[Callable]
+    tails: tuple[list[Callable], ...]
+
+    def after(self, index: int) -> list[Callable]:
+        """The steps after ``steps[index]`` (``index`` 0 or 1), lean where possible."""
+        return self.tails[index]
+
+
+def plan_steps(transform: Any) -> Optional[StepPlan]:
+    """The :class:`StepPlan` of a ``PILToImage``-led Compose; None for any other transform."""
+    steps = pil_to_image_steps(transform)
+    if steps is None:
+        return None
+    tails = tuple(lean_steps(steps[index + 1:]) or steps[index + 1:] for index in range(min(2, len(steps))))
+    return StepPlan(steps=steps, tails=tails)
 
 
 def apply_steps(steps: Sequence[Callable], pixels: Any) -> Any:

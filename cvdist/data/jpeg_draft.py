@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from cvdist.data.decode import Decoder, apply_steps, pil_to_image_steps
+from cvdist.data.decode import Decoder, StepPlan, apply_steps, pil_to_image_steps
 from cvdist.data.jpeg_decode import decode_jpeg_pixels
 from cvdist.data.transforms import PILToImage
 
@@ -137,10 +137,10 @@ class JpegDraftDecoder(Decoder):
     transform's leading random-resized crop (see the module docstring); other members, and
     transforms without such a crop, are decoded exactly as ``Decoder`` does. Picklable."""
 
-    def _transform_image(self, image: Image.Image, transform: Callable, *, steps: Optional[list[Callable]],
+    def _transform_image(self, image: Image.Image, transform: Callable, *, plan: Optional[StepPlan],
                          data: bytes) -> Any:
-        crop = crop_after_pil_to_image(steps)
+        crop = crop_after_pil_to_image(plan.steps if plan is not None else None)
         if crop is None or image.format != "JPEG":
-            return super()._transform_image(image, transform, steps=steps, data=data)
-        pixels = draft_resized_crop(image, data=data, crop=crop, to_image=steps[0])
-        return apply_steps(steps[2:], pixels)  # the rest of the Compose
+            return super()._transform_image(image, transform, plan=plan, data=data)
+        pixels = draft_resized_crop(image, data=data, crop=crop, to_image=plan.steps[0])
+        return apply_steps(plan.after(1), pixels)  # the rest of the Compose
