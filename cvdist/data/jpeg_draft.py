@@ -103,9 +103,11 @@ def draft_resized_crop(image: Image.Image, *, data: bytes, crop: v2.RandomResize
         if pixels is None:
             image.load()
             pixels = to_image(image)
-        # The kernel call RandomResizedCrop.transform makes: the full path's pixels exactly.
-        return v2.functional.resized_crop(pixels, top=top, left=left, height=height, width=width,
-                                          size=crop.size, interpolation=crop.interpolation, antialias=crop.antialias)
+        # The kernel RandomResizedCrop.transform dispatches to, on the plain tensor (as the lean
+        # steps run it, cvdist.data.lean_steps): the full path's pixels exactly.
+        return v2.functional.resized_crop_image(pixels.as_subclass(torch.Tensor), top=top, left=left, height=height,
+                                                width=width, size=crop.size, interpolation=crop.interpolation,
+                                                antialias=crop.antialias)
     image.load()
     # Mode conversion before resampling, as on the full path (PILToImage runs before the crop).
     converted = image if image.mode == to_image.mode else image.convert(to_image.mode)
