@@ -11,6 +11,7 @@ import pytest
 from cvdist.config import ConfigError, DistConfig
 from cvdist.engine.deepspeed_config import build_deepspeed_config
 from cvdist.engine.dist import LaunchError, accelerate_launch_settings, apply_accelerate_launch_settings
+from tests.helpers.recipes import clean_env
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = dict(precision="fp32", micro_batch_size=8, accum_steps=2, world_size=4, grad_clip_norm=1.0)
@@ -105,3 +106,23 @@ def test_accelerate_fsdp_environment_sets_fsdp2_options():
     with pytest.raises(LaunchError, match="accelerate config says fsdp_reshard_after_forward True"):
         apply_accelerate_launch_settings(DistConfig(fsdp_reshard_after_forward=False),
                                          {**env, "FSDP_RESHARD_AFTER_FORWARD": "true"})
+
+
+def test_deepspeed_on_cpu_starts_without_compiling_its_inference_shm_kernel(tmp_path):
+    # The kernel only serves tensor-parallel inference; building it cost the first ZeRO run on a
+    # fresh CPU machine 30-100 s (and a C++ compiler). A fresh extensions directory would show a
+    # build; DeepSpeed's comm backend must come up without one.
+    import subprocess
+    import sys
+
+    script = (
+        "from cvdist.engine.backends import DeepSpeedBackend\n"
+        "import deepspeed.comm.comm as ds_comm\n"
+        "backend = DeepSpeedBackend(stage=1, precision='fp32', timeout_s=60)\n"
+        "print('shm op:', ds_comm.cdb.shm_comm_op, 'world:', backend.env.world_size)\n"
+    )
+    env = clean_env(TORCH_EXTENSIONS_DIR=str(tmp_path / "extensions"))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "shm op: None world: 1" in result.stdout
+    assert not (tmp_path / "extensions").exists() or not any((tmp_path / "extensions").rglob("*.so"))

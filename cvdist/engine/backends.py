@@ -185,6 +185,21 @@ class AccelerateBackend:
         self.accelerator.end_training()
 
 
+def skip_inference_shm_kernel() -> None:
+    """Keep DeepSpeed from compiling its CPU shared-memory all-reduce when its comm backend starts.
+
+    On a machine without GPUs DeepSpeed's CPU accelerator JIT-builds the C++ op
+    ``deepspeed_shm_comm`` in ``init_distributed`` (measured: ~30 s on an idle 2-core machine,
+    100+ s under load, and a C++ compiler required), yet only ``inference_all_reduce`` (its
+    tensor-parallel inference) calls it: ZeRO training's collectives go through
+    ``torch.distributed``. Marked incompatible, it is not built and DeepSpeed uses the process
+    group for everything. GPU accelerators have no such op; nothing changes there.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 class DeepSpeedBackend:
     """ZeRO stage 1, 2 or 3 through ``deepspeed.initialize`` (see the module doc for why)."""
 
@@ -196,6 +211,7 @@ class DeepSpeedBackend:
         self.precision = resolve_precision(precision, device)
         self.stage, self.user_config = stage, user_config
         set_single_process_rendezvous()  # DeepSpeed needs a process group even for one process
+        skip_inference_shm_kernel()
         deepspeed.init_distributed(dist_backend=collective_backend(device), timeout=timedelta(seconds=timeout_s))
         self.env: DistEnv = current_env(expected_world_size=expected)
         self.engine = None
