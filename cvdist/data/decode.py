@@ -116,10 +116,10 @@ class BatchNormalise:
         from torchvision.transforms.v2 import functional as F
 
         if images.device.type == "cpu" and images.dtype == torch.uint8 and images.ndim == 4:
-            return self._normalise_by_image(images)
+            return self._normalise_in_chunks(images)
         return F.normalize(F.to_dtype(images, torch.float32, scale=True), self.mean, self.std, inplace=True)
 
-    def _normalise_by_image(self, images: torch.Tensor) -> torch.Tensor:
+    def _normalise_in_chunks(self, images: torch.Tensor) -> torch.Tensor:
         """The same four element-wise steps as ``to_dtype`` + ``normalize`` (convert, scale by
         1/255, subtract the mean, divide by the std), a cache-sized chunk of images at a time (it
         stays in the cache across the four steps) into an output buffer the previous steps have
