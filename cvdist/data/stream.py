@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
+from cvdist.data.batch_ring import BatchRing
 from cvdist.data.decode import Decoder
 from cvdist.data.setup_channel import SetupChannel
 from cvdist.data.stream_order import PASS_END, SampleRepeat, mixed, resampled, shuffled
@@ -65,6 +66,8 @@ class SlotProgress:
     """Descriptions of the errors since the previous batch (for the log)."""
     new_retries: int = 0
     """Remote shard fetches retried since the previous batch (:mod:`cvdist.data.remote_cache`)."""
+    ring_slot: Optional[int] = None
+    """The :class:`BatchRing` slot the batch's images were stacked into (None: a fresh segment)."""
 
 
 def _open_shard(url: str, remote: Optional[RemoteCache]):
@@ -136,14 +139,17 @@ def _slot_samples(shard_set: ShardSet, slot: SlotPlan, errors: list[str], max_me
         yield PASS_END
 
 
-def collate_samples(items: list[tuple[Any, int, dict, str]]) -> dict[str, Any]:
-    """Decoded samples -> ``{"image", "label", "key", <extra labels>}``."""
+def collate_samples(items: list[tuple[Any, int, dict, str]], *, stacked: Any = None) -> dict[str, Any]:
+    """Decoded samples -> ``{"image", "label", "key", <extra labels>}`` (``stacked``: the images
+    already stacked, e.g. into a :class:`BatchRing` buffer)."""
     images = [item[0] for item in items]
     # default_collate stacks tensors like torch.stack, but inside a DataLoader worker it stacks
     # straight into shared memory, where the batch must go anyway: sending a plain stacked tensor
     # copies it into a new shared segment first (measured: 0.5 ms more worker time per 224 px image).
-    if isinstance(images[0], (tuple, list)):  # multi-view: one batch per view
-        stacked: Any = [default_collate(list(view)) for view in zip(*images)]
+    if stacked is not None:
+        pass
+    elif isinstance(images[0], (tuple, list)):  # multi-view: one batch per view
+        stacked = [default_collate(list(view)) for view in zip(*images)]
     else:
         stacked = default_collate(images)
     batch = {"image": stacked, "label": torch.tensor([item[1] for item in items]), "key": [item[3] for item in items]}
@@ -167,6 +173,9 @@ class _EpochSetup:
     """Set for an epoch resumed on another slot layout (:mod:`cvdist.data.elastic`)."""
     old_plans: list[EpochPlan] = field(default_factory=list)
     """The old layout's plans of that epoch (its slots' streams are what the new slots read)."""
+    use_ring: bool = False
+    """Whether workers stack into :class:`BatchRing` buffers (only where the main process reads
+    each batch once, to normalise it, and so can hand the buffer back)."""
 
 
 class ShardDataset(IterableDataset):
@@ -184,6 +193,8 @@ class ShardDataset(IterableDataset):
         self.setup: Optional[_EpochSetup] = None
         self.channel: Optional[SetupChannel] = None
         """Set when workers persist across epochs: each epoch's setup arrives through it."""
+        self.ring: Optional[BatchRing] = None
+        """The workers' reused batch buffers (set by ShardStream before they start)."""
 
     def __iter__(self) -> Iterator[tuple[dict, SlotProgress]]:
         info = get_worker_info()
@@ -201,6 +212,9 @@ class ShardDataset(IterableDataset):
         # uint8 samples where the decoder can normalise per batch (ShardStream.iterate does it)
         decode = self.decoder.decode_pixels if getattr(self.decoder, "normaliser", None) else self.decoder
         collate = getattr(self.decoder, "collate", collate_samples)  # dense decoders batch lists of targets
+        ring = self.ring if info is not None and setup.use_ring and collate is collate_samples else None
+        if ring is not None:
+            ring.free_all(worker_id=info.id)
         consumed, reported, items = 0, 0, []
         retries_reported = self.remote.num_retries if self.remote else 0  # (a worker's copy starts at the parent's)
         remaining = setup.batches_per_slot - setup.already_yielded[worker]
@@ -224,8 +238,9 @@ class ShardDataset(IterableDataset):
             if len(items) == self.batch_size:
                 remaining -= 1
                 retries = self.remote.num_retries if self.remote else 0
-                yield collate(items), SlotProgress(worker, consumed, len(errors), errors[reported:],
-                                                   new_retries=retries - retries_reported)
+                batch, ring_slot = _collate(items, collate, ring, info)
+                yield batch, SlotProgress(worker, consumed, len(errors), errors[reported:],
+                                          new_retries=retries - retries_reported, ring_slot=ring_slot)
                 reported, items, retries_reported = len(errors), [], retries
         if remaining > 0:
             detail = "; ".join(errors[-3:])
@@ -244,6 +259,14 @@ class ShardDataset(IterableDataset):
         ]
         merged = mixed(streams, [s.weight for s in self.sources], random.Random(f"mix:{tag}"))
         return shuffled(merged, self.shuffle_buffer, random.Random(f"shuffle:{tag}"))
+
+
+def _collate(items: list, collate: Callable, ring: Optional[BatchRing], info: Any) -> tuple[dict, Optional[int]]:
+    """A batch of decoded ``items`` and the ring slot its images went into (None: not the ring's)."""
+    if ring is None or isinstance(items[0][0], (tuple, list)):
+        return collate(items), None
+    images, slot = ring.stack([item[0] for item in items], worker_id=info.id)
+    return collate_samples(items, stacked=images), slot
 
 
 def _as_is(item: Any) -> Any:
@@ -292,6 +315,7 @@ class ShardStream:
         self._resume: Optional[dict] = None
         self._elastic: Optional[ElasticEpoch] = None
         self.persistent_workers, self._loader = persistent_workers, None
+        self._loader_ring: Optional[BatchRing] = None
         self._normalise_here = True  # False once the engine normalises on the device (take_normaliser)
         self.total_corrupt = 0
         self.total_retries = 0
@@ -377,22 +401,26 @@ class ShardStream:
         factors = [repeat_factors(s.class_counts, scheme=self.sampling, epoch=epoch, num_epochs=self.num_epochs)
                    if self.sampling != "instance" else None for s in self.sources]
         workers = self._logical_workers
+        normaliser = getattr(self.dataset.decoder, "normaliser", None)
         self.dataset.setup = _EpochSetup(epoch=epoch, plans=plans, batches_per_slot=batches_per_slot, skip=skip,
                                          already_yielded=consumed_per_worker(start_batch, workers),
-                                         rotation=start_batch % workers, factors=factors)
+                                         rotation=start_batch % workers, factors=factors,
+                                         use_ring=normaliser is not None and self._normalise_here)
         if self._elastic is not None and self._elastic.epoch == epoch:
             self._set_up_elastic(self.dataset.setup, start_batch)
         loader = self._loader_for(self.dataset.setup)
         self._position = {"epoch": epoch, "batch": start_batch, "consumed": skip, "corrupt": corrupt_before}
         corrupt_by_worker = [0] * workers
-        normaliser = getattr(self.dataset.decoder, "normaliser", None)
         for batch, progress in loader:
             self._position["consumed"][progress.worker] = progress.consumed
             corrupt_by_worker[progress.worker] = progress.corrupt
             self._note_corrupt(progress.new_errors, corrupt_before + sum(corrupt_by_worker))
             self.total_retries += progress.new_retries
             if normaliser is not None and self._normalise_here:
-                batch["image"] = normaliser(batch["image"])
+                received = batch["image"]
+                batch["image"] = normaliser(received)
+                if progress.ring_slot is not None:  # read for the last time: the worker may refill it
+                    self.dataset.ring.release(progress.ring_slot, batch=received, result=batch["image"])
             if self.multi_scale is not None and torch.is_tensor(batch["image"]):
                 from cvdist.data.transforms import resize_batch
 
@@ -421,12 +449,15 @@ class ShardStream:
                 self.dataset.channel = SetupChannel()
             persistent = self.dataset.channel.publish(setup)  # (too large: this epoch gets its own workers)
         if persistent and self._loader is not None:
+            self.dataset.ring = self._loader_ring  # (an epoch with its own workers may have replaced it)
             return self._loader
+        prefetch = 4 if self.num_workers else None
+        # New workers, new buffers: a worker has at most ~prefetch batches waiting, one more filling.
+        self.dataset.ring = BatchRing(num_workers=self.num_workers, slots_per_worker=prefetch + 2) if prefetch else None
         loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is,
-                            pin_memory=self.pin_memory, prefetch_factor=4 if self.num_workers else None,
-                            persistent_workers=persistent)
+                            pin_memory=self.pin_memory, prefetch_factor=prefetch, persistent_workers=persistent)
         if persistent:
-            self._loader = loader
+            self._loader, self._loader_ring = loader, self.dataset.ring
         return loader
 
     def take_normaliser(self) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
