@@ -146,11 +146,9 @@ def collate_samples(items: list[tuple[Any, int, dict, str]], *, stacked: Any = N
     # default_collate stacks tensors like torch.stack, but inside a DataLoader worker it stacks
     # straight into shared memory, where the batch must go anyway: sending a plain stacked tensor
     # copies it into a new shared segment first (measured: 0.5 ms more worker time per 224 px image).
-    if stacked is not None:
-        pass
-    elif isinstance(images[0], (tuple, list)):  # multi-view: one batch per view
+    if stacked is None and isinstance(images[0], (tuple, list)):  # multi-view: one batch per view
         stacked = [default_collate(list(view)) for view in zip(*images)]
-    else:
+    elif stacked is None:
         stacked = default_collate(images)
     batch = {"image": stacked, "label": torch.tensor([item[1] for item in items]), "key": [item[3] for item in items]}
     for key in items[0][2]:
