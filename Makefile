@@ -15,11 +15,18 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 venv: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml
+# libjpeg's headers: cvdist's one C extension (cvdist/data/_jpeg_region.c, setup.py) builds against them.
+JPEG_HEADER := /usr/include/jpeglib.h
+
+$(STAMP): setup.cfg pyproject.toml setup.py cvdist/data/_jpeg_region.c | $(JPEG_HEADER)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
+
+$(JPEG_HEADER):
+	$(SUDO) apt-get install -y -q libjpeg62-turbo-dev || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q libjpeg62-turbo-dev; }
 
 # Fashion-MNIST from Debian's package (30 MB, works offline through the package mirror).
 data: $(FASHION_MNIST)

@@ -16,6 +16,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 import cvdist.data.jpeg_decode as jpeg_decode
+import cvdist.data.jpeg_region as jpeg_region
 from cvdist.data.decode import Decoder
 from cvdist.data.fast_decode import build_decoder
 from cvdist.data.jpeg_decode import decode_jpeg_pixels
@@ -97,7 +98,8 @@ def outcome(decoder, sample: dict, seed: int):
 @pytest.mark.parametrize("jpeg_draft", [False, True])
 def test_decoders_give_the_same_output_and_refusals_with_and_without_simplejpeg(monkeypatch, jpeg_draft):
     """Valid and damaged JPEGs (colour, grey, CMYK) through a training decoder: the output, or the
-    refusal, is the same whether simplejpeg decodes or PIL alone does; damaged files that PIL
+    refusal, is the same whether simplejpeg (and, for the draft decoder, the crop-region decoder of
+    cvdist/data/jpeg_region.py) decodes or PIL alone does; damaged files that PIL
     still decodes but simplejpeg refuses must occur (the fallback is exercised, not assumed)."""
     rng = np.random.default_rng(7)
     decoder = build_decoder(preset="standard", image_size=32, mean=MEAN, std=STD, grey=False, train=True,
@@ -113,6 +115,7 @@ def test_decoders_give_the_same_output_and_refusals_with_and_without_simplejpeg(
         sample = {"__key__": f"s{index}", "jpg": data, "cls": b"1"}
         with_simplejpeg = outcome(decoder, sample, seed=index)
         monkeypatch.setattr(jpeg_decode, "simplejpeg", None)
+        monkeypatch.setattr(jpeg_region, "_jpeg_region", None)  # nor the crop-region decoder
         pil_only = outcome(decoder, sample, seed=index)
         monkeypatch.undo()
         if isinstance(pil_only, torch.Tensor):
@@ -127,11 +130,12 @@ def test_decoders_give_the_same_output_and_refusals_with_and_without_simplejpeg(
 
 
 def test_decoder_uses_simplejpeg_for_photos(monkeypatch):
-    """The fast path is the one taken for a plain RGB JPEG (not silently PIL every time)."""
+    """The fast path is the one taken for a plain RGB JPEG (not silently PIL every time); a leading
+    random-resized crop would decode only its region instead (tests/test_jpeg_region.py)."""
     calls = []
     real = jpeg_decode.simplejpeg.decode_jpeg
     monkeypatch.setattr(jpeg_decode.simplejpeg, "decode_jpeg", lambda *a, **k: calls.append(1) or real(*a, **k))
     data = encode(photo_like(np.random.default_rng(1), width=120, height=100, mode="RGB"))
-    transform = v2.Compose([PILToImage(grey=False), v2.RandomResizedCrop(64, antialias=True), v2.ToPureTensor()])
+    transform = v2.Compose([PILToImage(grey=False), v2.CenterCrop(64), v2.ToPureTensor()])
     out = Decoder(transform, num_classes=2)({"__key__": "k", "jpg": data, "cls": b"0"})[0]
     assert calls == [1] and out.shape == (3, 64, 64) and out.dtype == torch.uint8

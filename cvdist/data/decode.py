@@ -18,6 +18,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from cvdist.data.jpeg_decode import decode_jpeg_pixels
+from cvdist.data.jpeg_region import CHANNELS, draw_crop_box, full_scale_resized_crop, leading_random_crop
 from cvdist.data.lean_steps import lean_steps
 from cvdist.data.reused_buffers import ReusedBuffers
 from cvdist.data.tar_samples import IMAGE_EXTENSIONS
@@ -194,16 +195,29 @@ class Decoder:
                          data: bytes) -> Any:
         """``transform`` of the opened, not yet decoded ``image`` (``data``'s bytes; ``plan``:
         :func:`plan_steps` of ``transform``), decoded here in full: JPEGs by simplejpeg where it
-        gives PIL's pixels (:mod:`cvdist.data.jpeg_decode`), the rest by PIL; the hook where
-        :class:`~cvdist.data.jpeg_draft.JpegDraftDecoder` decodes at reduced scale instead."""
+        gives PIL's pixels (:mod:`cvdist.data.jpeg_decode`), the rest by PIL. A JPEG whose
+        transform starts with a random-resized crop has its box drawn first and only that region
+        decoded (:mod:`cvdist.data.jpeg_region`), the same pixels."""
         if plan is None:
             image.load()
             return transform(image)
+        crop = leading_random_crop(plan.steps)
+        if crop is not None and image.format == "JPEG":
+            to_image = plan.steps[0]
+            box = draw_crop_box(image, crop=crop, channels=CHANNELS.get(to_image.mode, 3))
+            pixels = self._resized_crop_jpeg(image, data=data, crop=crop, to_image=to_image, box=box)
+            return apply_steps(plan.after(1), pixels)
         pixels = decode_jpeg_pixels(data, image=image, mode=plan.steps[0].mode)
         if pixels is None:
             image.load()
             pixels = plan.steps[0](image)
         return apply_steps(plan.after(0), pixels)
+
+    def _resized_crop_jpeg(self, image: Image.Image, *, data: bytes, crop: Any, to_image: Callable,
+                           box: tuple[int, int, int, int]) -> torch.Tensor:
+        """``crop`` with its drawn ``box`` applied to ``to_image(image)`` for a JPEG ``image``; the
+        hook where :class:`~cvdist.data.jpeg_draft.JpegDraftDecoder` decodes at reduced scale."""
+        return full_scale_resized_crop(image, data=data, crop=crop, to_image=to_image, box=box)
 
 
 def pil_to_image_steps(transform: Any) -> Optional[list[Callable]]:

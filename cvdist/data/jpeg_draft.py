@@ -25,22 +25,18 @@ bilinear antialiased random-resized crop, and crops too small to reduce take
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from cvdist.data.decode import Decoder, StepPlan, apply_steps, pil_to_image_steps
-from cvdist.data.jpeg_decode import decode_jpeg_pixels
+from cvdist.data.decode import Decoder, pil_to_image_steps
+from cvdist.data.jpeg_region import Box, draw_crop_box, leading_random_crop
 from cvdist.data.transforms import PILToImage
 
 DRAFT_SCALES = (8, 4, 2)
 """The reductions libjpeg's DCT scaling offers through PIL's draft, largest first."""
-
-Box = tuple[int, int, int, int]
-"""``(top, left, height, width)`` in pixels, as ``RandomResizedCrop.make_params`` gives it."""
-
 
 @dataclass(frozen=True)
 class DraftCrop:
@@ -69,45 +65,34 @@ def draft_scale(*, crop_height: int, crop_width: int, target_height: int, target
     return 1
 
 
+def set_draft(image: Image.Image, *, box: Box, crop: v2.RandomResizedCrop) -> int:
+    """Set the opened, not yet decoded JPEG ``image``'s draft to the largest reduction that keeps
+    the crop ``box`` at least ``crop.size`` (:func:`draft_scale`); the reduction PIL chose (1: none)."""
+    width, height = image.size
+    target_height, target_width = crop.size
+    wanted = draft_scale(crop_height=box[2], crop_width=box[3], target_height=target_height, target_width=target_width)
+    if wanted == 1:
+        return 1
+    # PIL picks the largest of 8/4/2/1 not above min(W // w, H // h); this request makes it pick
+    # ``wanted`` (W // (W // s) lies in [s, 2s)). The mode stays the file's: PILToImage converts
+    # afterwards, exactly as on the full path.
+    drafted = image.draft(image.mode, (width // wanted, height // wanted))
+    # The scale PIL actually chose, from the box it reports (full size / scale); None: no draft.
+    return round(width / drafted[1][2]) if drafted else 1
+
+
 def draw_draft_crop(image: Image.Image, *, crop: v2.RandomResizedCrop, channels: int) -> DraftCrop:
     """Draw ``crop``'s box from the full size of the opened, not yet decoded JPEG ``image`` (the
     same torch RNG draws as ``crop`` on the decoded ``channels x H x W`` image), and set ``image``'s
     draft to the largest reduction that keeps the crop at least ``crop.size``."""
-    width, height = image.size
-    # A zero-stride stand-in: make_params reads only the size, and no pixel is decoded yet.
-    stand_in = torch.zeros(1, 1, 1, dtype=torch.uint8).expand(channels, height, width)
-    params = crop.make_params([stand_in])
-    box = (params["top"], params["left"], params["height"], params["width"])
-    target_height, target_width = crop.size
-    wanted = draft_scale(crop_height=box[2], crop_width=box[3], target_height=target_height,
-                         target_width=target_width)
-    scale = 1
-    if wanted > 1:
-        # PIL picks the largest of 8/4/2/1 not above min(W // w, H // h); this request makes it
-        # pick ``wanted`` (W // (W // s) lies in [s, 2s)). The mode stays the file's: PILToImage
-        # converts afterwards, exactly as on the full path.
-        drafted = image.draft(image.mode, (width // wanted, height // wanted))
-        # The scale PIL actually chose, from the box it reports (full size / scale); None: no draft.
-        scale = round(width / drafted[1][2]) if drafted else 1
-    return DraftCrop(box=box, scale=scale)
+    box = draw_crop_box(image, crop=crop, channels=channels)
+    return DraftCrop(box=box, scale=set_draft(image, box=box, crop=crop))
 
 
-def draft_resized_crop(image: Image.Image, *, data: bytes, crop: v2.RandomResizedCrop, to_image: PILToImage) -> Any:
-    """``crop(to_image(image))`` for an opened, not yet decoded JPEG ``image`` (``data``'s bytes),
-    decoded at the reduction :func:`draw_draft_crop` picks (bit-identical to the full path where it
-    picks 1). ``crop`` must be bilinear and antialiased (what :func:`leading_crop` accepts)."""
-    plan = draw_draft_crop(image, crop=crop, channels=1 if to_image.mode == "L" else 3)
-    if plan.scale == 1:
-        top, left, height, width = plan.box
-        pixels = decode_jpeg_pixels(data, image=image, mode=to_image.mode)
-        if pixels is None:
-            image.load()
-            pixels = to_image(image)
-        # The kernel RandomResizedCrop.transform dispatches to, on the plain tensor (as the lean
-        # steps run it, cvdist.data.lean_steps): the full path's pixels exactly.
-        return v2.functional.resized_crop_image(pixels.as_subclass(torch.Tensor), top=top, left=left, height=height,
-                                                width=width, size=crop.size, interpolation=crop.interpolation,
-                                                antialias=crop.antialias)
+def reduced_resized_crop(image: Image.Image, *, plan: DraftCrop, crop: v2.RandomResizedCrop,
+                         to_image: PILToImage) -> torch.Tensor:
+    """``crop`` of ``plan.box`` from ``image``, decoded at ``plan.scale`` (its draft set), resized
+    by PIL's antialiased bilinear filter from the exact fractional box, as ``to_image`` gives it."""
     image.load()
     # Mode conversion before resampling, as on the full path (PILToImage runs before the crop).
     converted = image if image.mode == to_image.mode else image.convert(to_image.mode)
@@ -120,29 +105,24 @@ def leading_crop(transform: Any) -> Optional[v2.RandomResizedCrop]:
     """The bilinear, antialiased ``RandomResizedCrop`` that a ``build_transform`` Compose applies
     right after ``PILToImage`` (the ``standard`` / ``strong`` training presets); None for any
     other transform (PIL's resize, used on reduced images, is the match for that kernel only)."""
-    return crop_after_pil_to_image(pil_to_image_steps(transform))
+    return draftable(leading_random_crop(pil_to_image_steps(transform)))
 
 
-def crop_after_pil_to_image(steps: Optional[list[Callable]]) -> Optional[v2.RandomResizedCrop]:
-    """:func:`leading_crop` from the transform's :func:`~cvdist.data.decode.pil_to_image_steps`."""
-    if not steps or len(steps) < 2:
-        return None
-    crop = steps[1]
-    if (isinstance(crop, v2.RandomResizedCrop) and crop.antialias
-            and crop.interpolation in ("bilinear", v2.InterpolationMode.BILINEAR)):
+def draftable(crop: Optional[v2.RandomResizedCrop]) -> Optional[v2.RandomResizedCrop]:
+    """``crop`` where it is bilinear and antialiased (PIL's resize matches that kernel), else None."""
+    if crop is not None and crop.antialias and crop.interpolation in ("bilinear", v2.InterpolationMode.BILINEAR):
         return crop
     return None
 
 
 class JpegDraftDecoder(Decoder):
     """:class:`~cvdist.data.decode.Decoder` that decodes JPEG members at reduced scale before the
-    transform's leading random-resized crop (see the module docstring); other members, and
-    transforms without such a crop, are decoded exactly as ``Decoder`` does. Picklable."""
+    transform's leading random-resized crop where the crop allows (see the module docstring); the
+    rest exactly as ``Decoder`` does (only the crop's region decoded at full scale). Picklable."""
 
-    def _transform_image(self, image: Image.Image, transform: Callable, *, plan: Optional[StepPlan],
-                         data: bytes) -> Any:
-        crop = crop_after_pil_to_image(plan.steps if plan is not None else None)
-        if crop is None or image.format != "JPEG":
-            return super()._transform_image(image, transform, plan=plan, data=data)
-        pixels = draft_resized_crop(image, data=data, crop=crop, to_image=plan.steps[0])
-        return apply_steps(plan.after(1), pixels)  # the rest of the Compose
+    def _resized_crop_jpeg(self, image: Image.Image, *, data: bytes, crop: v2.RandomResizedCrop,
+                           to_image: PILToImage, box: Box) -> torch.Tensor:
+        scale = set_draft(image, box=box, crop=crop) if draftable(crop) is not None else 1
+        if scale == 1:
+            return super()._resized_crop_jpeg(image, data=data, crop=crop, to_image=to_image, box=box)
+        return reduced_resized_crop(image, plan=DraftCrop(box=box, scale=scale), crop=crop, to_image=to_image)
