@@ -31,8 +31,7 @@ def whole_decode_slice(data: bytes, *, mode: str, box: tuple[int, int, int, int]
 
 
 def region_of(data: bytes, *, mode: str, box: tuple[int, int, int, int]):
-    with Image.open(io.BytesIO(data)) as image:
-        return decode_jpeg_crop(data, image=image, mode=mode, box=box)
+    return decode_jpeg_crop(data, mode=mode, box=box)
 
 
 def test_the_extension_is_built():
@@ -118,7 +117,7 @@ def test_damaged_files_raise_or_give_the_lenient_whole_decodes_pixels():
 def test_decoders_decode_only_the_crop_and_keep_the_whole_decodes_output(monkeypatch, jpeg_draft):
     """Both training decoders (reduced-scale decoding off and on) take the region path for a JPEG
     whose random crop is decoded at full scale, with the output of whole-image decoding."""
-    calls = []
+    calls = []  # the regions decoded (not those the extension refused)
     real = jpeg_region._jpeg_region.decode_region
     options = dict(preset="standard", image_size=128, mean=MEAN, std=STD, grey=False, train=True, num_classes=2)
     decoder = build_decoder(jpeg_draft=jpeg_draft, **options)
@@ -133,11 +132,34 @@ def test_decoders_decode_only_the_crop_and_keep_the_whole_decodes_output(monkeyp
         monkeypatch.setattr(jpeg_region, "_jpeg_region", None)  # whole-image decoding
         whole = decoder(sample)[0]
         monkeypatch.undo()
-        monkeypatch.setattr(jpeg_region._jpeg_region, "decode_region", lambda *a: calls.append(a) or real(*a))
+        monkeypatch.setattr(jpeg_region._jpeg_region, "decode_region", lambda *a: calls.append(real(*a)) or calls[-1])
         torch.default_generator.manual_seed(index)
         by_region = decoder(sample)[0]
         monkeypatch.undo()
         assert torch.equal(by_region, whole), index
-    # Every image took the region path once: no crop of a 250 x 200 image reaches 2 x 128 (no reduced
-    # scale), and grey JPEGs go through a colour transform's PILToImage("RGB"), a mode change: PIL's.
+    # Every colour image took the region path once: no crop of a 250 x 200 image reaches 2 x 128 (no
+    # reduced scale); grey JPEGs under a colour transform's PILToImage("RGB") are a mode change: PIL's.
     assert len(calls) == 4
+
+
+def test_a_clean_jpeg_is_cropped_without_pil_and_the_rest_still_opens_with_it(monkeypatch):
+    """The box is drawn from the size libjpeg reads, so a plain JPEG never reaches PIL; CMYK files,
+    damaged headers and images above data.max_image_pixels are opened (and judged) by PIL as before."""
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(1) or real_open(*a, **k))
+    options = dict(preset="standard", image_size=64, mean=MEAN, std=STD, grey=False, train=True, num_classes=2)
+    rng = np.random.default_rng(9)
+    rgb = encode(photo_like(rng, width=120, height=90, mode="RGB"))
+    build_decoder(**options)({"__key__": "rgb", "jpg": rgb, "cls": b"0"})
+    assert opened == []
+    cmyk = encode(photo_like(rng, width=120, height=90, mode="CMYK"))
+    out = build_decoder(**options)({"__key__": "cmyk", "jpg": cmyk, "cls": b"0"})[0]
+    assert opened == [1] and out.shape == (3, 64, 64)
+    bad_header = rgb[:2] + b"\x00\x00" + rgb[2:]  # junk between markers: libjpeg warns, PIL refuses
+    with pytest.raises(ValueError):
+        build_decoder(**options)({"__key__": "bad", "jpg": bad_header, "cls": b"0"})
+    assert len(opened) == 2
+    with pytest.raises(ValueError, match="data.max_image_pixels=10000"):
+        build_decoder(max_image_pixels=10_000, **options)({"__key__": "big", "jpg": rgb, "cls": b"0"})
+    assert len(opened) == 3

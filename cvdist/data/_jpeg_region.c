@@ -42,6 +42,15 @@ static void escape_on_warning(j_common_ptr cinfo, int level) {
     }
 }
 
+/* A zeroed decoder struct (destroying one never created is then a no-op) whose errors and
+ * warnings escape through ``error``. */
+static void prepare(struct jpeg_decompress_struct *cinfo, RegionError *error) {
+    memset(cinfo, 0, sizeof(*cinfo));
+    cinfo->err = jpeg_std_error(&error->pub);
+    error->pub.error_exit = escape_on_error;
+    error->pub.emit_message = escape_on_warning;
+}
+
 /* The colour space libjpeg must convert to: grey for 1-component files, RGB for YCbCr / RGB
  * 3-component files; -1 for anything else (CMYK, YCCK, or a mode change), left to the caller. */
 static int output_colour_space(const struct jpeg_decompress_struct *cinfo, int components) {
@@ -51,19 +60,30 @@ static int output_colour_space(const struct jpeg_decompress_struct *cinfo, int c
     return -1;
 }
 
+/* Create the decoder and read the JPEG's header; anything libjpeg reports escapes to a ValueError.
+ * 0 on success, -1 with a Python exception set. Created after setjmp: even a failure to allocate
+ * escapes here (the caller destroys the decoder in every case). */
+static int read_header(struct jpeg_decompress_struct *cinfo, RegionError *error, const Py_buffer *data) {
+    if (setjmp(error->escape)) {
+        PyErr_Format(PyExc_ValueError, "libjpeg: %s", error->message);
+        return -1;
+    }
+    jpeg_create_decompress(cinfo);
+    jpeg_mem_src(cinfo, (const unsigned char *)data->buf, (unsigned long)data->len);
+    jpeg_read_header(cinfo, TRUE);
+    return 0;
+}
+
 /* Decode rows [top, top + height), columns [left, left + width) into a new bytearray, rows packed
  * (width * components bytes each). 0 on success, -1 with a Python exception set. */
 static int decode_rows(struct jpeg_decompress_struct *cinfo, RegionError *error, const Py_buffer *data,
                        int components, unsigned top, unsigned left, unsigned height, unsigned width,
                        PyObject **pixels) {
+    if (read_header(cinfo, error, data) != 0) return -1;
     if (setjmp(error->escape)) {
         PyErr_Format(PyExc_ValueError, "libjpeg: %s", error->message);
         return -1;
     }
-    /* Created after setjmp: even a failure to allocate escapes here (the caller destroys it). */
-    jpeg_create_decompress(cinfo);
-    jpeg_mem_src(cinfo, (const unsigned char *)data->buf, (unsigned long)data->len);
-    jpeg_read_header(cinfo, TRUE);
     int colour_space = output_colour_space(cinfo, components);
     if (colour_space < 0) {
         PyErr_SetString(PyExc_ValueError, "not a grey or YCbCr / RGB JPEG of that many channels");
@@ -119,10 +139,7 @@ static PyObject *decode_region(PyObject *self, PyObject *args) {
     }
     struct jpeg_decompress_struct cinfo;
     RegionError error;
-    memset(&cinfo, 0, sizeof(cinfo)); /* destroying a struct never created is then a no-op */
-    cinfo.err = jpeg_std_error(&error.pub);
-    error.pub.error_exit = escape_on_error;
-    error.pub.emit_message = escape_on_warning;
+    prepare(&cinfo, &error);
     PyObject *pixels = NULL;
     int status = decode_rows(&cinfo, &error, &data, components, top, left, height, width, &pixels);
     /* Destroying without jpeg_finish_decompress: nothing below the region is read. */
@@ -135,8 +152,27 @@ static PyObject *decode_region(PyObject *self, PyObject *args) {
     return pixels;
 }
 
+PyDoc_STRVAR(read_size_doc,
+"read_size(data) -> (width, height)\n\n"
+"The size in a JPEG's frame header (nothing decoded). ValueError on anything libjpeg reports.");
+
+static PyObject *read_size(PyObject *self, PyObject *args) {
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "y*", &data)) return NULL;
+    struct jpeg_decompress_struct cinfo;
+    RegionError error;
+    prepare(&cinfo, &error);
+    int status = read_header(&cinfo, &error, &data);
+    unsigned width = cinfo.image_width, height = cinfo.image_height;
+    jpeg_destroy_decompress(&cinfo);
+    PyBuffer_Release(&data);
+    if (status != 0) return NULL;
+    return Py_BuildValue("(II)", width, height);
+}
+
 static PyMethodDef methods[] = {
     {"decode_region", decode_region, METH_VARARGS, decode_region_doc},
+    {"read_size", read_size, METH_VARARGS, read_size_doc},
     {NULL, NULL, 0, NULL},
 };
 

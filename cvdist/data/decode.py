@@ -18,7 +18,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from cvdist.data.jpeg_decode import decode_jpeg_pixels
-from cvdist.data.jpeg_region import CHANNELS, draw_crop_box, full_scale_resized_crop, leading_random_crop
+from cvdist.data.jpeg_region import (CHANNELS, Box, draw_crop_box, jpeg_size, leading_random_crop, region_resized_crop,
+                                     whole_image_resized_crop)
 from cvdist.data.lean_steps import lean_steps
 from cvdist.data.reused_buffers import ReusedBuffers
 from cvdist.data.tar_samples import IMAGE_EXTENSIONS
@@ -187,24 +188,45 @@ class Decoder:
                 plan: Optional[StepPlan]) -> tuple[Any, int, dict[str, int], str]:
         key = str(sample["__key__"])
         raw = unpack_sample(sample, extra_labels=self.extra_labels, num_classes=self.num_classes)
+        box, pixels = self._crop_before_opening(raw, plan=plan)
+        if pixels is not None:
+            return pixels, raw.label, raw.extras, key
         with open_image(raw, max_pixels=self.max_image_pixels, key=key) as image:
-            pixels = self._transform_image(image, transform, plan=plan, data=raw.image_bytes)
+            pixels = self._transform_image(image, transform, plan=plan, data=raw.image_bytes, box=box)
             return pixels, raw.label, raw.extras, key
 
+    def _crop_before_opening(self, raw: RawSample, *, plan: Optional[StepPlan]) -> tuple[Optional[Box], Any]:
+        """For a JPEG member whose transform starts with a random-resized crop: its box, drawn from
+        the size libjpeg reads in the header, and the transformed pixels where no PIL image is
+        needed (:mod:`cvdist.data.jpeg_region`: only the box decoded; None: PIL opens the file and
+        this box is used). ``(None, None)`` for other members, and for headers libjpeg refuses or
+        sizes above the pixel limits: PIL opens those and decides, as for every other image."""
+        crop = leading_random_crop(plan.steps) if plan is not None else None
+        if crop is None or PIL_FORMATS[raw.image_extension] != "JPEG":
+            return None, None
+        size = jpeg_size(raw.image_bytes)
+        limit = min(self.max_image_pixels, Image.MAX_IMAGE_PIXELS or self.max_image_pixels)
+        if size is None or size[0] * size[1] > limit:
+            return None, None
+        to_image = plan.steps[0]
+        box = draw_crop_box(size, crop=crop, channels=CHANNELS.get(to_image.mode, 3))
+        pixels = self._region_resized_crop(raw.image_bytes, crop=crop, mode=to_image.mode, box=box)
+        return box, None if pixels is None else apply_steps(plan.after(1), pixels)
+
     def _transform_image(self, image: Image.Image, transform: Callable, *, plan: Optional[StepPlan],
-                         data: bytes) -> Any:
+                         data: bytes, box: Optional[Box] = None) -> Any:
         """``transform`` of the opened, not yet decoded ``image`` (``data``'s bytes; ``plan``:
         :func:`plan_steps` of ``transform``), decoded here in full: JPEGs by simplejpeg where it
-        gives PIL's pixels (:mod:`cvdist.data.jpeg_decode`), the rest by PIL. A JPEG whose
-        transform starts with a random-resized crop has its box drawn first and only that region
-        decoded (:mod:`cvdist.data.jpeg_region`), the same pixels."""
+        gives PIL's pixels (:mod:`cvdist.data.jpeg_decode`), the rest by PIL. ``box``: the leading
+        random-resized crop's box, already drawn (:meth:`_crop_before_opening`)."""
         if plan is None:
             image.load()
             return transform(image)
         crop = leading_random_crop(plan.steps)
         if crop is not None and image.format == "JPEG":
             to_image = plan.steps[0]
-            box = draw_crop_box(image, crop=crop, channels=CHANNELS.get(to_image.mode, 3))
+            if box is None:
+                box = draw_crop_box(image.size, crop=crop, channels=CHANNELS.get(to_image.mode, 3))
             pixels = self._resized_crop_jpeg(image, data=data, crop=crop, to_image=to_image, box=box)
             return apply_steps(plan.after(1), pixels)
         pixels = decode_jpeg_pixels(data, image=image, mode=plan.steps[0].mode)
@@ -213,12 +235,18 @@ class Decoder:
             pixels = plan.steps[0](image)
         return apply_steps(plan.after(0), pixels)
 
-    def _resized_crop_jpeg(self, image: Image.Image, *, data: bytes, crop: Any, to_image: Callable,
-                           box: tuple[int, int, int, int]) -> torch.Tensor:
-        """``crop`` with its drawn ``box`` applied to ``to_image(image)`` for a JPEG ``image``; the
-        hook where :class:`~cvdist.data.jpeg_draft.JpegDraftDecoder` decodes at reduced scale."""
-        return full_scale_resized_crop(image, data=data, crop=crop, to_image=to_image, box=box)
+    def _region_resized_crop(self, data: bytes, *, crop: Any, mode: str, box: Box) -> Optional[torch.Tensor]:
+        """The leading crop of ``data``'s JPEG decoding only ``box`` (None: not possible without
+        PIL); the hook where :class:`~cvdist.data.jpeg_draft.JpegDraftDecoder` declines crops it
+        decodes at reduced scale."""
+        return region_resized_crop(data, crop=crop, mode=mode, box=box)
 
+    def _resized_crop_jpeg(self, image: Image.Image, *, data: bytes, crop: Any, to_image: Callable,
+                           box: Box) -> torch.Tensor:
+        """``crop`` with its drawn ``box`` applied to ``to_image(image)`` for a JPEG ``image``
+        opened by PIL; the hook where :class:`~cvdist.data.jpeg_draft.JpegDraftDecoder` decodes
+        at reduced scale."""
+        return whole_image_resized_crop(image, data=data, crop=crop, to_image=to_image, box=box)
 
 def pil_to_image_steps(transform: Any) -> Optional[list[Callable]]:
     """The steps of a v2 ``Compose`` that starts with :class:`~cvdist.data.transforms.PILToImage`

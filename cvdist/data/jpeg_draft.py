@@ -85,7 +85,7 @@ def draw_draft_crop(image: Image.Image, *, crop: v2.RandomResizedCrop, channels:
     """Draw ``crop``'s box from the full size of the opened, not yet decoded JPEG ``image`` (the
     same torch RNG draws as ``crop`` on the decoded ``channels x H x W`` image), and set ``image``'s
     draft to the largest reduction that keeps the crop at least ``crop.size``."""
-    box = draw_crop_box(image, crop=crop, channels=channels)
+    box = draw_crop_box(image.size, crop=crop, channels=channels)
     return DraftCrop(box=box, scale=set_draft(image, box=box, crop=crop))
 
 
@@ -119,6 +119,13 @@ class JpegDraftDecoder(Decoder):
     """:class:`~cvdist.data.decode.Decoder` that decodes JPEG members at reduced scale before the
     transform's leading random-resized crop where the crop allows (see the module docstring); the
     rest exactly as ``Decoder`` does (only the crop's region decoded at full scale). Picklable."""
+
+    def _region_resized_crop(self, data: bytes, *, crop: v2.RandomResizedCrop, mode: str,
+                             box: Box) -> Optional[torch.Tensor]:
+        if draftable(crop) is not None and draft_scale(crop_height=box[2], crop_width=box[3], target_height=crop.size[0],
+                                                       target_width=crop.size[1]) > 1:
+            return None  # decoded at reduced scale, through PIL's draft (_resized_crop_jpeg)
+        return super()._region_resized_crop(data, crop=crop, mode=mode, box=box)
 
     def _resized_crop_jpeg(self, image: Image.Image, *, data: bytes, crop: v2.RandomResizedCrop,
                            to_image: PILToImage, box: Box) -> torch.Tensor:

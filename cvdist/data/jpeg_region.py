@@ -46,14 +46,25 @@ def region_decoder_available() -> bool:
     return _jpeg_region is not None
 
 
-def decode_jpeg_crop(data: bytes, *, image: Image.Image, mode: str,
-                     box: Box) -> Optional[torch.Tensor]:
+def jpeg_size(data: bytes) -> Optional[tuple[int, int]]:
+    """``(width, height)`` from the header of ``data``'s JPEG, read by libjpeg (nothing decoded:
+    ~10x cheaper than opening it with PIL); None without the extension, or where libjpeg refuses
+    or warns about the header (then PIL opens the file, and decides)."""
+    if _jpeg_region is None:
+        return None
+    try:
+        return _jpeg_region.read_size(data)
+    except ValueError:
+        return None
+
+
+def decode_jpeg_crop(data: bytes, *, mode: str, box: Box) -> Optional[torch.Tensor]:
     """The uint8 ``C x height x width`` crop ``box = (top, left, height, width)`` of the image
-    ``PILToImage`` makes of ``image`` (``data``'s JPEG, opened by PIL, not decoded) in ``mode``:
-    bit for bit the slice of the whole decode, decoding only what the crop needs. None where the
-    caller must decode the whole file instead (see the module docstring)."""
-    if (_jpeg_region is None or image.format != "JPEG" or image.mode != mode or mode not in COLOURSPACES
-            or not data.endswith(END_OF_IMAGE)):
+    ``PILToImage`` makes in ``mode`` of ``data``'s JPEG: bit for bit the slice of the whole decode,
+    decoding only what the crop needs. None where the caller must decode the whole file instead
+    (see the module docstring). The extension itself refuses what PIL would convert: a grey file
+    for an RGB ``mode`` or the reverse, CMYK, YCCK (PIL's mode of a JPEG is its channel count's)."""
+    if _jpeg_region is None or mode not in COLOURSPACES or not data.endswith(END_OF_IMAGE):
         return None
     top, left, height, width = box
     try:
@@ -62,6 +73,7 @@ def decode_jpeg_crop(data: bytes, *, image: Image.Image, mode: str,
         return None
     # Packed rows, channels last (the layout the whole decode's tensor has), viewed as C x H x W.
     return torch.frombuffer(rows, dtype=torch.uint8).view(height, width, CHANNELS[mode]).permute(2, 0, 1)
+
 
 def leading_random_crop(steps: Optional[Sequence[Any]]) -> Optional[v2.RandomResizedCrop]:
     """``steps[1]`` of a ``PILToImage``-led Compose's steps when it is a ``RandomResizedCrop`` and
@@ -72,32 +84,41 @@ def leading_random_crop(steps: Optional[Sequence[Any]]) -> Optional[v2.RandomRes
     return steps[1] if type(steps[-1]) is v2.ToPureTensor else None
 
 
-def draw_crop_box(image: Image.Image, *, crop: v2.RandomResizedCrop, channels: int) -> Box:
-    """``crop``'s box for the opened, not yet decoded ``image``: the same torch RNG draws as
-    ``crop`` makes on the decoded ``channels x H x W`` image, so seeds and exact resume hold."""
-    width, height = image.size
+def draw_crop_box(size: tuple[int, int], *, crop: v2.RandomResizedCrop, channels: int) -> Box:
+    """``crop``'s box for an image of ``size = (width, height)``, not decoded yet: the same torch
+    RNG draws as ``crop`` makes on the decoded ``channels x H x W`` image, so seeds and exact
+    resume hold."""
+    width, height = size
     # A zero-stride stand-in: make_params reads only the size, and no pixel is decoded yet.
     stand_in = torch.zeros(1, 1, 1, dtype=torch.uint8).expand(channels, height, width)
     params = crop.make_params([stand_in])
     return params["top"], params["left"], params["height"], params["width"]
 
 
-def full_scale_resized_crop(image: Image.Image, *, data: bytes, crop: v2.RandomResizedCrop, to_image: Any,
-                            box: Box) -> torch.Tensor:
-    """``crop`` applied with the drawn ``box`` to ``to_image(image)`` (``to_image``: the
-    ``PILToImage`` step), bit for bit: only the box decoded where :func:`decode_jpeg_crop` can,
-    else the whole image (simplejpeg, or PIL)."""
-    top, left, height, width = box
-    pixels = decode_jpeg_crop(data, image=image, mode=to_image.mode, box=box)
-    if pixels is not None:
-        top, left = 0, 0  # the decoded pixels are the box
-    else:
-        pixels = decode_jpeg_pixels(data, image=image, mode=to_image.mode)
-        if pixels is None:
-            image.load()
-            pixels = to_image(image)
-        pixels = pixels.as_subclass(torch.Tensor)
+def region_resized_crop(data: bytes, *, crop: v2.RandomResizedCrop, mode: str, box: Box) -> Optional[torch.Tensor]:
+    """``crop`` with its drawn ``box`` applied to ``data``'s JPEG as ``PILToImage`` in ``mode``
+    makes it, decoding only the box (:func:`decode_jpeg_crop`); None where that does not apply."""
+    pixels = decode_jpeg_crop(data, mode=mode, box=box)
+    if pixels is None:
+        return None
+    return _resize(pixels, crop=crop, box=(0, 0, box[2], box[3]))  # the decoded pixels are the box
+
+
+def whole_image_resized_crop(image: Image.Image, *, data: bytes, crop: v2.RandomResizedCrop, to_image: Any,
+                             box: Box) -> torch.Tensor:
+    """``crop`` with its drawn ``box`` applied to ``to_image(image)`` (``to_image``: the
+    ``PILToImage`` step; ``image``: ``data``'s JPEG opened by PIL), the whole image decoded by
+    simplejpeg where it gives PIL's pixels, else by PIL."""
+    pixels = decode_jpeg_pixels(data, image=image, mode=to_image.mode)
+    if pixels is None:
+        image.load()
+        pixels = to_image(image)
+    return _resize(pixels.as_subclass(torch.Tensor), crop=crop, box=box)
+
+
+def _resize(pixels: torch.Tensor, *, crop: v2.RandomResizedCrop, box: Box) -> torch.Tensor:
     # The kernel RandomResizedCrop.transform dispatches to, on the plain tensor (as the lean
     # steps run it, cvdist.data.lean_steps): the full path's pixels exactly.
+    top, left, height, width = box
     return v2.functional.resized_crop_image(pixels, top=top, left=left, height=height, width=width,
                                             size=crop.size, interpolation=crop.interpolation, antialias=crop.antialias)
