@@ -42,19 +42,24 @@ def test_the_extension_is_built():
 
 @st.composite
 def jpeg_and_box(draw):
-    """A photo-like JPEG of any size, chroma subsampling, quality, scan mode and restart interval,
-    and a crop box inside it."""
+    """A photo-like JPEG of any size, chroma subsampling (4:4:4, 4:2:2, 4:2:0, 4:4:0, 4:1:1),
+    quality, scan mode and restart interval, and a crop box inside it."""
     width, height = draw(st.integers(1, 260)), draw(st.integers(1, 260))
     mode = draw(st.sampled_from(["RGB", "L"]))
     image = photo_like(np.random.default_rng(draw(st.integers(0, 2**16))), width=width, height=height, mode=mode)
-    options = dict(quality=draw(st.integers(20, 100)), subsampling=draw(st.sampled_from([0, 1, 2])),
-                   progressive=draw(st.booleans()))
-    restart = draw(st.sampled_from([0, 0, 1, 3]))
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", restart_marker_blocks=restart, **options)
+    quality = draw(st.integers(20, 100))
+    subsampling = draw(st.sampled_from([0, 1, 2, "440", "411"]))
+    if isinstance(subsampling, str) and mode == "RGB":  # 4:4:0 and 4:1:1, which PIL does not write
+        data = simplejpeg.encode_jpeg(np.asarray(image), quality=quality, colorsubsampling=subsampling)
+    else:
+        buffer = io.BytesIO()
+        pil_subsampling = subsampling if isinstance(subsampling, int) else 2
+        image.save(buffer, format="JPEG", quality=quality, subsampling=pil_subsampling,
+                   progressive=draw(st.booleans()), restart_marker_blocks=draw(st.sampled_from([0, 0, 1, 3])))
+        data = buffer.getvalue()
     top, left = draw(st.integers(0, height - 1)), draw(st.integers(0, width - 1))
     box = (top, left, draw(st.integers(1, height - top)), draw(st.integers(1, width - left)))
-    return buffer.getvalue(), mode, box
+    return data, mode, box
 
 
 @settings(max_examples=150, deadline=None)

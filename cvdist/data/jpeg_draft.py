@@ -122,8 +122,10 @@ class JpegDraftDecoder(Decoder):
 
     def _region_resized_crop(self, data: bytes, *, crop: v2.RandomResizedCrop, mode: str,
                              box: Box) -> Optional[torch.Tensor]:
-        if draftable(crop) is not None and draft_scale(crop_height=box[2], crop_width=box[3], target_height=crop.size[0],
-                                                       target_width=crop.size[1]) > 1:
+        target_height, target_width = crop.size
+        wanted = draft_scale(crop_height=box[2], crop_width=box[3], target_height=target_height,
+                             target_width=target_width)
+        if draftable(crop) is not None and wanted > 1:
             return None  # decoded at reduced scale, through PIL's draft (_resized_crop_jpeg)
         return super()._region_resized_crop(data, crop=crop, mode=mode, box=box)
 
