@@ -86,4 +86,4 @@ def test_plans_are_built_once_per_decoder_and_survive_pickling():
     decoder = pickle.loads(pickle.dumps(Decoder(transform, num_classes=1)))
     plan = plan_steps(decoder.transform)
     assert decoder._plan is not None and len(decoder._plan.steps) == len(plan.steps)
-    assert len(decoder._plan.after(0)) == len(plan.steps)  # the unwrap step + every step after PILToImage
+    assert len(decoder._plan.after_to_image) == len(plan.steps)  # the unwrap step + every step after PILToImage

@@ -31,7 +31,7 @@ class BatchRing:
     the main process before the workers start (they inherit it); slot numbers are global."""
 
     def __init__(self, *, num_workers: int, slots_per_worker: int):
-        self.num_workers, self.slots_per_worker = num_workers, slots_per_worker
+        self.slots_per_worker = slots_per_worker
         self._in_use = multiprocessing.get_context().Array("b", num_workers * slots_per_worker)  # (zeroed: free)
         self._buffers: dict[int, torch.Tensor] = {}
         """Worker side: this worker's buffer of each of its slots."""

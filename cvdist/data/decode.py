@@ -211,7 +211,7 @@ class Decoder:
         to_image = plan.steps[0]
         box = draw_crop_box(size, crop=crop, channels=CHANNELS.get(to_image.mode, 3))
         pixels = self._region_resized_crop(raw.image_bytes, crop=crop, mode=to_image.mode, box=box)
-        return box, None if pixels is None else apply_steps(plan.after(1), pixels)
+        return box, None if pixels is None else apply_steps(plan.after_second, pixels)
 
     def _transform_image(self, image: Image.Image, transform: Callable, *, plan: Optional[StepPlan],
                          data: bytes, box: Optional[Box] = None) -> Any:
@@ -228,12 +228,12 @@ class Decoder:
             if box is None:
                 box = draw_crop_box(image.size, crop=crop, channels=CHANNELS.get(to_image.mode, 3))
             pixels = self._resized_crop_jpeg(image, data=data, crop=crop, to_image=to_image, box=box)
-            return apply_steps(plan.after(1), pixels)
+            return apply_steps(plan.after_second, pixels)
         pixels = decode_jpeg_pixels(data, image=image, mode=plan.steps[0].mode)
         if pixels is None:
             image.load()
             pixels = plan.steps[0](image)
-        return apply_steps(plan.after(0), pixels)
+        return apply_steps(plan.after_to_image, pixels)
 
     def _region_resized_crop(self, data: bytes, *, crop: Any, mode: str, box: Box) -> Optional[torch.Tensor]:
         """The leading crop of ``data``'s JPEG decoding only ``box`` (None: not possible without
@@ -247,6 +247,7 @@ class Decoder:
         opened by PIL; the hook where :class:`~cvdist.data.jpeg_draft.JpegDraftDecoder` decodes
         at reduced scale."""
         return whole_image_resized_crop(image, data=data, crop=crop, to_image=to_image, box=box)
+
 
 def pil_to_image_steps(transform: Any) -> Optional[list[Callable]]:
     """The steps of a v2 ``Compose`` that starts with :class:`~cvdist.data.transforms.PILToImage`
@@ -263,16 +264,15 @@ def pil_to_image_steps(transform: Any) -> Optional[list[Callable]]:
 
 @dataclass(frozen=True)
 class StepPlan:
-    """A ``PILToImage``-led Compose taken apart once per decoder: its steps, and what follows
-    the first two of them with v2's per-call machinery left out where that gives the same
+    """A ``PILToImage``-led Compose taken apart once per decoder: its steps, and what follows the
+    first one or two of them with v2's per-call machinery left out where that gives the same
     outputs (:mod:`cvdist.data.lean_steps`)."""
 
     steps: list[Callable]
-    tails: tuple[list[Callable], ...]
-
-    def after(self, index: int) -> list[Callable]:
-        """The steps after ``steps[index]`` (``index`` 0 or 1), lean where possible."""
-        return self.tails[index]
+    after_to_image: list[Callable]
+    """The steps after ``steps[0]`` (``PILToImage``), lean where possible."""
+    after_second: list[Callable]
+    """The steps after ``steps[1]`` (a leading crop the decoder applied itself), lean where possible."""
 
 
 def plan_steps(transform: Any) -> Optional[StepPlan]:
@@ -280,8 +280,8 @@ def plan_steps(transform: Any) -> Optional[StepPlan]:
     steps = pil_to_image_steps(transform)
     if steps is None:
         return None
-    tails = tuple(lean_steps(steps[index + 1:]) or steps[index + 1:] for index in range(min(2, len(steps))))
-    return StepPlan(steps=steps, tails=tails)
+    return StepPlan(steps=steps, after_to_image=lean_steps(steps[1:]) or steps[1:],
+                    after_second=lean_steps(steps[2:]) or steps[2:])
 
 
 def apply_steps(steps: Sequence[Callable], pixels: Any) -> Any:

@@ -400,10 +400,11 @@ class ShardStream:
                    if self.sampling != "instance" else None for s in self.sources]
         workers = self._logical_workers
         normaliser = getattr(self.dataset.decoder, "normaliser", None)
+        normalise_here = normaliser is not None and self._normalise_here
         self.dataset.setup = _EpochSetup(epoch=epoch, plans=plans, batches_per_slot=batches_per_slot, skip=skip,
                                          already_yielded=consumed_per_worker(start_batch, workers),
                                          rotation=start_batch % workers, factors=factors,
-                                         use_ring=normaliser is not None and self._normalise_here)
+                                         use_ring=normalise_here)
         if self._elastic is not None and self._elastic.epoch == epoch:
             self._set_up_elastic(self.dataset.setup, start_batch)
         loader = self._loader_for(self.dataset.setup)
@@ -414,7 +415,7 @@ class ShardStream:
             corrupt_by_worker[progress.worker] = progress.corrupt
             self._note_corrupt(progress.new_errors, corrupt_before + sum(corrupt_by_worker))
             self.total_retries += progress.new_retries
-            if normaliser is not None and self._normalise_here:
+            if normalise_here:
                 received = batch["image"]
                 batch["image"] = normaliser(received)
                 if progress.ring_slot is not None:  # read for the last time: the worker may refill it
