@@ -12,7 +12,7 @@ import simplejpeg
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, ImageFile
 from torchvision.transforms import v2
 
 import cvdist.data.jpeg_decode as jpeg_decode
@@ -32,9 +32,17 @@ def photo_like(rng: np.random.Generator, *, width: int, height: int, mode: str) 
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).convert(mode)
 
 
-def encode(image: Image.Image, *, quality: int = 90, subsampling: int = 2, progressive: bool = False) -> bytes:
+def encode(image: Image.Image, *, quality: int = 90, subsampling: int = 2, progressive: bool = False,
+           **options) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality, subsampling=subsampling, progressive=progressive)
+    # Pillow writes a progressive JPEG through a buffer of 1-2 bytes per pixel, which a noisy 4:4:4
+    # image at high quality outgrows ("Suspension not allowed here"); MAXBLOCK is that buffer's floor.
+    floor, ImageFile.MAXBLOCK = ImageFile.MAXBLOCK, max(ImageFile.MAXBLOCK, 4 * image.width * image.height + 4096)
+    try:
+        image.save(buffer, format="JPEG", quality=quality, subsampling=subsampling, progressive=progressive,
+                   **options)
+    finally:
+        ImageFile.MAXBLOCK = floor
     return buffer.getvalue()
 
 

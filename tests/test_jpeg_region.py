@@ -52,11 +52,8 @@ def jpeg_and_box(draw):
     if isinstance(subsampling, str) and mode == "RGB":  # 4:4:0 and 4:1:1, which PIL does not write
         data = simplejpeg.encode_jpeg(np.asarray(image), quality=quality, colorsubsampling=subsampling)
     else:
-        buffer = io.BytesIO()
-        pil_subsampling = subsampling if isinstance(subsampling, int) else 2
-        image.save(buffer, format="JPEG", quality=quality, subsampling=pil_subsampling,
-                   progressive=draw(st.booleans()), restart_marker_blocks=draw(st.sampled_from([0, 0, 1, 3])))
-        data = buffer.getvalue()
+        data = encode(image, quality=quality, subsampling=subsampling if isinstance(subsampling, int) else 2,
+                      progressive=draw(st.booleans()), restart_marker_blocks=draw(st.sampled_from([0, 0, 1, 3])))
     top, left = draw(st.integers(0, height - 1)), draw(st.integers(0, width - 1))
     box = (top, left, draw(st.integers(1, height - top)), draw(st.integers(1, width - left)))
     return data, mode, box
