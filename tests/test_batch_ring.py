@@ -4,12 +4,16 @@ no buffer is written while the main process may still read it."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cvdist.data.batch_ring import BatchRing
-from tests.helpers.shards import UNEVEN
+from cvdist.data.fast_decode import build_decoder
+from cvdist.data.stream import ShardSet
+from tests.helpers.shards import UNEVEN, write_tar
+from tests.test_jpeg_decode import encode, photo_like
 from tests.test_stream import make_stream, plain_decoder, write_uneven_shards
 
 
@@ -53,6 +57,50 @@ def test_reused_buffers_give_the_fresh_segments_batches_across_epochs(tmp_path, 
     assert any(slot < per_worker for slot in ring._held) and any(slot >= per_worker for slot in ring._held)
     assert ring.fresh_batches <= len(got) // 4
     assert fresh_stream.dataset.ring.fresh_batches >= len(expected)
+
+
+def _colour_jpeg_shards(directory, sizes: list[int]) -> ShardSet:
+    """Shards of photo-like colour JPEGs of varied sizes (decoded channels last, as every photo is)."""
+    rng = np.random.default_rng(0)
+    urls, counts, index = [], [0, 0], 0
+    for shard, size in enumerate(sizes):
+        samples = []
+        for _ in range(size):
+            image = photo_like(rng, width=int(rng.integers(40, 90)), height=int(rng.integers(40, 90)), mode="RGB")
+            samples.append((f"c{index:05d}", {"jpg": encode(image), "cls": str(index % 2).encode()}))
+            counts[index % 2] += 1
+            index += 1
+        urls.append(str(write_tar(directory / f"train-{shard:06d}.tar", samples)))
+    return ShardSet(urls=urls, shard_sizes=list(sizes), class_counts=counts)
+
+
+def test_colour_photos_travel_channels_last_and_arrive_as_the_fresh_segments_batches(tmp_path, monkeypatch):
+    """Colour photos are stacked channels last in the ring (a plain copy per image); the main
+    process's normalisation gives the same contiguous float batches as fresh segments."""
+    source = _colour_jpeg_shards(tmp_path, [13, 11, 9, 12])
+    decoder = build_decoder(preset="standard", image_size=24, mean=[0.4, 0.5, 0.6], std=[0.2, 0.25, 0.3],
+                            grey=False, train=True, num_classes=2)
+    options = dict(num_workers=2, shuffle_buffer=8, decoder=decoder)
+    ring_stream = make_stream(source, **options)
+    got = _schedule(ring_stream)
+    with monkeypatch.context() as patch:
+        _no_free_slots(patch)
+        expected = _schedule(make_stream(source, **options))
+    assert len(got) == len(expected) > 20
+    assert all(torch.equal(a["image"], b["image"]) and a["image"].is_contiguous() for a, b in zip(got, expected))
+    received = list(ring_stream.dataset.ring._held.values())
+    assert received and all(batch.shape[1] == 3 and batch.stride(1) == 1 for batch in received)  # B x H x W x C
+
+
+def test_stacking_channels_last_images_keeps_their_values():
+    ring = BatchRing(num_workers=1, slots_per_worker=1)
+    images = [torch.randint(0, 256, (5, 7, 3), dtype=torch.uint8).permute(2, 0, 1) for _ in range(4)]
+    batch, slot = ring.stack(images, worker_id=0)
+    assert slot == 0 and torch.equal(batch, torch.stack(images)) and batch.permute(0, 2, 3, 1).is_contiguous()
+    contiguous = [image.contiguous() for image in images]  # (e.g. a decoder's contiguous output: kept as it is)
+    ring.release(0, batch=batch, result=batch.clone())
+    batch, _ = ring.stack(contiguous, worker_id=0)
+    assert torch.equal(batch, torch.stack(images)) and batch.is_contiguous()
 
 
 def test_uint8_batches_the_caller_keeps_are_never_written_again(tmp_path, monkeypatch):

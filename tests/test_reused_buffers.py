@@ -73,6 +73,11 @@ def test_other_shapes_dtypes_and_strides_get_their_own_buffers():
     for like, dtype in [(LIKE[:1], torch.float32), (LIKE, torch.float64), (channels_last, torch.float32)]:
         got = buffers.empty_like(like, dtype=dtype)
         assert got.shape == like.shape and got.stride() == like.stride() and got.dtype == dtype
+    first = buffers.empty_like(channels_last, dtype=torch.float32, contiguous=True)
+    assert first.is_contiguous() and first.shape == LIKE.shape
+    first_pointer = first.data_ptr()
+    del first
+    assert buffers.empty_like(channels_last, dtype=torch.float32, contiguous=True).data_ptr() == first_pointer
 
 
 def test_pickling_leaves_the_buffers_behind():
@@ -99,6 +104,7 @@ def test_batch_normalisation_equals_the_per_image_transform(batch, channels, hei
         for image, normalised in zip(images, got):
             expected = F.normalize(F.to_dtype(image, torch.float32, scale=True), means[:channels], stds[:channels])
             assert torch.equal(normalised, expected)
+        assert got.is_contiguous()  # whatever the batch's layout: the model gets one layout
 
 
 def test_a_zero_std_is_refused_when_the_normaliser_is_built():

@@ -126,7 +126,9 @@ class BatchNormalise:
         1/255, subtract the mean, divide by the std), a cache-sized chunk of images at a time (it
         stays in the cache across the four steps) into an output buffer the previous steps have
         finished with (:mod:`cvdist.data.reused_buffers`: no page faults for a fresh 19 MB batch)."""
-        normalised = self._outputs.empty_like(images, dtype=torch.float32)
+        # Contiguous whatever the batch's layout (a worker's channels-last batch, cvdist.data.batch_ring):
+        # the model gets the same float batch from every path.
+        normalised = self._outputs.empty_like(images, dtype=torch.float32, contiguous=True)
         # Chunks of ~1 MB of float32: one 224 px photo, or a whole batch of small images (where a
         # loop per image would cost more in calls than the cache saves).
         step = max(1, CACHE_CHUNK_FLOATS // max(images[0].numel(), 1))

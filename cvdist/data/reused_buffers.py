@@ -39,14 +39,16 @@ class ReusedBuffers:
         self.keep = keep
         self._buffers: list[tuple[torch.Tensor, int]] = []  # (buffer, references when only held here)
 
-    def empty_like(self, like: torch.Tensor, *, dtype: torch.dtype) -> torch.Tensor:
-        """An uninitialised tensor with ``like``'s shape and strides, of ``dtype`` (what
-        ``torch.empty_like(like, dtype=dtype)`` gives): a reused free buffer where there is one."""
+    def empty_like(self, like: torch.Tensor, *, dtype: torch.dtype, contiguous: bool = False) -> torch.Tensor:
+        """An uninitialised tensor with ``like``'s shape and strides (``contiguous=True``: row-major
+        strides), of ``dtype`` (what ``torch.empty_like(like, dtype=dtype)``, or ``torch.empty(
+        like.shape, dtype=dtype)``, gives): a reused free buffer where there is one."""
+        strides = _row_major_strides(like.shape) if contiguous else like.stride()
         for buffer, alone in self._buffers:
-            if (buffer.dtype == dtype and buffer.shape == like.shape and buffer.stride() == like.stride()
+            if (buffer.dtype == dtype and buffer.shape == like.shape and buffer.stride() == strides
                     and alone >= 0 and storage_references(buffer) == alone):
                 return buffer.detach()
-        buffer = torch.empty_like(like, dtype=dtype)
+        buffer = torch.empty(like.shape, dtype=dtype) if contiguous else torch.empty_like(like, dtype=dtype)
         if self.keep > 0:
             self._buffers = [*self._buffers[len(self._buffers) + 1 - self.keep:], (buffer, storage_references(buffer))]
         # A second tensor object on the same storage: while the caller holds it (or any view of
@@ -56,3 +58,12 @@ class ReusedBuffers:
     def __getstate__(self) -> dict:
         # Sent to DataLoader workers inside the decoder: the buffers stay in this process.
         return {"keep": self.keep, "_buffers": []}
+
+
+def _row_major_strides(shape: torch.Size) -> tuple[int, ...]:
+    """The strides of a contiguous tensor of ``shape``."""
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
