@@ -1,7 +1,7 @@
 """Benchmark: images/s of cvdist's streaming pipeline against stock loaders and a bare decode loop.
 Not a test: it prints numbers and ratios.
 
-    .venv/bin/python bench/data_throughput.py            # full run, a few minutes on 2 CPU cores
+    .venv/bin/python bench/data_throughput.py            # full run, ~25 minutes on 2 CPU cores
     .venv/bin/python bench/data_throughput.py --quick    # smoke run, under a minute on 2 idle cores
 
 Two data sets, both real images:
@@ -18,9 +18,11 @@ Rows, run alternately (a, b, c, ..., a, b, ...) in one process for each worker c
 median over rounds is reported. Every row times DataLoader creation (worker start-up included)
 plus one full pass; every row uses the same transform object and reads the same image bytes.
 
-a. cvdist: ``ShardStream`` + ``Decoder`` (shuffle buffer 1000, per-sample seeding; JPEGs decoded
-   by simplejpeg into the same pixels as PIL's, cvdist/data/jpeg_decode.py). Its workers send uint8 batches and the main process converts and normalises them (timed here: the row
-   delivers the float normalised batches a training step receives).
+a. cvdist: ``ShardStream`` + ``Decoder`` (shuffle buffer 1000, per-sample seeding; a JPEG under a
+   leading random-resized crop has only the crop's region decoded, cvdist/data/jpeg_region.py,
+   others whole by simplejpeg into the same pixels as PIL's, cvdist/data/jpeg_decode.py). Its
+   workers send uint8 batches and the main process converts and normalises them (timed here: the
+   row delivers the float normalised batches a training step receives).
 b. stock webdataset: ``WebDataset(urls).shuffle(1000).decode("pill"/"pil").to_tuple(...)
    .map_tuple(transform, int).batched(B)`` in a ``DataLoader`` with the same worker count
    (``pill`` keeps grey images grey: plain ``pil`` converts them to RGB).
@@ -452,7 +454,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="few images, one round (< 1 minute)")
     parser.add_argument("--small-images", type=int, default=10_000, help="Fashion-MNIST images (max 60000)")
-    parser.add_argument("--photo-images", type=int, default=1_000, help="400x500 JPEGs")
+    # 3,000: a pass of ~2-3 s, where per-pass costs (worker start, a shuffle buffer of 1,000
+    # filled before the first batch, the last batches' imbalance between workers) stop dominating
+    # a per-image measure, as in real epochs of 10^4-10^6 photos; --photo-images 1000 shows them.
+    parser.add_argument("--photo-images", type=int, default=3_000, help="400x500 JPEGs")
     parser.add_argument("--large-images", type=int, default=300, help="1000x1250 JPEGs (1.25 megapixels)")
     parser.add_argument("--rounds", type=int, default=3, help="alternated rounds; the median is reported")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="DataLoader worker counts")
