@@ -65,12 +65,17 @@ def draft_scale(*, crop_height: int, crop_width: int, target_height: int, target
     return 1
 
 
+def wanted_scale(box: Box, *, crop: v2.RandomResizedCrop) -> int:
+    """:func:`draft_scale` for the crop ``box`` and ``crop``'s target size."""
+    target_height, target_width = crop.size
+    return draft_scale(crop_height=box[2], crop_width=box[3], target_height=target_height, target_width=target_width)
+
+
 def set_draft(image: Image.Image, *, box: Box, crop: v2.RandomResizedCrop) -> int:
     """Set the opened, not yet decoded JPEG ``image``'s draft to the largest reduction that keeps
-    the crop ``box`` at least ``crop.size`` (:func:`draft_scale`); the reduction PIL chose (1: none)."""
+    the crop ``box`` at least ``crop.size`` (:func:`wanted_scale`); the reduction PIL chose (1: none)."""
     width, height = image.size
-    target_height, target_width = crop.size
-    wanted = draft_scale(crop_height=box[2], crop_width=box[3], target_height=target_height, target_width=target_width)
+    wanted = wanted_scale(box, crop=crop)
     if wanted == 1:
         return 1
     # PIL picks the largest of 8/4/2/1 not above min(W // w, H // h); this request makes it pick
@@ -122,10 +127,7 @@ class JpegDraftDecoder(Decoder):
 
     def _region_resized_crop(self, data: bytes, *, crop: v2.RandomResizedCrop, mode: str,
                              box: Box) -> Optional[torch.Tensor]:
-        target_height, target_width = crop.size
-        wanted = draft_scale(crop_height=box[2], crop_width=box[3], target_height=target_height,
-                             target_width=target_width)
-        if draftable(crop) is not None and wanted > 1:
+        if draftable(crop) is not None and wanted_scale(box, crop=crop) > 1:
             return None  # decoded at reduced scale, through PIL's draft (_resized_crop_jpeg)
         return super()._region_resized_crop(data, crop=crop, mode=mode, box=box)
 
