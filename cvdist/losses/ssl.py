@@ -63,13 +63,32 @@ def simsiam_loss(p_a: torch.Tensor, p_b: torch.Tensor, z_a: torch.Tensor, z_b: t
     return -(one(p_a, z_b) + one(p_b, z_a)) / 2
 
 
+class _AllReduceWithGrad(torch.autograd.Function):
+    """Sum over ranks whose backward sums the gradients over ranks.
+
+    Ours rather than ``torch.distributed.nn.functional.all_reduce``: that function's default
+    ``group=group.WORLD`` is evaluated when its module is first imported, so importing it after
+    ``init_process_group`` pins the gloo group for the life of the process; its worker threads then
+    outlive ``destroy_process_group`` and abort the interpreter's exit now and then ("terminate
+    called without an active exception", SIGABRT after all work is done)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _AllReduceWithGrad.apply(grad)
+
+
 def all_reduce_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """The sum of every rank's ``tensor``; the backward sums the ranks' gradients the same way.
     ``tensor`` itself without a process group."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return tensor
-    import torch.distributed.nn.functional as dist_fn  # autograd-aware collectives
-    return dist_fn.all_reduce(tensor)
+    return _AllReduceWithGrad.apply(tensor)
 
 
 def _all_reduce_no_grad(tensor: torch.Tensor) -> torch.Tensor:
