@@ -15,10 +15,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 venv: $(STAMP)
 
-# libjpeg's headers: cvdist's one C extension (cvdist/data/_jpeg_region.c, setup.py) builds against them.
+# libjpeg's headers: cvdist's JPEG region decoder (cvdist/data/_jpeg_region.c, setup.py) builds against them;
+# the other C extension (cvdist/data/_normalise.c) needs only the compiler.
 JPEG_HEADER := /usr/include/jpeglib.h
 
-$(STAMP): setup.cfg pyproject.toml setup.py cvdist/data/_jpeg_region.c | $(JPEG_HEADER)
+$(STAMP): setup.cfg pyproject.toml setup.py cvdist/data/_jpeg_region.c cvdist/data/_normalise.c | $(JPEG_HEADER)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
