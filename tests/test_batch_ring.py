@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cvdist.data.batch_collate import BatchStacking
 from cvdist.data.batch_ring import BatchRing
 from cvdist.data.fast_decode import build_decoder
 from cvdist.data.stream import ShardSet
@@ -156,3 +157,27 @@ def test_release_refuses_a_result_that_shares_the_batch_memory():
     batch, slot = ring.stack([torch.zeros(3, 2, 2)], worker_id=0)
     assert slot == 0 and not ring.release(slot, batch=batch, result=batch[:1])
     assert ring.stack([torch.ones(3, 2, 2)], worker_id=0)[1] is None  # (still taken)
+
+
+def test_without_workers_batches_are_stacked_channels_last_into_reused_buffers(tmp_path, monkeypatch):
+    """No workers: the main process stacks colour photos channels last into a few buffers it reuses
+    once each batch is normalised; the float batches are those of a fresh contiguous stack."""
+    source = _colour_jpeg_shards(tmp_path, [13, 11, 9, 12])
+    options = dict(preset="standard", image_size=24, mean=[0.4, 0.5, 0.6], std=[0.2, 0.25, 0.3], grey=False,
+                   train=True, num_classes=2)
+    stream = make_stream(source, num_workers=0, shuffle_buffer=8, decoder=build_decoder(**options))
+    normalise, received = stream.dataset.decoder.normaliser, []
+
+    def recording(images):
+        received.append((images.untyped_storage().data_ptr(), images.permute(0, 2, 3, 1).is_contiguous()))
+        return normalise(images)
+
+    monkeypatch.setattr(stream.dataset.decoder, "normaliser", recording)
+    got = _schedule(stream)
+    with monkeypatch.context() as patch:
+        patch.setattr(BatchStacking, "choose", staticmethod(lambda **_: BatchStacking()))  # default_collate
+        expected = _schedule(make_stream(source, num_workers=0, shuffle_buffer=8, decoder=build_decoder(**options)))
+    assert len(got) == len(expected) == len(received) > 20
+    assert all(torch.equal(a["image"], b["image"]) and a["image"].is_contiguous() for a, b in zip(got, expected))
+    assert all(channels_last for _, channels_last in received)
+    assert len({pointer for pointer, _ in received}) <= 3  # the same few buffers over every epoch

@@ -14,7 +14,7 @@ a new one allocated.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -43,12 +43,23 @@ class ReusedBuffers:
         """An uninitialised tensor with ``like``'s shape and strides (``contiguous=True``: row-major
         strides), of ``dtype`` (what ``torch.empty_like(like, dtype=dtype)``, or ``torch.empty(
         like.shape, dtype=dtype)``, gives): a reused free buffer where there is one."""
-        strides = _row_major_strides(like.shape) if contiguous else like.stride()
+        if contiguous:
+            return self.empty(like.shape, dtype=dtype)
+        return self._reused_or_new(like.shape, like.stride(), dtype, lambda: torch.empty_like(like, dtype=dtype))
+
+    def empty(self, shape: Sequence[int], *, dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised contiguous tensor of ``shape`` and ``dtype``: a reused free buffer where
+        there is one."""
+        shape = torch.Size(shape)
+        return self._reused_or_new(shape, _row_major_strides(shape), dtype, lambda: torch.empty(shape, dtype=dtype))
+
+    def _reused_or_new(self, shape: torch.Size, strides: tuple[int, ...], dtype: torch.dtype,
+                       allocate: Callable[[], torch.Tensor]) -> torch.Tensor:
         for buffer, alone in self._buffers:
-            if (buffer.dtype == dtype and buffer.shape == like.shape and buffer.stride() == strides
+            if (buffer.dtype == dtype and buffer.shape == shape and buffer.stride() == strides
                     and alone >= 0 and storage_references(buffer) == alone):
                 return buffer.detach()
-        buffer = torch.empty(like.shape, dtype=dtype) if contiguous else torch.empty_like(like, dtype=dtype)
+        buffer = allocate()
         if self.keep > 0:
             self._buffers = [*self._buffers[len(self._buffers) + 1 - self.keep:], (buffer, storage_references(buffer))]
         # A second tensor object on the same storage: while the caller holds it (or any view of

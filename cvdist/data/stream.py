@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from cvdist.data.batch_collate import BatchStacking, collate_samples
 from cvdist.data.batch_ring import BatchRing
 from cvdist.data.decode import Decoder
 from cvdist.data.setup_channel import SetupChannel
@@ -31,6 +32,7 @@ from cvdist.data.elastic import ElasticEpoch, check_states, elastic_slot_stream,
 from cvdist.data.remote_cache import (RemoteCache, RemoteShardError, default_remote_cache, is_cached_source,
                                       open_remote)
 from cvdist.data.resampling import repeat_factors
+from cvdist.data.reused_buffers import ReusedBuffers
 from cvdist.data.sharding import EpochPlan, SlotPlan, consumed_per_worker, plan_epoch
 from cvdist.data.tar_samples import DEFAULT_MAX_MEMBER_BYTES, iter_samples
 from cvdist.redact import redact_text
@@ -139,23 +141,6 @@ def _slot_samples(shard_set: ShardSet, slot: SlotPlan, errors: list[str], max_me
         yield PASS_END
 
 
-def collate_samples(items: list[tuple[Any, int, dict, str]], *, stacked: Any = None) -> dict[str, Any]:
-    """Decoded samples -> ``{"image", "label", "key", <extra labels>}`` (``stacked``: the images
-    already stacked, e.g. into a :class:`BatchRing` buffer)."""
-    images = [item[0] for item in items]
-    # default_collate stacks tensors like torch.stack, but inside a DataLoader worker it stacks
-    # straight into shared memory, where the batch must go anyway: sending a plain stacked tensor
-    # copies it into a new shared segment first (measured: 0.5 ms more worker time per 224 px image).
-    if stacked is None and isinstance(images[0], (tuple, list)):  # multi-view: one batch per view
-        stacked = [default_collate(list(view)) for view in zip(*images)]
-    elif stacked is None:
-        stacked = default_collate(images)
-    batch = {"image": stacked, "label": torch.tensor([item[1] for item in items]), "key": [item[3] for item in items]}
-    for key in items[0][2]:
-        batch[key] = torch.tensor([item[2][key] for item in items])
-    return batch
-
-
 @dataclass
 class _EpochSetup:
     epoch: int
@@ -193,6 +178,8 @@ class ShardDataset(IterableDataset):
         """Set when workers persist across epochs: each epoch's setup arrives through it."""
         self.ring: Optional[BatchRing] = None
         """The workers' reused batch buffers (set by ShardStream before they start)."""
+        self.local_buffers = ReusedBuffers()
+        """Without workers: the buffers batches are stacked into, reused once normalised and dropped."""
 
     def __iter__(self) -> Iterator[tuple[dict, SlotProgress]]:
         info = get_worker_info()
@@ -210,9 +197,9 @@ class ShardDataset(IterableDataset):
         # uint8 samples where the decoder can normalise per batch (ShardStream.iterate does it)
         decode = self.decoder.decode_pixels if getattr(self.decoder, "normaliser", None) else self.decoder
         collate = getattr(self.decoder, "collate", collate_samples)  # dense decoders batch lists of targets
-        ring = self.ring if info is not None and setup.use_ring and collate is collate_samples else None
-        if ring is not None:
-            ring.free_all(worker_id=info.id)
+        stacking = BatchStacking.choose(reusable=setup.use_ring and collate is collate_samples,
+                                        worker_id=info.id if info is not None else None, ring=self.ring,
+                                        local=self.local_buffers)
         consumed, reported, items = 0, 0, []
         retries_reported = self.remote.num_retries if self.remote else 0  # (a worker's copy starts at the parent's)
         remaining = setup.batches_per_slot - setup.already_yielded[worker]
@@ -236,7 +223,7 @@ class ShardDataset(IterableDataset):
             if len(items) == self.batch_size:
                 remaining -= 1
                 retries = self.remote.num_retries if self.remote else 0
-                batch, ring_slot = _collate(items, collate, ring, info)
+                batch, ring_slot = stacking.collate(items, collate)
                 yield batch, SlotProgress(worker, consumed, len(errors), errors[reported:],
                                           new_retries=retries - retries_reported, ring_slot=ring_slot)
                 reported, items, retries_reported = len(errors), [], retries
@@ -257,14 +244,6 @@ class ShardDataset(IterableDataset):
         ]
         merged = mixed(streams, [s.weight for s in self.sources], random.Random(f"mix:{tag}"))
         return shuffled(merged, self.shuffle_buffer, random.Random(f"shuffle:{tag}"))
-
-
-def _collate(items: list, collate: Callable, ring: Optional[BatchRing], info: Any) -> tuple[dict, Optional[int]]:
-    """A batch of decoded ``items`` and the ring slot its images went into (None: not the ring's)."""
-    if ring is None or isinstance(items[0][0], (tuple, list)):
-        return collate(items), None
-    images, slot = ring.stack([item[0] for item in items], worker_id=info.id)
-    return collate_samples(items, stacked=images), slot
 
 
 def _as_is(item: Any) -> Any:
